@@ -1,0 +1,3 @@
+"""dcvbench: benchmark gradient estimators for models with discrete latent variables."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Gradient estimators for factorised Bernoulli latents, behind one registry.
+
+>>> from dcvbench.estimators import get_estimator
+>>> estimator = get_estimator("rloo-dcv")
+>>> estimate = estimator(logits, f, k=2, generator=generator)  # estimate.grad: [B, D]
+>>> ...  # use estimate.grad, then let the estimator learn its α:
+>>> estimator.update(estimate)
+
+Importing this package registers every estimator module below.
+"""
+
+# isort: off
+# Importing a module registers its estimators; this order is the order of listings.
+from dcvbench.estimators import reinforce, rloo, dcv, muprop, exact_baseline  # noqa: F401
+from dcvbench.estimators import arm, arms, concrete  # noqa: F401
+
+# isort: on
+from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Objective
+from dcvbench.estimators.dcv import ControlVariateEstimator
+from dcvbench.estimators.registry import (
+    estimator_class,
+    estimator_info,
+    estimator_names,
+    get_estimator,
+)
+
+__all__ = [
+    "ControlVariateEstimator",
+    "Estimate",
+    "Estimator",
+    "EstimatorError",
+    "EstimatorInfo",
+    "Objective",
+    "estimator_class",
+    "estimator_info",
+    "estimator_names",
+    "get_estimator",
+]

@@ -1,0 +1,42 @@
+"""Random numbers for the estimators, kept apart from estimation.
+
+Every function takes its generator explicitly; nothing here touches global random state. Noise is
+drawn as uniforms and transformed, so estimators that share uniforms share random numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def uniform_noise(shape: tuple[int, ...], like: Tensor, generator: torch.Generator) -> Tensor:
+    """Uniforms on the open interval (0, 1), with ``like``'s device and dtype.
+
+    Clamped away from both ends so that ``log u`` and ``log(1 − u)`` stay finite.
+    """
+    u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+    finfo = torch.finfo(like.dtype)
+    return u.clamp(min=finfo.tiny, max=1.0 - finfo.eps)
+
+
+def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
+    """``b = 1[u < θ]``: Bernoulli(θ) samples from uniforms, in ``u``'s dtype."""
+    return (u < probs).to(u.dtype)
+
+
+def logistic_from_uniform(u: Tensor) -> Tensor:
+    """Standard logistic noise ``L = log u − log(1 − u)``."""
+    return torch.log(u) - torch.log1p(-u)
+
+
+def dirichlet_copula(u: Tensor) -> Tensor:
+    """ARMS copula (Dimitriev & Zhou 2021): K uniforms per coordinate → K negatively dependent ones.
+
+    ``e_k = −log u_k``, ``d_k = e_k / Σ_j e_j`` (a flat Dirichlet), ``c_k = (1 − d_k)^{K−1}``. Each
+    ``c_k`` is marginally uniform. ``u``: ``[K, ...]``, dependence along dim 0.
+    """
+    k = u.shape[0]
+    e = -torch.log(u)  # [K, ...]
+    d = e / e.sum(0, keepdim=True)
+    return (1.0 - d).pow(k - 1)

@@ -1,0 +1,1 @@
+"""Measurements over any estimator: gradient variance and bias statistics."""

@@ -1,0 +1,1 @@
+"""Problems the estimators are measured on. Problems know nothing of estimators."""
