@@ -15,9 +15,17 @@ from dcvbench.estimators import reinforce, rloo, dcv, muprop, exact_baseline  # 
 from dcvbench.estimators import arm, arms, concrete  # noqa: F401
 
 # isort: on
-from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Objective
+from dcvbench.estimators.base import (
+    Estimate,
+    Estimator,
+    EstimatorError,
+    EstimatorInfo,
+    EstimatorSettings,
+    Objective,
+)
 from dcvbench.estimators.dcv import ControlVariateEstimator
 from dcvbench.estimators.registry import (
+    build_estimator,
     estimator_class,
     estimator_info,
     estimator_names,
@@ -30,7 +38,9 @@ __all__ = [
     "Estimator",
     "EstimatorError",
     "EstimatorInfo",
+    "EstimatorSettings",
     "Objective",
+    "build_estimator",
     "estimator_class",
     "estimator_info",
     "estimator_names",

@@ -61,6 +61,22 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class EstimatorSettings:
+    """Options of every estimator, as one flat record (one field per CLI option).
+
+    Each estimator class picks the fields it uses in :meth:`Estimator.from_settings`, so a job can
+    build any registered estimator from the same settings without knowing its name.
+    """
+
+    alpha: float | None = None  # rloo-dcv: fixed α; None learns it
+    alpha_learning: str = "sgd"  # rloo-dcv: "sgd" (the paper) or "optimal" (running α*)
+    alpha_optimizer: str = "adam"  # rloo-dcv: optimiser of α (VAE reference: Adam 1e-3)
+    alpha_lr: float = 1e-3
+    temperature: float = 2.0 / 3.0  # concrete, st-concrete: the Concrete paper's posterior default
+    baseline_decay: float = 0.9  # reinforce-ema: weight of the old baseline per update
+
+
+@dataclass(frozen=True)
 class EstimatorInfo:
     """What the registry knows about an estimator (the source of the CLI's choices)."""
 
@@ -100,6 +116,11 @@ class Estimator(nn.Module):
     """
 
     info: ClassVar[EstimatorInfo]
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings) -> Estimator:
+        """Build from the shared settings record (default: the estimator has no options)."""
+        return cls()
 
     def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Draw the uniform noise this estimator needs, ``[K, B, D]`` unless stated otherwise."""

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo, Objective, evaluate
+from dcvbench.estimators.base import (
+    Estimate,
+    Estimator,
+    EstimatorInfo,
+    EstimatorSettings,
+    Objective,
+    evaluate,
+)
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.sampling import logistic_from_uniform
 
@@ -27,6 +34,10 @@ class _RelaxedEstimator(Estimator):
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings) -> _RelaxedEstimator:
+        return cls(temperature=settings.temperature)
 
     def relax(self, logits: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """Relaxed ``z = σ((η + L)/λ)`` and its hard counterpart ``b = 1[η + L > 0]``, ``[K, B, D]``."""

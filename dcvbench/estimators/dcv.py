@@ -27,6 +27,7 @@ from dcvbench.estimators.base import (
     Estimate,
     Estimator,
     EstimatorInfo,
+    EstimatorSettings,
     Objective,
     evaluate,
     leave_one_out_centre,
@@ -103,14 +104,25 @@ class RLOODCV(ControlVariateEstimator):
             raise ValueError(f"average_decay must be in [0, 1), got {average_decay}")
         self.learned = alpha is None
         self.learning = learning
-        self.alpha = nn.Parameter(torch.tensor(0.0 if alpha is None else float(alpha)))
+        # A float64 scalar: a user's --alpha is stored exactly, and tiny steps are not rounded away.
+        initial = 0.0 if alpha is None else float(alpha)
+        self.alpha = nn.Parameter(torch.tensor(initial, dtype=torch.float64))
         self.alpha.requires_grad_(self.learned and learning == "sgd")
         self.average_decay = average_decay
         # Running averages of ⟨g₀, h⟩ and ‖h‖² for learning="optimal".
-        self.register_buffer("cross_average", torch.zeros(()))
-        self.register_buffer("control_average", torch.zeros(()))
+        self.register_buffer("cross_average", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("control_average", torch.zeros((), dtype=torch.float64))
         self.optimizer = (
             _make_optimizer(optimizer, [self.alpha], lr) if self.learned and learning == "sgd" else None
+        )
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings) -> RLOODCV:
+        return cls(
+            alpha=settings.alpha,
+            learning=settings.alpha_learning,
+            optimizer=settings.alpha_optimizer,
+            lr=settings.alpha_lr,
         )
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
@@ -126,7 +138,8 @@ class RLOODCV(ControlVariateEstimator):
         base = score_function_gradient(leave_one_out_centre(values.detach()), b, probs)  # g₀
         correction = (grad_sum / k) * probs * (1.0 - probs)  # ḡ ⊙ θ(1−θ): [B, D]
         control = score_function_gradient(leave_one_out_centre(taylor), b, probs) - correction
-        alpha = self.alpha.detach().to(logits.dtype)
+        # A copy, not a view of the parameter: update() changes α in place after this estimate is used.
+        alpha = self.alpha.detach().to(logits.dtype, copy=True)
         grad = base + alpha * control  # [B, D]
         return Estimate(grad=grad.detach(), values=values, stats={"alpha": alpha}, control=control)
 

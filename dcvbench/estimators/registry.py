@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo
+from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo, EstimatorSettings
 
 _REGISTRY: dict[str, type[Estimator]] = {}
 
@@ -47,3 +47,8 @@ def get_estimator(name: str, **options) -> Estimator:
     >>> estimate = est(logits, f, k=4, generator=gen)  # estimate.grad has the shape of logits
     """
     return estimator_class(name)(**options)
+
+
+def build_estimator(name: str, settings: EstimatorSettings) -> Estimator:
+    """Build the estimator ``name`` from the shared settings record (what the jobs use)."""
+    return estimator_class(name).from_settings(settings)

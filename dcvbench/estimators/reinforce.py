@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo, Objective, evaluate
+from dcvbench.estimators.base import (
+    Estimate,
+    Estimator,
+    EstimatorInfo,
+    EstimatorSettings,
+    Objective,
+    evaluate,
+)
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.sampling import bernoulli_from_uniform
 
@@ -63,6 +70,10 @@ class ReinforceEMA(Estimator):
         self.decay = decay
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings) -> ReinforceEMA:
+        return cls(decay=settings.baseline_decay)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
         probs = torch.sigmoid(logits)  # [B, D]

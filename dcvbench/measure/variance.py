@@ -147,7 +147,7 @@ def optimal_alpha(
     For ``g = g₀ + α h`` the variance ``E‖g‖² − ‖E g‖²`` is minimised there, as ``E g`` does not
     depend on ``α``. Use draws separate from those that then measure the variance.
     """
-    current = float(estimator.alpha)
+    current = float(estimator.alpha.detach())
     totals = torch.zeros(2, dtype=torch.float64, device=logits.device)
 
     def accumulate(grads: Tensor, control: Tensor | None) -> None:

@@ -1,0 +1,332 @@
+"""The ``dcvbench`` command line: parse options, call a job, report. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dcvbench.config import TOY_ALPHA, TOY_DEFAULT_ESTIMATORS, ToyConfig, ToyProblem, VarianceConfig
+from dcvbench.estimators import EstimatorError, EstimatorSettings, estimator_info, estimator_names
+from dcvbench.results import ResultsError
+from dcvbench.runtime import ConfigError
+
+# Typer bundles its own click; its exceptions are reachable only through Typer's public classes.
+_CLICK_ERROR = typer.BadParameter.__mro__[2]  # click's ClickException
+USER_ERRORS = (ConfigError, EstimatorError, ResultsError)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Benchmark gradient estimators for discrete latent variables, side by side.",
+)
+# Tables are for people: outside a terminal (pipes, logs) rich would wrap them at 80 columns.
+stdout = Console(width=None if Console().is_terminal else 150)
+stderr = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every usage error becomes one line on stderr and exit code 2."""
+    try:
+        code = app(args=argv, prog_name="dcvbench", standalone_mode=False)
+    except _CLICK_ERROR as error:
+        print(f"dcvbench: error: {error.format_message()}", file=sys.stderr)
+        code = 2
+    except (typer.Abort, KeyboardInterrupt):
+        print("dcvbench: interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:
+        sys.exit(code or 0)
+    return code or 0
+
+
+def reports_user_errors(command: Callable) -> Callable:
+    """Turn bad input found by the library into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            print(f"dcvbench: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class RichProgress:
+    """A rich progress bar on stderr, one task per run; silent when quiet or not on a terminal."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import Progress
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=quiet or not stderr.is_terminal,
+            transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def start(self, description: str, total: int) -> None:
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.advance(self.task, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options shared by several subcommands.
+
+Dim = Annotated[int, typer.Option(help="Number of binary latent variables D.")]
+Target = Annotated[float, typer.Option(help="Target t of the toy objective.")]
+Objective = Annotated[
+    str, typer.Option(help="Toy objective: separable (published), sum-square or quadratic-form.")
+]
+WScale = Annotated[float, typer.Option(help="quadratic-form: scale of the Gaussian matrix W.")]
+WSeed = Annotated[int, typer.Option(help="quadratic-form: seed of W (same W for every run).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
+Dtype = Annotated[
+    str, typer.Option(help="float64 (default for the toy: its gradients are ~1e-5) or float32.")
+]
+Out = Annotated[str, typer.Option(help="Directory under which each run gets its own directory.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or tables; print run directories only.")
+]
+Alpha = Annotated[
+    float | None, typer.Option(help="rloo-dcv: fix the control-variate weight α (default: learn it).")
+]
+AlphaLearning = Annotated[
+    str, typer.Option(help="rloo-dcv: learn α by sgd on ‖g‖² (the paper) or by the running optimum.")
+]
+AlphaOptimizer = Annotated[str, typer.Option(help="rloo-dcv: optimiser of α for sgd: rmsprop, adam or sgd.")]
+AlphaLr = Annotated[float, typer.Option(help="rloo-dcv: learning rate of α.")]
+Temperature = Annotated[float, typer.Option(help="concrete, st-concrete: relaxation temperature λ.")]
+BaselineDecay = Annotated[float, typer.Option(help="reinforce-ema: decay of the moving-average baseline.")]
+
+
+def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay):
+    return EstimatorSettings(
+        alpha=alpha,
+        alpha_learning=alpha_learning,
+        alpha_optimizer=alpha_optimizer,
+        alpha_lr=alpha_lr,
+        temperature=temperature,
+        baseline_decay=baseline_decay,
+    )
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands.
+
+
+@app.command()
+def estimators() -> None:
+    """List the registered estimators and what each needs."""
+    table = Table(title="dcvbench estimators")
+    for column in ("name", "f evals", "unbiased", "K", "needs ∇_b f", "description"):
+        table.add_column(column)
+    for name in estimator_names():
+        info = estimator_info(name)
+        evals = "K" if info.extra_evals == 0 else f"K+{info.extra_evals}"
+        table.add_row(
+            name,
+            evals,
+            "yes" if info.unbiased else "no",
+            info.k_rule(),
+            "yes" if info.needs_input_grad else "no",
+            info.summary,
+        )
+    stdout.print(table)
+
+
+@app.command()
+@reports_user_errors
+def toy(
+    dim: Dim = 200,
+    target: Target = 0.499,
+    objective: Objective = "separable",
+    w_scale: WScale = 1.0,
+    w_seed: WSeed = 0,
+    k: Annotated[int, typer.Option("--k", help="Samples per estimate K.")] = 2,
+    estimator: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Estimator (repeatable). Default: {', '.join(TOY_DEFAULT_ESTIMATORS)}."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 2000,
+    lr: Annotated[float, typer.Option(help="RMSprop learning rate for the logits.")] = 0.01,
+    maximize: Annotated[
+        bool, typer.Option("--maximize/--minimize", help="Direction (published: maximise).")
+    ] = True,
+    log_every: Annotated[int, typer.Option(help="Record the exact objective every N steps.")] = 10,
+    var_every: Annotated[int, typer.Option(help="Measure variance and bias every N steps.")] = 20,
+    var_samples: Annotated[int, typer.Option(help="Independent estimates per variance measurement.")] = 2000,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed (repeatable: one run per seed).")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "float64",
+    alpha: Alpha = None,
+    alpha_learning: AlphaLearning = TOY_ALPHA.alpha_learning,
+    alpha_optimizer: AlphaOptimizer = TOY_ALPHA.alpha_optimizer,
+    alpha_lr: AlphaLr = TOY_ALPHA.alpha_lr,
+    temperature: Temperature = TOY_ALPHA.temperature,
+    baseline_decay: BaselineDecay = TOY_ALPHA.baseline_decay,
+    out: Out = "results",
+    quiet: Quiet = False,
+) -> None:
+    """Toy problem with an exact gradient: optimise with each estimator, tracing variance and bias."""
+    from dcvbench.jobs.toy import run_toy
+
+    config = ToyConfig(
+        problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
+        estimators=tuple(estimator or TOY_DEFAULT_ESTIMATORS),
+        k=k,
+        steps=steps,
+        lr=lr,
+        maximize=maximize,
+        log_every=log_every,
+        var_every=var_every,
+        var_samples=var_samples,
+        seeds=tuple(seed or (0,)),
+        device=device,
+        dtype=dtype,
+        estimator_settings=_settings(
+            alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
+        ),
+        out=out,
+    )
+    with RichProgress(quiet) as progress:
+        summaries = run_toy(config, progress)
+    if quiet:
+        for summary in summaries:
+            print(summary.path)
+        return
+    reference = {(s.seed, s.k): s.metrics.get("grad_var") for s in summaries if s.estimator == "rloo"}
+    table = Table(title=f"toy: D={dim}, t={target}, {objective}, K={k}, {steps} steps")
+    for column in ("estimator", "seed", "status", "final E f", "final grad var", "vs rloo", "s/step"):
+        table.add_column(column, justify="left" if column in ("estimator", "status") else "right")
+    for s in summaries:
+        variance = s.metrics.get("grad_var")
+        base = reference.get((s.seed, s.k))
+        ratio = variance / base if variance is not None and base else None
+        table.add_row(
+            s.estimator,
+            str(s.seed),
+            s.status,
+            _number(s.metrics.get("objective"), 7),
+            _number(variance, 3),
+            _number(ratio, 3),
+            _number(s.metrics.get("sec_per_step"), 2),
+        )
+    stdout.print(table)
+    stdout.print(f"runs written under {config.out}/")
+
+
+@app.command()
+@reports_user_errors
+def variance(
+    problem: Annotated[str, typer.Option(help="Problem: toy.")] = "toy",
+    dim: Dim = 200,
+    target: Target = 0.499,
+    objective: Objective = "separable",
+    w_scale: WScale = 1.0,
+    w_seed: WSeed = 0,
+    theta: Annotated[
+        str, typer.Option(help="θ for every coordinate, in (0, 1), or 'random' (seeded).")
+    ] = "0.5",
+    k: Annotated[list[int] | None, typer.Option("--k", help="Samples per estimate K (repeatable).")] = None,
+    estimator: Annotated[
+        list[str] | None, typer.Option(help="Estimator (repeatable). Default: rloo, rloo-dcv, disarm.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Independent estimates per (estimator, K).")] = 20000,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Device = "auto",
+    dtype: Dtype = "float64",
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="rloo-dcv: fix α (default: the variance-optimal α at θ, from separate draws)."),
+    ] = None,
+    temperature: Temperature = TOY_ALPHA.temperature,
+    baseline_decay: BaselineDecay = TOY_ALPHA.baseline_decay,
+    out: Out = "results",
+    quiet: Quiet = False,
+) -> None:
+    """Variance and bias of estimators side by side at one fixed point, on the same random numbers."""
+    from dcvbench.jobs.variance import run_variance
+
+    if problem != "toy":
+        raise ConfigError(f"unknown problem {problem!r}; choose from: toy")
+    config = VarianceConfig(
+        problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
+        theta=theta,
+        estimators=tuple(estimator or VarianceConfig.estimators),
+        ks=tuple(k or (2,)),
+        samples=samples,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        estimator_settings=EstimatorSettings(
+            alpha=alpha, temperature=temperature, baseline_decay=baseline_decay
+        ),
+        out=out,
+    )
+    with RichProgress(quiet) as progress:
+        study = run_variance(config, progress)
+    if quiet:
+        print(study.path)
+        return
+    table = Table(title=f"variance at θ={theta}: D={dim}, t={target}, {objective}, {samples} draws")
+    columns = (
+        "estimator",
+        "K",
+        "evals",
+        "variance",
+        "vs rloo",
+        "variance×evals",
+        "max |z|",
+        "mean |z|",
+        "s/estimate",
+        "α",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in study.table.itertuples():
+        alpha_text = "–" if pd.isna(row.alpha_source) else f"{row.alpha:.4g} ({row.alpha_source})"
+        table.add_row(
+            row.estimator,
+            str(row.k),
+            str(row.evals),
+            _number(row.variance, 3),
+            _number(row.variance_ratio, 3),
+            _number(row.cost_variance, 3),
+            _number(row.bias_max_z, 3),
+            _number(row.bias_mean_z, 3),
+            _number(row.seconds_per_estimate, 2),
+            alpha_text,
+        )
+    stdout.print(table)
+    stdout.print(f"written to {study.path / 'variance.parquet'}")

@@ -1,0 +1,270 @@
+"""Run directories, manifests and append-only Parquet traces, and reading them back.
+
+Layout of one run (DESIGN §5)::
+
+    <out>/<run_id>/run.json                 the manifest: config, seed, versions, device, status
+    <out>/<run_id>/trace/part-00000.parquet the trace, one part file per flush
+    <out>/<run_id>/trace/part-00001.parquet ...
+
+Every file is written to a temporary name in the same directory and renamed into place, so a reader
+(or a run killed at any moment) sees either the whole file or none of it. Trace parts are never
+rewritten: a flush adds a part. All parts of a run share one schema — identity columns plus
+float64 metric columns fixed when the run starts — so pandas reads the directory back in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dcvbench.runtime import ConfigError
+
+SCHEMA_VERSION = 1
+MANIFEST = "run.json"
+TRACE_DIR = "trace"
+STATUSES = ("running", "finished", "interrupted", "failed", "diverged")
+
+# Columns that identify a row of a trace; every other column is a float64 metric.
+IDENTITY_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("problem", pa.string()),
+        ("estimator", pa.string()),
+        ("k", pa.int64()),
+        ("seed", pa.int64()),
+        ("step", pa.int64()),
+        ("wall_s", pa.float64()),
+    ]
+)
+# Flush a trace after this many seconds of work even if no log step asks for it.
+FLUSH_SECONDS = 5.0
+
+
+class ResultsError(ValueError):
+    """A results file is missing, unreadable or not what dcvbench writes."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def prepare_output_root(out: Path | str) -> Path:
+    """Create ``out`` if needed and check that runs can be written there (ConfigError if not)."""
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--out {root} is a file, not a directory; choose a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"cannot write to --out {root}: {reason}; choose a writable directory") from None
+    return root
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file through a temporary name and a rename."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def create_run_dir(root: Path, name: str) -> Path:
+    """A new, unique directory ``<root>/<name>-<timestamp>-<random>``; never reuses an existing one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    while True:
+        path = root / f"{name}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()  # fails if it exists: concurrent invocations never share a directory
+            return path
+        except FileExistsError:
+            continue
+
+
+class Run:
+    """One run being written: its manifest and its append-only trace.
+
+    ``identity`` labels every row (``problem``, ``estimator``, ``k``, ``seed``, plus any extra
+    string labels); ``metrics`` names the float64 columns the run may log.
+
+    Use as a context manager: leaving the block normally marks the run ``finished`` (unless a
+    status was already set, e.g. ``diverged``); ``KeyboardInterrupt`` marks it ``interrupted`` and
+    any other exception ``failed``. In every case the buffered rows are flushed first.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        identity: dict[str, Any],
+        metrics: Sequence[str],
+        manifest: dict[str, Any],
+    ):
+        self.path = create_run_dir(root, name)
+        self.run_id = self.path.name
+        self.identity = {name: None for name in IDENTITY_SCHEMA.names if name not in ("step", "wall_s")}
+        self.identity.update(run_id=self.run_id, **identity)
+        self.schema = IDENTITY_SCHEMA
+        for label in identity:  # extra labels (e.g. grad_var_method) are string columns
+            if label not in IDENTITY_SCHEMA.names:
+                self.schema = self.schema.append(pa.field(label, pa.string()))
+        for metric in metrics:
+            self.schema = self.schema.append(pa.field(metric, pa.float64()))
+        self.schema = self.schema.with_metadata({"dcvbench_schema_version": str(SCHEMA_VERSION)})
+        self.metrics = tuple(metrics)
+        self.rows: list[dict[str, Any]] = []
+        self.parts = 0
+        self.started = time.perf_counter()
+        self.last_flush = self.started
+        self.last_step: int | None = None
+        (self.path / TRACE_DIR).mkdir()
+        self.manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            **identity,
+            "command": shlex.join(sys.argv),
+            **manifest,
+            "started": now_iso(),
+            "ended": None,
+            "status": "running",
+            "last_step": None,
+        }
+        self._write_manifest()
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def log(self, step: int, **metrics: float | None) -> None:
+        """Buffer one row of metrics at ``step``; flush if the last flush is old enough."""
+        unknown = set(metrics) - set(self.metrics)
+        if unknown:
+            raise KeyError(f"metrics not declared for this run: {sorted(unknown)}")
+        self.rows.append({**self.identity, "step": step, "wall_s": self.wall_s, **metrics})
+        self.last_step = step
+        if time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as a new part file (nothing if none are buffered)."""
+        self.last_flush = time.perf_counter()
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        write_parquet_atomic(self.path / TRACE_DIR / f"part-{self.parts:05d}.parquet", table)
+        self.parts += 1
+        self.rows = []
+
+    def finish(self, status: str, **details: Any) -> None:
+        """Flush, then record the final ``status`` (and any ``details``) in the manifest."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        self.flush()
+        self.manifest.update(status=status, ended=now_iso(), last_step=self.last_step, **details)
+        self._write_manifest()
+
+    def write_table(self, name: str, table: pa.Table) -> Path:
+        """Write a result table (e.g. ``variance.parquet``) into the run directory, atomically."""
+        path = self.path / name
+        write_parquet_atomic(path, table)
+        return path
+
+    def _write_manifest(self) -> None:
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            if self.manifest["status"] == "running":
+                self.finish("finished")
+        elif issubclass(kind, KeyboardInterrupt):
+            self.finish("interrupted")
+        else:
+            self.finish("failed", error=f"{kind.__name__}: {error}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results back.
+
+
+def find_runs(root: Path | str) -> list[Path]:
+    """Every run directory (one holding ``run.json``) below ``root``, at any depth, sorted."""
+    return sorted(path.parent for path in Path(root).rglob(MANIFEST))
+
+
+def read_manifest(run_dir: Path | str) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path} is not readable JSON ({error})") from None
+    if not isinstance(manifest, dict) or "run_id" not in manifest:
+        raise ResultsError(f"{path} is not a dcvbench manifest")
+    return manifest
+
+
+def read_trace(run_dir: Path | str) -> pd.DataFrame:
+    """The whole trace of a run (all part files), sorted by step; empty if nothing was flushed."""
+    parts = sorted((Path(run_dir) / TRACE_DIR).glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    try:
+        frame = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+    except (OSError, pa.ArrowException) as error:
+        raise ResultsError(f"unreadable trace in {run_dir}: {error}") from None
+    return frame.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """A single Parquet table written by dcvbench (e.g. ``variance.parquet``)."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as error:
+        raise ResultsError(f"unreadable table {path}: {error}") from None
+
+
+def table_from_records(records: Iterable[dict[str, Any]]) -> pa.Table:
+    """A Parquet-ready table carrying the schema version in its metadata."""
+    table = pa.Table.from_pylist(list(records))
+    return table.replace_schema_metadata({"dcvbench_schema_version": str(SCHEMA_VERSION)})

@@ -1,0 +1,96 @@
+"""Devices, dtypes, seeds and provenance: the run-time facts every job needs.
+
+No global random state is used anywhere in dcvbench: each run owns ``torch.Generator`` objects whose
+seeds derive deterministically from (base seed, stream name), so adding an estimator or reordering
+a sweep never shifts another run's random numbers.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dcvbench
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ConfigError(ValueError):
+    """Bad user input: the CLI reports the message in one line and exits with code 2."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        return torch.device("cuda")
+    raise ConfigError(f"unknown device {name!r}; choose from: {', '.join(DEVICES)}")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; choose from: {', '.join(DTYPES)}") from None
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A 63-bit seed determined by ``seed`` and the stream ``keys`` (e.g. ``"train"``, ``k``)."""
+    entropy = [seed] + [zlib.crc32(str(key).encode()) for key in keys]
+    # Drop the top bit: torch seeds must fit a signed 64-bit integer.
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def make_generator(device: torch.device, seed: int, *keys: str | int) -> torch.Generator:
+    """A generator on ``device`` seeded with :func:`derive_seed` of ``seed`` and ``keys``."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
+
+
+def provenance(device: torch.device) -> dict:
+    """Versions, machine and source revision, for the manifest of every run."""
+    info = {
+        "dcvbench": dcvbench.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    info.update(_git_revision())
+    return info
+
+
+def _git_revision() -> dict:
+    """The source tree's commit and whether it had uncommitted changes, when it is a git checkout."""
+    root = Path(dcvbench.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(status.stdout.strip())}

@@ -1,0 +1,116 @@
+"""Run directories, manifests and append-only traces."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from dcvbench import results
+from dcvbench.results import ResultsError, Run, find_runs, read_manifest, read_trace
+from dcvbench.runtime import ConfigError
+
+
+def make_run(root, **identity):
+    identity = {"problem": "toy", "estimator": "rloo", "k": 2, "seed": 0, **identity}
+    return Run(root, "toy-rloo", identity, ("objective", "grad_var"), {"config": {"dim": 3}})
+
+
+def test_a_run_writes_manifest_and_trace_and_reads_back(tmp_path):
+    with make_run(tmp_path) as run:
+        assert read_manifest(run.path)["status"] == "running"
+        run.log(0, objective=1.0, grad_var=2.0)
+        run.log(10, objective=1.5)  # a metric not measured at a step is null
+    manifest = read_manifest(run.path)
+    assert manifest["status"] == "finished"
+    assert manifest["last_step"] == 10
+    assert manifest["config"] == {"dim": 3}
+    trace = read_trace(run.path)
+    assert list(trace["step"]) == [0, 10]
+    assert list(trace["estimator"]) == ["rloo", "rloo"]
+    assert trace["grad_var"].isna().tolist() == [False, True]
+    assert find_runs(tmp_path) == [run.path]
+
+
+def test_each_flush_adds_a_part_and_never_rewrites_one(tmp_path):
+    with make_run(tmp_path) as run:
+        run.log(0, objective=1.0)
+        run.flush()
+        first = (run.path / "trace" / "part-00000.parquet").read_bytes()
+        run.log(1, objective=2.0)
+        run.flush()
+        run.flush()  # nothing buffered: no empty part
+    parts = sorted((run.path / "trace").glob("part-*.parquet"))
+    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
+    assert parts[0].read_bytes() == first
+    assert list(read_trace(run.path)["objective"]) == [1.0, 2.0]
+
+
+def test_flushes_by_time_so_a_killed_run_keeps_its_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "FLUSH_SECONDS", 0.0)
+    run = make_run(tmp_path)
+    run.log(0, objective=1.0)  # flushed at once; the run is never finished (as if killed)
+    assert list(read_trace(run.path)["objective"]) == [1.0]
+    assert read_manifest(run.path)["status"] == "running"
+
+
+def test_interrupt_and_failure_are_recorded_with_the_rows_so_far(tmp_path):
+    with pytest.raises(KeyboardInterrupt), make_run(tmp_path) as run:
+        run.log(0, objective=1.0)
+        raise KeyboardInterrupt
+    assert read_manifest(run.path)["status"] == "interrupted"
+    assert len(read_trace(run.path)) == 1
+    with pytest.raises(RuntimeError), make_run(tmp_path) as failed:
+        raise RuntimeError("boom")
+    manifest = read_manifest(failed.path)
+    assert manifest["status"] == "failed"
+    assert "boom" in manifest["error"]
+
+
+def test_undeclared_metric_is_refused(tmp_path):
+    with make_run(tmp_path) as run, pytest.raises(KeyError):
+        run.log(0, nonsense=1.0)
+
+
+def test_run_directories_are_unique(tmp_path):
+    paths = {make_run(tmp_path).path for _ in range(20)}
+    assert len(paths) == 20
+
+
+def test_extra_identity_labels_are_string_columns(tmp_path):
+    with make_run(tmp_path, grad_var_method="resample") as run:
+        run.log(0, grad_var=1.0)
+    assert read_trace(run.path)["grad_var_method"].tolist() == ["resample"]
+
+
+def test_output_root_must_be_a_writable_directory(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("keep me")
+    with pytest.raises(ConfigError, match="is a file"):
+        results.prepare_output_root(file)
+    with pytest.raises(ConfigError, match="cannot write"):
+        results.prepare_output_root(file / "below")
+    assert file.read_text() == "keep me"
+    assert results.prepare_output_root(tmp_path / "new" / "dir").is_dir()
+
+
+def test_corrupt_manifest_and_trace_raise_results_error(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "trace").mkdir(parents=True)
+    (run_dir / "run.json").write_text("{not json")
+    with pytest.raises(ResultsError, match="not readable JSON"):
+        read_manifest(run_dir)
+    (run_dir / "run.json").write_text(json.dumps({"something": "else"}))
+    with pytest.raises(ResultsError, match="not a dcvbench manifest"):
+        read_manifest(run_dir)
+    (run_dir / "trace" / "part-00000.parquet").write_bytes(b"garbage")
+    with pytest.raises(ResultsError, match="unreadable trace"):
+        read_trace(run_dir)
+
+
+def test_write_table_is_readable_with_schema_version(tmp_path):
+    with make_run(tmp_path) as run:
+        path = run.write_table("variance.parquet", results.table_from_records([{"a": 1.0}]))
+    assert pd.read_parquet(path)["a"].tolist() == [1.0]
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(path).metadata[b"dcvbench_schema_version"] == b"1"
