@@ -13,14 +13,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dcvbench.config import TOY_ALPHA, TOY_DEFAULT_ESTIMATORS, ToyConfig, ToyProblem, VarianceConfig
+from dcvbench.config import (
+    TOY_ALPHA,
+    TOY_DEFAULT_ESTIMATORS,
+    VAE_ALPHA,
+    ToyConfig,
+    ToyProblem,
+    VaeConfig,
+    VarianceConfig,
+)
+from dcvbench.data import DataError, dataset_info, dataset_names, default_data_dir
 from dcvbench.estimators import EstimatorError, EstimatorSettings, estimator_info, estimator_names
 from dcvbench.results import ResultsError
 from dcvbench.runtime import ConfigError
 
 # Typer bundles its own click; its exceptions are reachable only through Typer's public classes.
 _CLICK_ERROR = typer.BadParameter.__mro__[2]  # click's ClickException
-USER_ERRORS = (ConfigError, EstimatorError, ResultsError)
+USER_ERRORS = (ConfigError, DataError, EstimatorError, ResultsError)
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +38,8 @@ app = typer.Typer(
     help="Benchmark gradient estimators for discrete latent variables, side by side.",
 )
 # Tables are for people: outside a terminal (pipes, logs) rich would wrap them at 80 columns.
+data_app = typer.Typer(no_args_is_help=True, help="Data sets for the VAE: list them, download them.")
+app.add_typer(data_app, name="data")
 stdout = Console(width=None if Console().is_terminal else 150)
 stderr = Console(stderr=True)
 
@@ -248,6 +259,114 @@ def toy(
 
 @app.command()
 @reports_user_errors
+def vae(
+    estimator: Annotated[
+        list[str] | None, typer.Option(help="Estimator (repeatable: one run each). Default: rloo-dcv.")
+    ] = None,
+    dataset: Annotated[
+        str, typer.Option(help="mnist-subset (embedded, default), mnist, fashion-mnist or omniglot.")
+    ] = "mnist-subset",
+    data_dir: Annotated[str | None, typer.Option(help="Directory of the data set's files.")] = None,
+    arch: Annotated[str, typer.Option(help="linear or nonlinear (DESIGN §4.2).")] = "linear",
+    latent: Annotated[int, typer.Option(help="Binary latent variables.")] = 200,
+    k: Annotated[int, typer.Option("--k", help="Samples per datum K.")] = 2,
+    protocol: Annotated[
+        str, typer.Option(help="dcv (batch 100, Adam 1e-3, fixed prior) or disarm (batch 50, Adam 1e-4, …).")
+    ] = "dcv",
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 2000,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the protocol's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate of encoder and decoder.")] = None,
+    encoder_lr: Annotated[float | None, typer.Option(help="Encoder learning rate (overrides --lr).")] = None,
+    decoder_lr: Annotated[float | None, typer.Option(help="Decoder learning rate (overrides --lr).")] = None,
+    learn_prior: Annotated[
+        bool | None, typer.Option("--learn-prior/--fixed-prior", help="Learn the prior's logits.")
+    ] = None,
+    log_every: Annotated[
+        int, typer.Option(help="Write a row (training ELBO, α, s/step) every N steps.")
+    ] = 50,
+    eval_every: Annotated[int, typer.Option(help="Held-out bounds every N steps.")] = 500,
+    eval_samples: Annotated[int, typer.Option(help="Importance samples per datum for the bound.")] = 100,
+    var_every: Annotated[int, typer.Option(help="Resample variance every N steps.")] = 250,
+    var_method: Annotated[str, typer.Option(help="ema, resample or both (see README).")] = "both",
+    var_samples: Annotated[int, typer.Option(help="Estimates drawn for the resample variance.")] = 100,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed (repeatable: one run per seed).")] = None,
+    device: Device = "auto",
+    alpha: Alpha = None,
+    alpha_learning: AlphaLearning = VAE_ALPHA.alpha_learning,
+    alpha_optimizer: AlphaOptimizer = VAE_ALPHA.alpha_optimizer,
+    alpha_lr: AlphaLr = VAE_ALPHA.alpha_lr,
+    temperature: Temperature = VAE_ALPHA.temperature,
+    baseline_decay: BaselineDecay = VAE_ALPHA.baseline_decay,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this run directory from its last checkpoint.")
+    ] = None,
+    out: Out = "results",
+    quiet: Quiet = False,
+) -> None:
+    """Train a binary-latent VAE with each estimator: ELBO, held-out bound, gradient variance, time."""
+    from dcvbench.jobs.vae import resume_vae, run_vae
+
+    with RichProgress(quiet) as progress:
+        if resume is not None:
+            summaries = [resume_vae(resume, progress)]
+        else:
+            config = VaeConfig.for_protocol(
+                protocol,
+                dataset=dataset,
+                data_dir=data_dir,
+                arch=arch,
+                latent=latent,
+                k=k,
+                estimators=tuple(estimator or ("rloo-dcv",)),
+                steps=steps,
+                batch_size=batch_size,
+                encoder_lr=encoder_lr or lr,
+                decoder_lr=decoder_lr or lr,
+                learn_prior=learn_prior,
+                log_every=log_every,
+                eval_every=eval_every,
+                eval_samples=eval_samples,
+                var_every=var_every,
+                var_method=var_method,
+                var_samples=var_samples,
+                checkpoint_every=checkpoint_every,
+                seeds=tuple(seed or (0,)),
+                device=device,
+                estimator_settings=_settings(
+                    alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
+                ),
+                out=out,
+            )
+            summaries = run_vae(config, progress)
+    if quiet:
+        for summary in summaries:
+            print(summary.path)
+        return
+    table = Table(title="vae")
+    columns = ("estimator", "K", "seed", "status", "train ELBO", "test bound", "grad var (resample)")
+    for column in (*columns, "grad var (ema)", "α", "s/step"):
+        table.add_column(column, justify="left" if column in ("estimator", "status") else "right")
+    for s in summaries:
+        m = s.metrics
+        table.add_row(
+            s.estimator,
+            str(s.k),
+            str(s.seed),
+            s.status,
+            _number(m.get("train_elbo"), 5),
+            _number(m.get("test_bound"), 5),
+            _number(m.get("grad_var_resample"), 3),
+            _number(m.get("grad_var_ema"), 3),
+            _number(m.get("alpha"), 3),
+            _number(m.get("sec_per_step"), 2),
+        )
+    stdout.print(table)
+    stdout.print(f"runs written under {summaries[0].path.parent}/")
+
+
+@app.command()
+@reports_user_errors
 def variance(
     problem: Annotated[str, typer.Option(help="Problem: toy.")] = "toy",
     dim: Dim = 200,
@@ -330,3 +449,39 @@ def variance(
         )
     stdout.print(table)
     stdout.print(f"written to {study.path / 'variance.parquet'}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The data sets, their files, and where they are looked for by default."""
+    table = Table(title="dcvbench data sets")
+    for column in ("name", "description", "files", "default --data-dir"):
+        table.add_column(column)
+    for name in dataset_names():
+        info = dataset_info(name)
+        files = ", ".join(info.files) or "embedded (no download)"
+        location = "–" if info.embedded else str(default_data_dir(name))
+        table.add_row(name, info.description, files, location)
+    stdout.print(table)
+
+
+@data_app.command("download")
+@reports_user_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="Data set: mnist, fashion-mnist or omniglot.")],
+    data_dir: Annotated[
+        str | None, typer.Option(help="Where to put the files (default: see `dcvbench data list`).")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="A mirror to use instead of the defaults.")] = None,
+) -> None:
+    """Fetch a data set's canonical files, verifying their checksums (needs a network)."""
+    from dcvbench.data import download
+
+    if name not in dataset_names():
+        raise DataError(f"unknown data set {name!r}; choose from: {', '.join(dataset_names())}")
+    if dataset_info(name).embedded:
+        stdout.print(f"{name} ships with dcvbench's dependencies: nothing to download")
+        return
+    for fetched in download(name, data_dir, base_url=base_url):
+        verb = "already present and verified" if fetched.url is None else f"fetched from {fetched.url}"
+        stdout.print(f"{fetched.path}: {verb}")

@@ -124,21 +124,24 @@ class Run:
     ``identity`` labels every row (``problem``, ``estimator``, ``k``, ``seed``, plus any extra
     string labels); ``metrics`` names the float64 columns the run may log.
 
-    Use as a context manager: leaving the block normally marks the run ``finished`` (unless a
+    Made by :meth:`create` or :meth:`reopen`; used as a context manager: leaving the block normally
+    marks the run ``finished`` (unless a
     status was already set, e.g. ``diverged``); ``KeyboardInterrupt`` marks it ``interrupted`` and
     any other exception ``failed``. In every case the buffered rows are flushed first.
     """
 
     def __init__(
         self,
-        root: Path,
-        name: str,
+        path: Path,
         identity: dict[str, Any],
         metrics: Sequence[str],
         manifest: dict[str, Any],
+        parts: int = 0,
+        elapsed: float = 0.0,
     ):
-        self.path = create_run_dir(root, name)
-        self.run_id = self.path.name
+        """Prefer :meth:`create` (a new run) and :meth:`reopen` (continue one)."""
+        self.path = path
+        self.run_id = path.name
         self.identity = {name: None for name in IDENTITY_SCHEMA.names if name not in ("step", "wall_s")}
         self.identity.update(run_id=self.run_id, **identity)
         self.schema = IDENTITY_SCHEMA
@@ -150,14 +153,28 @@ class Run:
         self.schema = self.schema.with_metadata({"dcvbench_schema_version": str(SCHEMA_VERSION)})
         self.metrics = tuple(metrics)
         self.rows: list[dict[str, Any]] = []
-        self.parts = 0
-        self.started = time.perf_counter()
-        self.last_flush = self.started
-        self.last_step: int | None = None
-        (self.path / TRACE_DIR).mkdir()
-        self.manifest = {
+        self.parts = parts
+        self.started = time.perf_counter() - elapsed
+        self.last_flush = time.perf_counter()
+        self.last_step: int | None = manifest.get("last_step")
+        self.manifest = manifest
+        self._write_manifest()
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        name: str,
+        identity: dict[str, Any],
+        metrics: Sequence[str],
+        manifest: dict[str, Any],
+    ) -> Run:
+        """A new run in a new directory ``<root>/<name>-<timestamp>-<random>``."""
+        path = create_run_dir(root, name)
+        (path / TRACE_DIR).mkdir()
+        manifest = {
             "schema_version": SCHEMA_VERSION,
-            "run_id": self.run_id,
+            "run_id": path.name,
             **identity,
             "command": shlex.join(sys.argv),
             **manifest,
@@ -166,7 +183,29 @@ class Run:
             "status": "running",
             "last_step": None,
         }
-        self._write_manifest()
+        return cls(path, identity, metrics, manifest)
+
+    @classmethod
+    def reopen(cls, path: Path, metrics: Sequence[str], resumed_from: int) -> Run:
+        """Continue writing an existing run after a resume from step ``resumed_from``.
+
+        New rows go to new parts after the existing ones; the manifest goes back to ``running``
+        and records the resume; ``wall_s`` continues from the row at ``resumed_from``.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        parts = sorted((path / TRACE_DIR).glob("part-*.parquet"))
+        trace = read_trace(path)
+        identity = {
+            name: manifest[name] for name in ("problem", "estimator", "k", "seed") if name in manifest
+        }
+        extra = [name for name in trace.columns if name not in IDENTITY_SCHEMA.names and name not in metrics]
+        identity.update({label: trace[label].iloc[0] for label in extra})
+        before = trace.loc[trace["step"] <= resumed_from, "wall_s"] if len(trace) else []
+        resumes = [*manifest.get("resumes", []), {"from_step": resumed_from, "at": now_iso()}]
+        manifest.update(status="running", ended=None, last_step=resumed_from, resumes=resumes)
+        elapsed = float(before.iloc[-1]) if len(before) else 0.0
+        return cls(path, identity, metrics, manifest, parts=len(parts), elapsed=elapsed)
 
     @property
     def wall_s(self) -> float:
@@ -245,7 +284,10 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
 
 
 def read_trace(run_dir: Path | str) -> pd.DataFrame:
-    """The whole trace of a run (all part files), sorted by step; empty if nothing was flushed."""
+    """The whole trace of a run (all part files), sorted by step; empty if nothing was flushed.
+
+    A resumed run writes again the rows it had written after its checkpoint; the newest part wins.
+    """
     parts = sorted((Path(run_dir) / TRACE_DIR).glob("part-*.parquet"))
     if not parts:
         return pd.DataFrame()
@@ -253,6 +295,7 @@ def read_trace(run_dir: Path | str) -> pd.DataFrame:
         frame = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
     except (OSError, pa.ArrowException) as error:
         raise ResultsError(f"unreadable trace in {run_dir}: {error}") from None
+    frame = frame.drop_duplicates(subset="step", keep="last")
     return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
 

@@ -12,7 +12,7 @@ from dcvbench.runtime import ConfigError
 
 def make_run(root, **identity):
     identity = {"problem": "toy", "estimator": "rloo", "k": 2, "seed": 0, **identity}
-    return Run(root, "toy-rloo", identity, ("objective", "grad_var"), {"config": {"dim": 3}})
+    return Run.create(root, "toy-rloo", identity, ("objective", "grad_var"), {"config": {"dim": 3}})
 
 
 def test_a_run_writes_manifest_and_trace_and_reads_back(tmp_path):

@@ -10,34 +10,20 @@ estimators are compared on common random numbers where their noise has the same 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from dcvbench.config import ToyConfig
 from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.jobs import NoProgress, Progress
+from dcvbench.jobs import NoProgress, Progress, RunSummary, last_values, non_finite
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.toy import exact_gradient, make_objective
-from dcvbench.results import Run, prepare_output_root
+from dcvbench.results import Run, prepare_output_root, read_trace
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
 
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "alpha", "sec_per_step")
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """How a run ended and its last recorded metrics."""
-
-    run_id: str
-    path: Path
-    estimator: str
-    k: int
-    seed: int
-    status: str
-    last_step: int | None
-    metrics: dict[str, float | None]
 
 
 def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSummary]:
@@ -86,7 +72,6 @@ def _train(
         "device": str(device),
         "versions": provenance(device),
     }
-    last: dict[str, float | None] = {}
 
     def record(step: int, alpha: float | None, step_seconds: float | None) -> None:
         eta = logits.detach()
@@ -100,9 +85,8 @@ def _train(
             z = result.bias_z(exact_gradient(objective, eta))
             metrics.update(grad_var=result.variance, bias_max_z=float(z.max()), bias_mean_z=float(z.mean()))
         run.log(step, **metrics)
-        last.update(metrics)
 
-    with Run(root, f"toy-{name}-k{k}-seed{seed}", identity, TOY_METRICS, manifest) as run:
+    with Run.create(root, f"toy-{name}-k{k}-seed{seed}", identity, TOY_METRICS, manifest) as run:
         record(0, _alpha_of(estimator), None)
         busy, busy_steps = 0.0, 0
         for step in range(1, config.steps + 1):
@@ -117,23 +101,16 @@ def _train(
             if step % config.log_every and step % config.var_every and step != config.steps:
                 continue
             alpha = estimate.stats.get("alpha")
-            bad = _non_finite(logits=logits.detach(), gradient=estimate.grad, alpha=alpha)
+            bad = non_finite(logits=logits.detach(), gradient=estimate.grad, alpha=alpha)
             if bad:
                 run.finish("diverged", diverged_at=step, non_finite=bad)
                 break
             record(step, None if alpha is None else float(alpha), busy / busy_steps)
             busy, busy_steps = 0.0, 0
-    return RunSummary(run.run_id, run.path, name, k, seed, run.manifest["status"], run.last_step, dict(last))
+    last = last_values(read_trace(run.path), TOY_METRICS)
+    return RunSummary(run.run_id, run.path, name, k, seed, run.manifest["status"], run.last_step, last)
 
 
 def _alpha_of(estimator: Estimator) -> float | None:
     alpha = getattr(estimator, "alpha", None)
     return None if alpha is None else float(alpha.detach())
-
-
-def _non_finite(**tensors: torch.Tensor | None) -> str | None:
-    """The name of the first quantity holding a NaN or infinity, if any."""
-    for name, tensor in tensors.items():
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None

@@ -67,7 +67,7 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
         "versions": provenance(device),
     }
     identity = {"problem": "toy", "seed": config.seed}
-    with Run(root, f"variance-toy-seed{config.seed}", identity, (), manifest) as run:
+    with Run.create(root, f"variance-toy-seed{config.seed}", identity, (), manifest) as run:
         records = []
         for k in config.ks:
             progress.start(f"variance K={k}", len(config.estimators))

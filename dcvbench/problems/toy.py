@@ -3,6 +3,8 @@
 Each objective maps samples ``b [K, B, D]`` to values ``[K, B]`` (one per sample and row) and
 offers ``expectation(probs [B, D]) -> [B]``, ``E_q[f]`` under factorised Bernoulli(θ). The exact
 gradient ``∇_η E_q[f]`` follows by autograd through that closed form (:func:`exact_gradient`).
+Each also computes ``∇_b f`` in closed form (``value_and_input_grad``), which spares the estimators
+that need it an autograd pass on this cheap problem.
 
 - ``separable`` (the published toy, Titsias & Shi 2022): ``f(b) = (1/D) Σ_d (b_d − t)²``. On
   binary points ``(b − t)² = b(1 − 2t) + t²``: exactly linear in ``b``, which flatters
@@ -32,6 +34,9 @@ class Separable:
     def __call__(self, b: Tensor) -> Tensor:
         return (b - self.target).pow(2).mean(-1)  # [K, B]
 
+    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        return self(b), 2.0 * (b - self.target) / b.shape[-1]  # [K, B], [K, B, D]
+
     def expectation(self, probs: Tensor) -> Tensor:
         t = self.target
         return (probs * (1.0 - t) ** 2 + (1.0 - probs) * t**2).mean(-1)  # [B]
@@ -45,6 +50,10 @@ class SumSquare:
 
     def __call__(self, b: Tensor) -> Tensor:
         return (b.mean(-1) - self.target).pow(2)  # [K, B]
+
+    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        error = b.mean(-1, keepdim=True) - self.target  # [K, B, 1]
+        return error.squeeze(-1).pow(2), (2.0 / b.shape[-1]) * error.expand_as(b)
 
     def expectation(self, probs: Tensor) -> Tensor:
         dim = probs.shape[-1]
@@ -61,6 +70,13 @@ class QuadraticForm:
     def __call__(self, b: Tensor) -> Tensor:
         dim = b.shape[-1]
         return torch.einsum("...i,ij,...j->...", b, self.weights.to(b.dtype), b) / dim  # [K, B]
+
+    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.weights.to(b.dtype)
+        dim = b.shape[-1]
+        wb = b @ w.T  # [K, B, D]: (W b)
+        values = (b * wb).sum(-1) / dim  # [K, B]
+        return values, (wb + b @ w) / dim  # ∇ bᵀWb = (W + Wᵀ) b
 
     def expectation(self, probs: Tensor) -> Tensor:
         w = self.weights.to(probs.dtype)

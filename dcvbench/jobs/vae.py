@@ -1,0 +1,342 @@
+"""``dcvbench vae``: train a binary-latent VAE with each estimator and measure what it does to learning.
+
+DESIGN §4.2–§4.3. One run per (estimator, seed). Rows of the trace are written every
+``--log-every`` steps (training ELBO averaged since the last row, ``α``, seconds per step, the EMA
+gradient variance), every ``--var-every`` steps (the ``resample`` variance at a fixed snapshot
+minibatch), every ``--eval-every`` steps (the importance-weighted bound with ``--eval-samples``
+samples per datum on the test and validation splits) and at every checkpoint.
+
+Runs with the same seed share their initial weights, minibatch order and estimator noise stream;
+the evaluation images are binarised once with a fixed seed, the same for every run, so every
+estimator is scored on the same binary images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dcvbench.config import VaeConfig
+from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
+from dcvbench.estimators import Estimator, build_estimator
+from dcvbench.jobs import NoProgress, Progress, RunSummary, non_finite
+from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
+from dcvbench.problems.vae import BinaryVAE, iwae_bound, train_step
+from dcvbench.results import Run, prepare_output_root, read_manifest, read_trace, write_atomic
+from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
+
+VAE_METRICS = (
+    "train_elbo",
+    "test_bound",
+    "valid_bound",
+    "grad_var_ema",
+    "grad_var_resample",
+    "logit_var_resample",
+    "alpha",
+    "sec_per_step",
+)
+CHECKPOINT = "checkpoint.pt"
+EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
+EVAL_CHUNK = 100  # evaluation rows per IWAE call: bounds memory at eval_samples × rows × pixels
+
+
+@dataclass
+class Training:
+    """Everything a VAE run carries from step to step: what a checkpoint saves and restores."""
+
+    model: BinaryVAE
+    estimator: Estimator
+    encoder_optimizer: torch.optim.Optimizer
+    decoder_optimizer: torch.optim.Optimizer
+    prior_optimizer: torch.optim.Optimizer | None
+    sampler: BatchSampler
+    train_generator: torch.Generator  # the estimator's noise
+    measure_generator: torch.Generator  # resample variance draws
+    eval_generator: torch.Generator  # importance samples of the held-out bound
+    ema: EMAVariance | None
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "estimator": self.estimator.state_dict(),
+            "encoder_optimizer": self.encoder_optimizer.state_dict(),
+            "decoder_optimizer": self.decoder_optimizer.state_dict(),
+            "prior_optimizer": self.prior_optimizer.state_dict() if self.prior_optimizer else None,
+            "sampler": self.sampler.state_dict(),
+            "train_generator": self.train_generator.get_state(),
+            "measure_generator": self.measure_generator.get_state(),
+            "eval_generator": self.eval_generator.get_state(),
+            "ema": self.ema.state_dict() if self.ema else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.estimator.load_state_dict(state["estimator"])
+        self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+        self.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
+        if self.prior_optimizer:
+            self.prior_optimizer.load_state_dict(state["prior_optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.train_generator.set_state(state["train_generator"])
+        self.measure_generator.set_state(state["measure_generator"])
+        self.eval_generator.set_state(state["eval_generator"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """Fixed binarised evaluation splits and the snapshot minibatch for the resample variance."""
+
+    test: torch.Tensor  # [N_test, P]
+    valid: torch.Tensor  # [N_valid, P]
+    snapshot: torch.Tensor  # [batch, P]
+
+
+def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> EvaluationData:
+    """Binarise the held-out splits and pick the variance snapshot batch, with a fixed seed."""
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    test = binarize(dataset.test, generator)
+    valid = binarize(dataset.valid, generator)
+    rows = torch.randperm(dataset.train.shape[0], generator=generator)[:batch_size]
+    snapshot = binarize(dataset.train[rows], generator)
+    return EvaluationData(test.to(device), valid.to(device), snapshot.to(device))
+
+
+def build_training(
+    config: VaeConfig, name: str, seed: int, dataset: Dataset, device: torch.device
+) -> Training:
+    """A fresh model, optimisers, estimator, sampler and generators for one run."""
+    mean = dataset.mean_image()  # [P]
+    model = BinaryVAE(
+        latent=config.latent,
+        arch=config.arch,
+        pixels=dataset.train.shape[1],
+        learn_prior=config.learn_prior,
+        input_mean=mean if config.center_inputs else None,
+        output_bias_mean=mean if config.init_output_bias else None,
+        generator=make_generator(torch.device("cpu"), seed, "vae", "init"),
+    ).to(device)
+    prior = model.prior_parameters()
+    return Training(
+        model=model,
+        estimator=build_estimator(name, config.estimator_settings).to(device),
+        encoder_optimizer=torch.optim.Adam(model.encoder_parameters(), lr=config.encoder_lr),
+        decoder_optimizer=torch.optim.Adam(model.decoder_parameters(), lr=config.decoder_lr),
+        prior_optimizer=torch.optim.SGD(prior, lr=config.prior_lr) if prior else None,
+        sampler=BatchSampler(
+            dataset.train,
+            config.batch_size,
+            generator=make_generator(torch.device("cpu"), seed, "vae", "data"),
+            device=device,
+        ),
+        train_generator=make_generator(device, seed, "vae", "train"),
+        measure_generator=make_generator(device, seed, "vae", "measure"),
+        eval_generator=make_generator(device, seed, "vae", "eval"),
+        ema=EMAVariance(0.999) if config.var_method in ("ema", "both") else None,
+    )
+
+
+def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSummary]:
+    """Train one run per (seed, estimator) of ``config``; return their summaries in that order."""
+    progress = progress or NoProgress()
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    _check_batch_size(config, dataset)
+    root = prepare_output_root(config.out)
+    evaluation = evaluation_data(dataset, config.batch_size, device)
+    summaries = []
+    for seed in config.seeds:
+        for name in config.estimators:
+            training = build_training(config, name, seed, dataset, device)
+            progress.start(f"vae {name} K={config.k} seed={seed}", config.steps)
+            identity = {"problem": "vae", "estimator": name, "k": config.k, "seed": seed}
+            manifest = {
+                "job": "vae",
+                "dataset": config.dataset,
+                "arch": config.arch,
+                "objective_direction": "maximize ELBO",
+                "config": asdict(config),
+                "data": dict(dataset.metadata),
+                "device": str(device),
+                "versions": provenance(device),
+            }
+            name_hint = f"vae-{config.dataset}-{config.arch}-{name}-k{config.k}-seed{seed}"
+            with Run.create(root, name_hint, identity, VAE_METRICS, manifest) as run:
+                _train(config, training, evaluation, run, progress)
+            summaries.append(_summary(run, name, config.k, seed))
+    return summaries
+
+
+def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
+    """Continue a VAE run from its last checkpoint, in its own directory, with its own config.
+
+    On the same device the rows after the checkpoint are the ones an uninterrupted run writes
+    (rows already written past the checkpoint are written again and supersede the old ones).
+    """
+    progress = progress or NoProgress()
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest.get("job") != "vae":
+        raise ConfigError(f"{run_dir} is not a VAE run (job {manifest.get('job')!r}); only VAE runs resume")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.exists():
+        raise ConfigError(f"{run_dir} has no {CHECKPOINT} to resume from; start the run again instead")
+    config = vae_config_from_dict(manifest["config"])
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    training = build_training(config, manifest["estimator"], manifest["seed"], dataset, device)
+    training.load_state_dict(load_checkpoint(checkpoint, device))
+    evaluation = evaluation_data(dataset, config.batch_size, device)
+    progress.start(f"vae {manifest['estimator']} (resumed at {training.step})", config.steps)
+    progress.advance(training.step)
+    with Run.reopen(run_dir, VAE_METRICS, resumed_from=training.step) as run:
+        _train(config, training, evaluation, run, progress)
+    return _summary(run, manifest["estimator"], manifest["k"], manifest["seed"])
+
+
+def vae_config_from_dict(values: dict) -> VaeConfig:
+    """Rebuild a :class:`VaeConfig` from its manifest form (``asdict``)."""
+    from dcvbench.estimators import EstimatorSettings
+
+    values = dict(values)
+    values["estimator_settings"] = EstimatorSettings(**values["estimator_settings"])
+    values["estimators"] = tuple(values["estimators"])
+    values["seeds"] = tuple(values["seeds"])
+    return VaeConfig(**values)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint's state, loaded without unpickling arbitrary objects (``weights_only``)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
+        raise ConfigError(f"cannot load checkpoint {path}: {type(error).__name__}: {error}") from None
+
+
+def _train(
+    config: VaeConfig, training: Training, evaluation: EvaluationData, run: Run, progress: Progress
+) -> None:
+    model, estimator = training.model, training.estimator
+    device = next(model.parameters()).device
+    if training.step == 0:
+        _record(config, training, evaluation, run, elbo=None, step_seconds=None, alpha=_alpha(estimator))
+    elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    busy, busy_steps = 0.0, 0
+    while training.step < config.steps:
+        start = time.perf_counter()
+        x = training.sampler.next_batch()  # [B, P]
+        output = train_step(
+            model,
+            estimator,
+            x,
+            config.k,
+            training.train_generator,
+            training.encoder_optimizer,
+            training.decoder_optimizer,
+            training.prior_optimizer,
+        )
+        elbo_sum += output.train_elbo
+        busy += time.perf_counter() - start
+        busy_steps += 1
+        if training.ema:
+            training.ema.update(model.encoder_parameters())
+        training.step += 1
+        progress.advance()
+        step = training.step
+        if not _is_row_step(config, step):
+            continue
+        _synchronize(device)
+        alpha = output.estimate.stats.get("alpha")
+        elbo = elbo_sum / busy_steps
+        bad = non_finite(train_elbo=elbo, alpha=alpha, gradient=output.estimate.grad)
+        bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
+        if bad:
+            run.finish("diverged", diverged_at=step, non_finite=bad)
+            return
+        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, _alpha(estimator))
+        elbo_sum.zero_()
+        busy, busy_steps = 0.0, 0
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            run.flush()
+            write_checkpoint(run.path / CHECKPOINT, training.state_dict())
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Save atomically: a reader (or a resume after a crash) never sees half a checkpoint."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _record(config, training, evaluation, run, elbo, step_seconds, alpha) -> None:
+    step = training.step
+    model = training.model
+    metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, "alpha": alpha}
+    if training.ema and step > 0:
+        metrics["grad_var_ema"] = float(training.ema.value())
+    if config.var_method in ("resample", "both") and (step % config.var_every == 0 or step == config.steps):
+        result = resample_encoder_variance(
+            model,
+            training.estimator,
+            evaluation.snapshot,
+            config.k,
+            config.var_samples,
+            training.measure_generator,
+        )
+        metrics.update(grad_var_resample=result.param_variance, logit_var_resample=result.logit_variance)
+    if step % config.eval_every == 0 or step == config.steps:
+        metrics["test_bound"] = _bound(model, evaluation.test, config.eval_samples, training.eval_generator)
+        metrics["valid_bound"] = _bound(model, evaluation.valid, config.eval_samples, training.eval_generator)
+    run.log(step, **metrics)
+
+
+def _bound(model: BinaryVAE, images: torch.Tensor, samples: int, generator: torch.Generator) -> float:
+    """Mean IWAE bound over ``images`` with ``samples`` importance samples each."""
+    total = sum(
+        float(iwae_bound(model, chunk, generator, samples).sum()) for chunk in images.split(EVAL_CHUNK)
+    )
+    return total / images.shape[0]
+
+
+def _is_row_step(config: VaeConfig, step: int) -> bool:
+    every = (config.log_every, config.var_every, config.eval_every, config.checkpoint_every)
+    return step == config.steps or any(step % n == 0 for n in every)
+
+
+def _alpha(estimator: Estimator) -> float | None:
+    alpha = getattr(estimator, "alpha", None)
+    return None if alpha is None else float(alpha.detach())
+
+
+def _summary(run: Run, name: str, k: int, seed: int) -> RunSummary:
+
+    trace = read_trace(run.path)
+    last = {
+        column: (
+            None if trace.empty or trace[column].dropna().empty else float(trace[column].dropna().iloc[-1])
+        )
+        for column in VAE_METRICS
+    }
+    return RunSummary(run.run_id, run.path, name, k, seed, run.manifest["status"], run.last_step, last)
+
+
+def _check_batch_size(config: VaeConfig, dataset: Dataset) -> None:
+    rows = dataset.train.shape[0]
+    if config.batch_size > rows:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} exceeds the {rows} training images of {config.dataset}"
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
