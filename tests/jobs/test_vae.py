@@ -1,0 +1,113 @@
+"""The VAE job end to end on the embedded data, with a tiny model."""
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from dcvbench.config import VaeConfig
+from dcvbench.jobs.vae import CHECKPOINT, VAE_METRICS, load_checkpoint, resume_vae, run_vae
+from dcvbench.results import ResultsError, read_manifest, read_trace
+from dcvbench.runtime import ConfigError
+
+TINY = VaeConfig.for_protocol(
+    "dcv",
+    latent=8,
+    batch_size=20,
+    steps=40,
+    log_every=10,
+    var_every=20,
+    eval_every=20,
+    checkpoint_every=20,
+    var_samples=8,
+    eval_samples=5,
+    device="cpu",
+)
+TIMING = ["run_id", "wall_s", "sec_per_step"]
+
+
+class InterruptAt:
+    """Progress that raises KeyboardInterrupt (as Ctrl-C would) once ``step`` steps are done."""
+
+    def __init__(self, step: int):
+        self.step, self.done = step, 0
+
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        if self.done == self.step:
+            raise KeyboardInterrupt
+
+
+def test_vae_run_writes_every_metric(tmp_path):
+    config = replace(TINY, estimators=("rloo", "rloo-dcv"), out=str(tmp_path))
+    summaries = run_vae(config)
+    assert [s.status for s in summaries] == ["finished", "finished"]
+    for summary in summaries:
+        manifest = read_manifest(summary.path)
+        assert manifest["dataset"] == "mnist-subset"
+        assert manifest["config"]["latent"] == 8
+        trace = read_trace(summary.path)
+        assert set(VAE_METRICS) <= set(trace.columns)
+        assert list(trace["step"]) == [0, 10, 20, 30, 40]
+        assert trace["test_bound"].notna().tolist() == [True, False, True, False, True]
+        assert trace["grad_var_resample"].notna().sum() == 3
+        assert trace["train_elbo"].iloc[1:].notna().all()
+        evaluated = trace.dropna(subset=["test_bound"])
+        assert (evaluated["test_bound"] < 0).all()
+        assert (summary.path / CHECKPOINT).exists()
+    dcv = read_trace(summaries[1].path)
+    assert dcv["alpha"].notna().all()
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path):
+    config = replace(TINY, estimators=("rloo-dcv",))
+    (full,) = run_vae(replace(config, out=str(tmp_path / "full")))
+    with pytest.raises(KeyboardInterrupt):
+        run_vae(replace(config, out=str(tmp_path / "cut")), progress=InterruptAt(31))
+    (cut_dir,) = (tmp_path / "cut").iterdir()
+    manifest = read_manifest(cut_dir)
+    assert manifest["status"] == "interrupted"
+    assert manifest["last_step"] == 30
+    assert load_checkpoint(cut_dir / CHECKPOINT, torch.device("cpu"))["step"] == 20
+
+    resumed = resume_vae(cut_dir)
+    assert resumed.status == "finished"
+    assert read_manifest(cut_dir)["resumes"][0]["from_step"] == 20
+    pd.testing.assert_frame_equal(
+        read_trace(full.path).drop(columns=TIMING), read_trace(cut_dir).drop(columns=TIMING)
+    )
+
+
+def test_same_seed_same_trace(tmp_path):
+    config = replace(TINY, estimators=("disarm",), steps=20)
+    (a,) = run_vae(replace(config, out=str(tmp_path / "a")))
+    (b,) = run_vae(replace(config, out=str(tmp_path / "b")))
+    pd.testing.assert_frame_equal(
+        read_trace(a.path).drop(columns=TIMING), read_trace(b.path).drop(columns=TIMING)
+    )
+
+
+def test_disarm_protocol_settings(tmp_path):
+    config = VaeConfig.for_protocol(
+        "disarm", steps=5, latent=8, eval_samples=2, var_samples=4, out=str(tmp_path), device="cpu"
+    )
+    assert (config.batch_size, config.encoder_lr, config.learn_prior) == (50, 1e-4, True)
+    assert VaeConfig.for_protocol("disarm", batch_size=7).batch_size == 7  # explicit wins
+    (summary,) = run_vae(replace(config, eval_every=5, var_every=5))
+    assert summary.status == "finished"
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path):
+    with pytest.raises(ResultsError, match=r"run\.json is missing"):
+        resume_vae(tmp_path)
+    (summary,) = run_vae(replace(TINY, estimators=("rloo",), steps=10, out=str(tmp_path)))
+    (summary.path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot load checkpoint"):
+        resume_vae(summary.path)
+    (summary.path / CHECKPOINT).unlink()
+    with pytest.raises(ConfigError, match=r"no checkpoint\.pt"):
+        resume_vae(summary.path)
