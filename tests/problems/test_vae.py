@@ -1,0 +1,352 @@
+"""The binary VAE: its log-probabilities, objective, training step and bounds.
+
+Small models in float64 (tiny latent spaces allow exact enumeration of log p(x)); tolerances of
+the statistical checks come from standard errors computed exactly by enumeration.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli
+
+from dcvbench.estimators import Estimate, Estimator, estimator_info, estimator_names, get_estimator
+from dcvbench.estimators.sampling import bernoulli_from_uniform, uniform_noise
+from dcvbench.problems.vae import BinaryVAE, NegativeELBO, elbo, iwae_bound, train_step
+
+F64 = torch.float64
+VAE_ESTIMATORS = [name for name in estimator_names() if not estimator_info(name).needs_exact_mean]
+
+
+def make_model(seed: int = 0, **options) -> BinaryVAE:
+    options = {"latent": 8, "dtype": F64, **options}
+    return BinaryVAE(generator=torch.Generator().manual_seed(seed), **options)
+
+
+def binary_images(rows: int, pixels: int = 784, seed: int = 1) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(rows, pixels, generator=generator, dtype=F64) < 0.3).to(F64)  # [B, P]
+
+
+def all_configurations(latent: int) -> Tensor:
+    """Every binary vector of length ``latent``, ``[2^D, 1, D]`` (broadcasts over rows)."""
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=latent)), dtype=F64).unsqueeze(1)
+
+
+def optimizers(model: BinaryVAE, lr: float = 1e-2) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    return (
+        torch.optim.Adam(model.encoder_parameters(), lr=lr),
+        torch.optim.Adam(model.generative_parameters(), lr=lr),
+    )
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "widths"),
+    [("linear", [(784, 8)]), ("nonlinear", [(784, 200), (200, 200), (200, 8)])],
+)
+def test_architectures_have_the_published_layers(arch, widths):
+    model = make_model(arch=arch)
+    linear = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == widths
+    decoder = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.out_features, m.in_features) for m in decoder][::-1] == widths
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == (set() if arch == "linear" else {0.3})
+    x = binary_images(4)
+    assert model.encode(x).shape == (4, 8)
+    assert model.decode(torch.zeros(3, 4, 8, dtype=F64)).shape == (3, 4, 784)
+
+
+def test_bad_architecture_names_the_choices():
+    with pytest.raises(ValueError, match="linear, nonlinear"):
+        BinaryVAE(arch="deep")
+
+
+def test_log_probabilities_match_torch_distributions():
+    model = make_model(learn_prior=True)
+    with torch.no_grad():
+        model.prior_logits.normal_(generator=torch.Generator().manual_seed(3))
+    x = binary_images(4)
+    logits = model.encode(x)  # [B, D]
+    b = Bernoulli(logits=logits).sample((5,))  # [K, B, D]
+    pixel_logits = model.decode(b)  # [K, B, P]
+    likelihood = Bernoulli(logits=pixel_logits).log_prob(x.expand_as(pixel_logits)).sum(-1)
+    prior = Bernoulli(logits=model.prior_logits).log_prob(b).sum(-1)
+    posterior = Bernoulli(logits=logits).log_prob(b).sum(-1)
+    torch.testing.assert_close(model.log_likelihood(x, b), likelihood)
+    torch.testing.assert_close(model.log_prior(b), prior)
+    torch.testing.assert_close(model.log_joint(x, b), likelihood + prior)
+    torch.testing.assert_close(model.log_posterior(b, logits), posterior)
+    f = NegativeELBO(model, x, logits)
+    torch.testing.assert_close(f(b), -(likelihood + prior - posterior))
+
+
+def test_mean_centring_and_output_bias():
+    mean = torch.linspace(0.0, 1.0, 784, dtype=F64)  # includes pixels always 0 and always 1
+    model = make_model(input_mean=mean, output_bias_mean=mean)
+    plain = make_model()  # same seed: same weights
+    x = binary_images(4)
+    torch.testing.assert_close(model.encode(x), plain.encoder(x - mean))
+    bias = model.decoder[-1].bias
+    torch.testing.assert_close(bias, torch.logit(mean.clamp(1e-3, 1 - 1e-3)))
+    assert torch.isfinite(bias).all()
+
+
+def test_mean_image_takes_the_models_dtype():
+    mean = torch.full((784,), 0.25, dtype=F64)
+    model = BinaryVAE(latent=4, input_mean=mean, output_bias_mean=mean, dtype=torch.float32)
+    assert model.input_mean.dtype == torch.float32
+    assert model.encode(binary_images(2).float()).dtype == torch.float32
+
+
+def test_fixed_prior_is_a_buffer_and_learned_prior_a_parameter():
+    fixed, learned = make_model(), make_model(learn_prior=True)
+    assert not fixed.learn_prior and fixed.prior_parameters() == []
+    assert torch.equal(fixed.prior_logits, torch.zeros(8, dtype=F64))
+    assert learned.prior_parameters() == [learned.prior_logits]
+    assert learned.generative_parameters()[-1] is learned.prior_logits
+
+
+# -- the objective ------------------------------------------------------------------------------
+
+
+def test_objective_never_reaches_the_encoder_and_accepts_relaxed_samples():
+    model = make_model()
+    x = binary_images(4)
+    logits = model.encode(x)
+    f = NegativeELBO(model, x, logits)
+    relaxed = torch.rand(2, 4, 8, generator=torch.Generator().manual_seed(0), dtype=F64)  # real b
+    values = f(relaxed)
+    assert values.shape == (2, 4) and torch.isfinite(values).all()
+    values.sum().backward()
+    assert all(p.grad is None for p in model.encoder_parameters())
+    assert all(p.grad is not None for p in model.decoder_parameters())
+
+
+@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
+@pytest.mark.parametrize("learn_prior", [False, True])
+def test_value_and_input_grad_equals_separate_autograd(arch, learn_prior):
+    model = make_model(arch=arch, learn_prior=learn_prior)
+    x = binary_images(4)
+    logits = model.encode(x)
+    b = Bernoulli(logits=logits.detach()).sample((3,))  # [K, B, D]
+    params = model.generative_parameters()
+
+    f = NegativeELBO(model, x, logits)
+    values, input_grad = f.value_and_input_grad(b)
+    shared = f.take_generative_grads(values)
+
+    b_leaf = b.clone().requires_grad_(True)
+    expected = NegativeELBO(model, x, logits)(b_leaf)  # [K, B]
+    (expected_input_grad,) = torch.autograd.grad(expected.sum(), b_leaf, retain_graph=True)
+    expected_params = torch.autograd.grad(expected.mean(), params)
+
+    torch.testing.assert_close(values, expected.detach())
+    torch.testing.assert_close(input_grad, expected_input_grad)
+    assert shared is not None and len(shared) == len(params) == len(expected_params)
+    for got, want in zip(shared, expected_params, strict=True):
+        torch.testing.assert_close(got, want)
+    assert f.take_generative_grads(values) is None  # handed out once
+
+
+def test_stored_gradients_belong_only_to_their_values():
+    model = make_model()
+    x = binary_images(4)
+    f = NegativeELBO(model, x, model.encode(x))
+    values, _ = f.value_and_input_grad(torch.zeros(2, 4, 8, dtype=F64))
+    assert f.take_generative_grads(values.clone()) is None  # an equal tensor, not the same one
+    assert f.take_generative_grads(values) is None  # and a failed lookup forgets them
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
+@pytest.mark.parametrize("name", VAE_ESTIMATORS)
+def test_every_estimator_trains_the_vae(name, arch):
+    model = make_model(arch=arch, latent=6)
+    before = copy.deepcopy(model)
+    estimator = get_estimator(name)
+    encoder_optimizer, decoder_optimizer = optimizers(model)
+    x = binary_images(4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        out = train_step(model, estimator, x, 2, generator, encoder_optimizer, decoder_optimizer)
+        assert out.train_elbo.shape == () and torch.isfinite(out.train_elbo)
+        assert out.estimate.grad.shape == (4, 6) and torch.isfinite(out.estimate.grad).all()
+    for group in ("encoder_parameters", "decoder_parameters"):
+        new, old = getattr(model, group)(), getattr(before, group)()
+        assert all(torch.isfinite(p).all() for p in new)
+        assert any(not torch.equal(p, q) for p, q in zip(new, old, strict=True)), group
+
+
+@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
+def test_decoder_and_encoder_gradients_of_a_step(arch):
+    """rloo (autograd path), rloo-dcv (shared backward) and muprop (shared backward of *another*
+    evaluation, which must be ignored) draw the same K samples from the same seed: all three must
+    give the decoder the gradient of mean f over those samples, and the encoder J_ηᵀ g / B."""
+    k, rows = 3, 4
+    x = binary_images(rows)
+    reference = make_model(arch=arch, learn_prior=True)
+    logits = reference.encode(x)
+    noise = uniform_noise((k, *logits.shape), logits, torch.Generator().manual_seed(7))
+    b = bernoulli_from_uniform(noise, torch.sigmoid(logits.detach()))  # [K, B, D]
+    params = reference.generative_parameters()
+    expected = torch.autograd.grad(NegativeELBO(reference, x, logits)(b).mean(), params)
+
+    decoder_grads = {}
+    for name in ("rloo", "rloo-dcv", "muprop"):
+        model = copy.deepcopy(reference)
+        estimator = get_estimator(name)
+        if name == "rloo-dcv":
+            estimator.set_alpha(-0.5)  # a non-trivial control variate
+        encoder_optimizer, decoder_optimizer = optimizers(model)
+        generator = torch.Generator().manual_seed(7)
+        out = train_step(model, estimator, x, k, generator, encoder_optimizer, decoder_optimizer)
+        decoder_grads[name] = [p.grad for p in model.generative_parameters()]
+        for got, want in zip(decoder_grads[name], expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        # Encoder: the surrogate (η · g).sum() / B at the pre-step parameters.
+        pre = copy.deepcopy(reference)
+        surrogate = (pre.encode(x) * out.estimate.grad.detach()).sum() / rows
+        surrogate_grads = torch.autograd.grad(surrogate, pre.encoder_parameters())
+        for got, want in zip(model.encoder_parameters(), surrogate_grads, strict=True):
+            torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
+    for a, c in zip(decoder_grads["rloo"], decoder_grads["rloo-dcv"], strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_learned_prior_is_stepped_by_its_own_optimizer():
+    model = make_model(learn_prior=True)
+    encoder_optimizer = torch.optim.Adam(model.encoder_parameters(), lr=1e-3)
+    decoder_optimizer = torch.optim.Adam(model.decoder_parameters(), lr=1e-3)
+    prior_optimizer = torch.optim.SGD(model.prior_parameters(), lr=1e-2)
+    before = model.prior_logits.detach().clone()
+    generator = torch.Generator().manual_seed(0)
+    for name in ("rloo", "rloo-dcv"):
+        train_step(
+            model, get_estimator(name), binary_images(4), 2, generator,
+            encoder_optimizer, decoder_optimizer, prior_optimizer,
+        )  # fmt: skip
+        assert not torch.equal(model.prior_logits, before)
+        before = model.prior_logits.detach().clone()
+
+
+def test_alpha_is_learned_after_the_estimate_is_used():
+    model = make_model()
+    estimator = get_estimator("rloo-dcv")
+    encoder_optimizer, decoder_optimizer = optimizers(model)
+    out = train_step(
+        model, estimator, binary_images(4), 2, torch.Generator().manual_seed(0),
+        encoder_optimizer, decoder_optimizer,
+    )  # fmt: skip
+    assert float(out.estimate.stats["alpha"]) == 0.0  # the estimate used α before its update
+    assert float(estimator.alpha.detach()) != 0.0
+
+
+class _Graphless(Estimator):
+    """Returns values without a graph and without shared gradients: the decoder cannot train."""
+
+    info = estimator_info("rloo")
+
+    def estimate(self, logits, f, noise):
+        return Estimate(grad=torch.zeros_like(logits), values=f(noise.round()).detach())
+
+
+def test_values_without_graph_or_stored_grads_are_an_error():
+    model = make_model()
+    encoder_optimizer, decoder_optimizer = optimizers(model)
+    with pytest.raises(RuntimeError, match="without a graph"):
+        train_step(
+            model, _Graphless(), binary_images(4), 2, torch.Generator().manual_seed(0),
+            encoder_optimizer, decoder_optimizer,
+        )  # fmt: skip
+
+
+# -- bounds -------------------------------------------------------------------------------------
+
+
+def tiny_problem(rows: int = 4) -> tuple[BinaryVAE, Tensor, Tensor]:
+    """D = 3 latents (8 configurations), 16 pixels: exact log p(x) by enumeration."""
+    model = make_model(latent=3, pixels=16, seed=5)
+    x = binary_images(rows, pixels=16, seed=6)
+    return model, x, model.encode(x).detach()
+
+
+def exact_quantities(model: BinaryVAE, x: Tensor, logits: Tensor) -> dict[str, Tensor]:
+    """log p(x), the ELBO, Var_q[log w] and χ² = Var_q[w / p(x)], per row, by enumeration."""
+    b = all_configurations(model.latent).expand(-1, x.shape[0], -1)  # [8, B, D]
+    log_q = model.log_posterior(b, logits)  # [8, B]
+    log_w = model.log_joint(x, b) - log_q  # [8, B]
+    q = log_q.exp()
+    log_px = torch.logsumexp(log_q + log_w, 0)  # log Σ_b p(x, b): [B]
+    mean = (q * log_w).sum(0)
+    return {
+        "log_px": log_px,
+        "elbo": mean,
+        "log_w_var": (q * (log_w - mean) ** 2).sum(0),
+        "chi2": (q * (log_w - log_px).exp() ** 2).sum(0) - 1.0,
+    }
+
+
+@torch.no_grad()
+def test_iwae_converges_to_exact_log_likelihood():
+    model, x, logits = tiny_problem()
+    exact = exact_quantities(model, x, logits)
+    samples = 40_000
+    bound = iwae_bound(model, x, torch.Generator().manual_seed(0), samples=samples, chunk=3_000)
+    # log of a mean of S weights: s.d. ≈ √(χ²/S), bias ≈ −χ²/(2S) (delta method).
+    tolerance = 5 * (exact["chi2"] / samples).sqrt() + exact["chi2"] / samples
+    assert ((bound - exact["log_px"]).abs() <= tolerance).all(), (bound, exact["log_px"], tolerance)
+
+
+@torch.no_grad()
+def test_iwae_with_one_sample_is_the_elbo_in_expectation():
+    model, x, logits = tiny_problem()
+    exact = exact_quantities(model, x, logits)
+    repeats = 5_000
+    tiled = x.repeat(repeats, 1)  # row r belongs to row r mod B
+    standard_error = (exact["log_w_var"] / repeats).sqrt()
+    for draw in (
+        lambda g: iwae_bound(model, tiled, g, samples=1),
+        lambda g: elbo(model, tiled, g),
+    ):
+        per_row = draw(torch.Generator().manual_seed(1)).reshape(repeats, -1).mean(0)  # [B]
+        assert ((per_row - exact["elbo"]).abs() <= 5 * standard_error).all()
+
+
+@torch.no_grad()
+def test_iwae_increases_with_samples_and_stays_below_log_likelihood():
+    model, x, logits = tiny_problem()
+    exact = exact_quantities(model, x, logits)
+    repeats = 2_000
+    tiled = x.repeat(repeats, 1)
+    means, errors = [], []
+    for seed, samples in enumerate((1, 5, 50)):
+        per_draw = iwae_bound(model, tiled, torch.Generator().manual_seed(seed), samples=samples)
+        per_draw = per_draw.reshape(repeats, -1)  # [repeats, B]
+        means.append(per_draw.mean(0))
+        errors.append(per_draw.std(0) / math.sqrt(repeats))
+    for lower in range(2):
+        # Independent draws: the difference's s.e. is the root sum of squares.
+        gap = means[lower + 1] - means[lower]
+        assert (gap >= -4 * (errors[lower] ** 2 + errors[lower + 1] ** 2).sqrt()).all()
+    assert (means[-1] <= exact["log_px"] + 4 * errors[-1]).all()
+    assert (means[-1] - means[0]).mean() > 0  # a real increase, not a tie within the noise
+
+
+@torch.no_grad()
+def test_iwae_chunking_does_not_change_the_bound():
+    # On CPU the generator's stream is consumed in order, so chunks see the same draws.
+    model, x, _ = tiny_problem()
+    whole = iwae_bound(model, x, torch.Generator().manual_seed(2), samples=100, chunk=100)
+    chunked = iwae_bound(model, x, torch.Generator().manual_seed(2), samples=100, chunk=7)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
