@@ -368,7 +368,11 @@ def vae(
 @app.command()
 @reports_user_errors
 def variance(
-    problem: Annotated[str, typer.Option(help="Problem: toy.")] = "toy",
+    problem: Annotated[str, typer.Option(help="Problem: toy (or give --checkpoint for a VAE).")] = "toy",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="A VAE run directory or its checkpoint.pt: measure there, on its snapshot batch."),
+    ] = None,
     dim: Dim = 200,
     target: Target = 0.499,
     objective: Objective = "separable",
@@ -381,7 +385,9 @@ def variance(
     estimator: Annotated[
         list[str] | None, typer.Option(help="Estimator (repeatable). Default: rloo, rloo-dcv, disarm.")
     ] = None,
-    samples: Annotated[int, typer.Option(help="Independent estimates per (estimator, K).")] = 20000,
+    samples: Annotated[
+        int | None, typer.Option(help="Independent estimates per (estimator, K) [toy: 20000, VAE: 1000].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Device = "auto",
     dtype: Dtype = "float64",
@@ -397,14 +403,17 @@ def variance(
     """Variance and bias of estimators side by side at one fixed point, on the same random numbers."""
     from dcvbench.jobs.variance import run_variance
 
-    if problem != "toy":
-        raise ConfigError(f"unknown problem {problem!r}; choose from: toy")
+    if problem not in ("toy", "vae"):
+        raise ConfigError(f"unknown problem {problem!r}; choose from: toy, vae (with --checkpoint)")
+    if problem == "vae" and checkpoint is None:
+        raise ConfigError("--problem vae needs --checkpoint: a VAE run directory or its checkpoint.pt")
     config = VarianceConfig(
         problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
         theta=theta,
+        checkpoint=checkpoint,
         estimators=tuple(estimator or VarianceConfig.estimators),
         ks=tuple(k or (2,)),
-        samples=samples,
+        samples=samples or (1000 if checkpoint else 20000),
         seed=seed,
         device=device,
         dtype=dtype,
@@ -418,33 +427,25 @@ def variance(
     if quiet:
         print(study.path)
         return
-    table = Table(title=f"variance at θ={theta}: D={dim}, t={target}, {objective}, {samples} draws")
-    columns = (
-        "estimator",
-        "K",
-        "evals",
-        "variance",
-        "vs rloo",
-        "variance×evals",
-        "max |z|",
-        "mean |z|",
-        "s/estimate",
-        "α",
-    )
-    for column in columns:
+    if checkpoint:
+        title = f"encoder-gradient variance at {checkpoint}, {config.samples} draws"
+        extra = {"logit variance": "logit_variance", "logit vs rloo": "logit_variance_ratio"}
+    else:
+        title = f"variance at θ={theta}: D={dim}, t={target}, {objective}, {config.samples} draws"
+        extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z"}
+    columns = {"variance": "variance", "vs rloo": "variance_ratio", "variance×evals": "cost_variance"}
+    columns.update(extra)
+    table = Table(title=title)
+    for column in ("estimator", "K", "evals", *columns, "s/estimate", "α"):
         table.add_column(column, justify="left" if column == "estimator" else "right")
-    for row in study.table.itertuples():
-        alpha_text = "–" if pd.isna(row.alpha_source) else f"{row.alpha:.4g} ({row.alpha_source})"
+    for row in study.table.to_dict("records"):
+        alpha_text = "–" if pd.isna(row["alpha_source"]) else f"{row['alpha']:.4g} ({row['alpha_source']})"
         table.add_row(
-            row.estimator,
-            str(row.k),
-            str(row.evals),
-            _number(row.variance, 3),
-            _number(row.variance_ratio, 3),
-            _number(row.cost_variance, 3),
-            _number(row.bias_max_z, 3),
-            _number(row.bias_mean_z, 3),
-            _number(row.seconds_per_estimate, 2),
+            row["estimator"],
+            str(row["k"]),
+            str(row["evals"]),
+            *(_number(row[name], 3) for name in columns.values()),
+            _number(row["seconds_per_estimate"], 2),
             alpha_text,
         )
     stdout.print(table)

@@ -47,8 +47,10 @@ class Estimate:
     Attributes:
         grad: ``[B, D]`` estimate of ``∇_η E_q[f]`` (no autograd graph attached).
         values: ``[E, B]`` the objective at the estimator's samples (E per row: K, or 2 per
-            antithetic pair), still attached to ``f``'s graph so a model can train ``f``'s own
-            parameters on them. Evaluations at other points (MuProp's at θ) are not included.
+            antithetic pair), attached to ``f``'s graph so a model can train ``f``'s own
+            parameters on them — unless ``f`` computed them with its own ``value_and_input_grad``,
+            which then owns that training (the VAE's shared backward pass). Evaluations at other
+            points (MuProp's at θ) are not included.
         stats: 0-d tensors worth logging (e.g. the control-variate weight ``alpha``); kept as
             tensors so that a training step never waits on the device to read them.
         control: for estimators of the form ``g = g₀ + α·h``, the direction ``h`` ``[B, D]``, so

@@ -109,12 +109,10 @@ def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> 
     return EvaluationData(test.to(device), valid.to(device), snapshot.to(device))
 
 
-def build_training(
-    config: VaeConfig, name: str, seed: int, dataset: Dataset, device: torch.device
-) -> Training:
-    """A fresh model, optimisers, estimator, sampler and generators for one run."""
+def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> BinaryVAE:
+    """The run's model at initialisation (weights drawn from a generator seeded by the run seed)."""
     mean = dataset.mean_image()  # [P]
-    model = BinaryVAE(
+    return BinaryVAE(
         latent=config.latent,
         arch=config.arch,
         pixels=dataset.train.shape[1],
@@ -123,6 +121,13 @@ def build_training(
         output_bias_mean=mean if config.init_output_bias else None,
         generator=make_generator(torch.device("cpu"), seed, "vae", "init"),
     ).to(device)
+
+
+def build_training(
+    config: VaeConfig, name: str, seed: int, dataset: Dataset, device: torch.device
+) -> Training:
+    """A fresh model, optimisers, estimator, sampler and generators for one run."""
+    model = build_model(config, seed, dataset, device)
     prior = model.prior_parameters()
     return Training(
         model=model,
@@ -217,7 +222,30 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged or foreign file
-        raise ConfigError(f"cannot load checkpoint {path}: {type(error).__name__}: {error}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot load checkpoint {path}: {reason}") from None
+
+
+def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[BinaryVAE, VaeConfig, dict]:
+    """The model of a VAE checkpoint (a ``checkpoint.pt`` or its run directory), its run's config
+    and manifest; the architecture comes from the run's manifest."""
+    path = Path(path)
+    run_dir, checkpoint = (path, path / CHECKPOINT) if path.is_dir() else (path.parent, path)
+    if not checkpoint.exists():
+        raise ConfigError(f"no checkpoint at {checkpoint}; give a VAE run directory or its {CHECKPOINT}")
+    manifest = read_manifest(run_dir)
+    if manifest.get("job") != "vae":
+        raise ConfigError(f"{run_dir} is not a VAE run (job {manifest.get('job')!r})")
+    config = vae_config_from_dict(manifest["config"])
+    dataset = load_dataset(config.dataset, config.data_dir)
+    model = build_model(config, manifest["seed"], dataset, device)
+    state = load_checkpoint(checkpoint, device)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{checkpoint} does not fit the {config.arch} model of its run: {first}") from None
+    return model, config, {**manifest, "checkpoint_step": state.get("step")}
 
 
 def _train(

@@ -1,7 +1,8 @@
 """``dcvbench variance``: all chosen estimators at one fixed point, side by side.
 
-For each K and each estimator, ``--samples`` independent estimates are drawn at the same ``θ``
-(vectorised, see :mod:`dcvbench.measure.variance`) and summarised in one row of
+The point is either the toy at a fixed ``θ`` or a VAE checkpoint with a fixed minibatch (the run's
+variance snapshot batch). For each K and each estimator, ``--samples`` independent estimates are
+drawn there (vectorised, see :mod:`dcvbench.measure.variance`) and summarised in one row of
 ``variance.parquet``. Estimators at the same K draw from generators in the same state, so those
 whose noise has the same shape see the same random numbers (paired comparisons).
 
@@ -13,20 +14,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import torch
 
 from dcvbench.config import VarianceConfig, theta_probability
-from dcvbench.estimators import ControlVariateEstimator, build_estimator, estimator_info
+from dcvbench.estimators import ControlVariateEstimator, Estimator, build_estimator, estimator_info
 from dcvbench.jobs import NoProgress, Progress
+from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
 from dcvbench.problems.toy import exact_gradient, make_objective
+from dcvbench.problems.vae import NegativeELBO
 from dcvbench.results import Run, prepare_output_root, table_from_records
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
 
 REFERENCE = "rloo"  # variance ratios are relative to REINFORCE leave-one-out at the same K
-WARMUP_DRAWS = 16  # one small call first, so one-off start-up costs stay out of the timings
+WARMUP_DRAWS = 4  # one small call first, so one-off start-up costs stay out of the timings
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,101 @@ class VarianceStudy:
     table: pd.DataFrame
 
 
+class FixedPoint(Protocol):
+    """Where a study measures: what it says about itself, α*, and one estimator's statistics."""
+
+    problem: str
+
+    def context(self) -> dict: ...
+
+    def optimal_alpha(
+        self, estimator: ControlVariateEstimator, k: int, draws: int, generator: torch.Generator
+    ) -> float: ...
+
+    def measure(self, estimator: Estimator, k: int, draws: int, generator: torch.Generator) -> dict: ...
+
+
+class ToyPoint:
+    """The toy at ``η = logit(θ)`` ``[1, D]``, with its exact gradient for the bias."""
+
+    problem = "toy"
+
+    def __init__(self, config: VarianceConfig, device: torch.device):
+        dtype = resolve_dtype(config.dtype)
+        problem = config.problem
+        self.config = config
+        self.objective = make_objective(
+            problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
+        )
+        self.logits = study_logits(config, device, dtype)
+        self.exact = exact_gradient(self.objective, self.logits)
+
+    def context(self) -> dict:
+        problem = self.config.problem
+        return {
+            "problem": "toy",
+            "objective": problem.objective,
+            "dim": problem.dim,
+            "target": problem.target,
+            "theta": self.config.theta,
+        }
+
+    def optimal_alpha(self, estimator, k, draws, generator) -> float:
+        return optimal_alpha(estimator, self.logits, self.objective, k, draws, generator)
+
+    def measure(self, estimator, k, draws, generator) -> dict:
+        resample_variance(estimator, self.logits, self.objective, k, WARMUP_DRAWS, _warmup(self.logits))
+        result = resample_variance(estimator, self.logits, self.objective, k, draws, generator)
+        z = result.bias_z(self.exact)
+        return {
+            "variance": result.variance,
+            "bias_max_z": float(z.max()),
+            "bias_mean_z": float(z.mean()),
+            "seconds_per_estimate": result.seconds_per_estimate,
+        }
+
+
+class VaePoint:
+    """A VAE checkpoint and its run's fixed snapshot minibatch; the variance is the encoder's."""
+
+    problem = "vae"
+
+    def __init__(self, config: VarianceConfig, device: torch.device):
+        from dcvbench.data import load_dataset
+        from dcvbench.jobs.vae import evaluation_data, load_checkpointed_model
+
+        self.model, run_config, self.manifest = load_checkpointed_model(config.checkpoint, device)
+        dataset = load_dataset(run_config.dataset, run_config.data_dir)
+        self.run_config = run_config
+        self.x = evaluation_data(dataset, run_config.batch_size, device).snapshot  # [B, P]
+        with torch.no_grad():
+            self.logits = self.model.encode(self.x)  # [B, D]
+
+    def context(self) -> dict:
+        return {
+            "problem": "vae",
+            "dataset": self.run_config.dataset,
+            "arch": self.run_config.arch,
+            "checkpoint_run": self.manifest["run_id"],
+            "checkpoint_step": self.manifest["checkpoint_step"],
+        }
+
+    def optimal_alpha(self, estimator, k, draws, generator) -> float:
+        objective = NegativeELBO(self.model, self.x, self.logits, generative_grads=False)
+        return optimal_alpha(estimator, self.logits, objective, k, draws, generator)
+
+    def measure(self, estimator, k, draws, generator) -> dict:
+        resample_encoder_variance(self.model, estimator, self.x, k, WARMUP_DRAWS, _warmup(self.x))
+        result = resample_encoder_variance(self.model, estimator, self.x, k, draws, generator)
+        return {
+            "variance": result.param_variance,
+            "logit_variance": result.logit_variance,
+            "seconds_per_estimate": result.seconds / result.draws,
+        }
+
+
 def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The fixed point: ``η = logit(θ)`` ``[1, D]``, ``θ`` constant or seeded-random in (0.05, 0.95)."""
+    """The toy's point: ``η = logit(θ)`` ``[1, D]``, θ constant or seeded-random in (0.05, 0.95)."""
     dim = config.problem.dim
     theta = theta_probability(config.theta)
     if theta is None:
@@ -49,37 +146,35 @@ def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtyp
 
 
 def run_variance(config: VarianceConfig, progress: Progress | None = None) -> VarianceStudy:
-    """Measure every (K, estimator) of ``config``; write and return the table."""
+    """Measure every (K, estimator) of ``config`` at its point; write and return the table."""
     progress = progress or NoProgress()
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
+    point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
     root = prepare_output_root(config.out)
-    problem = config.problem
-    objective = make_objective(
-        problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
-    )
-    logits = study_logits(config, device, dtype)
-    exact = exact_gradient(objective, logits)
     manifest = {
         "job": "variance",
         "config": asdict(config),
+        "point": point.context(),
         "device": str(device),
         "versions": provenance(device),
     }
-    identity = {"problem": "toy", "seed": config.seed}
-    with Run.create(root, f"variance-toy-seed{config.seed}", identity, (), manifest) as run:
+    identity = {"problem": point.problem, "seed": config.seed}
+    with Run.create(root, f"variance-{point.problem}-seed{config.seed}", identity, (), manifest) as run:
         records = []
         for k in config.ks:
             progress.start(f"variance K={k}", len(config.estimators))
             rows = {}
             for name in _with_reference(config.estimators, k):
-                rows[name] = _measure(config, name, k, objective, logits, exact, device)
+                rows[name] = _measure(config, point, name, k, device)
                 progress.advance(int(name in config.estimators))
             reference = rows.get(REFERENCE)
             for name in config.estimators:
                 row = rows[name]
-                row["variance_ratio"] = row["variance"] / reference["variance"] if reference else None
-                records.append({"run_id": run.run_id, **row})
+                for column in ("variance", "logit_variance"):
+                    if column in row:
+                        ratio = row[column] / reference[column] if reference else None
+                        row[column.replace("variance", "variance_ratio")] = ratio
+                records.append({"run_id": run.run_id, **point.context(), **row})
         table = table_from_records(records)
         run.write_table("variance.parquet", table)
     return VarianceStudy(run.run_id, run.path, table.to_pandas())
@@ -92,7 +187,7 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
     return [*names, REFERENCE]
 
 
-def _measure(config, name, k, objective, logits, exact, device) -> dict:
+def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
     info = estimator_info(name)
     estimator = build_estimator(name, config.estimator_settings).to(device)
     alpha_source = None
@@ -100,33 +195,25 @@ def _measure(config, name, k, objective, logits, exact, device) -> dict:
         alpha_source = "fixed"
         if config.estimator_settings.alpha is None:
             tune_generator = make_generator(device, config.seed, "variance", "tune", k)
-            best = optimal_alpha(estimator, logits, objective, k, config.samples, tune_generator)
-            estimator.set_alpha(best)
+            estimator.set_alpha(point.optimal_alpha(estimator, k, config.samples, tune_generator))
             alpha_source = "optimal"
-    warmup_generator = make_generator(device, config.seed, "variance", "warmup", k)
-    resample_variance(estimator, logits, objective, k, WARMUP_DRAWS, warmup_generator)
     generator = make_generator(device, config.seed, "variance", k)
-    result = resample_variance(estimator, logits, objective, k, config.samples, generator)
-    z = result.bias_z(exact)
+    measured = point.measure(estimator, k, config.samples, generator)
     evals = info.evals(k)
-    problem = config.problem
     return {
-        "problem": "toy",
-        "objective": problem.objective,
-        "dim": problem.dim,
-        "target": problem.target,
-        "theta": config.theta,
         "estimator": name,
         "k": k,
         "evals": evals,
         "unbiased": info.unbiased,
-        "variance": result.variance,
-        "cost_variance": result.variance * evals,
-        "bias_max_z": float(z.max()),
-        "bias_mean_z": float(z.mean()),
-        "seconds_per_estimate": result.seconds_per_estimate,
+        **measured,
+        "cost_variance": measured["variance"] * evals,
         "alpha": float(estimator.alpha.detach()) if alpha_source else None,
         "alpha_source": alpha_source,
         "samples": config.samples,
         "seed": config.seed,
     }
+
+
+def _warmup(like: torch.Tensor) -> torch.Generator:
+    """A throw-away stream for the warm-up call, so the measured draws do not depend on it."""
+    return torch.Generator(device=like.device).manual_seed(0)

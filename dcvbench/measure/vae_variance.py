@@ -19,14 +19,14 @@ applies it to a whole chunk of draws at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from dcvbench.estimators import Estimator
-from dcvbench.measure.variance import CHUNK_ELEMENTS, Moments
+from dcvbench.measure.variance import CHUNK_ELEMENTS, Moments, draw_estimates
 from dcvbench.problems.vae import BinaryVAE, NegativeELBO
 
 
@@ -155,36 +155,6 @@ def encoder_vjp(model: BinaryVAE, x: Tensor) -> Callable[[Tensor], Tensor]:
     return vjp
 
 
-def draw_logit_gradients(
-    model: BinaryVAE,
-    estimator: Estimator,
-    x: Tensor,
-    k: int,
-    draws: int,
-    generator: torch.Generator,
-    chunk: int,
-) -> Iterator[Tensor]:
-    """``draws`` independent estimates ``g`` at the snapshot, as chunks ``[c, B, D]`` (``c ≤ chunk``).
-
-    A chunk is one estimator call on the minibatch tiled ``c`` times: row ``r`` of the tiled batch
-    is row ``r mod B`` of ``x`` (the convention of :func:`dcvbench.measure.variance.draw_estimates`),
-    with the objective built on the tiled ``x``. The estimator's :meth:`~Estimator.update` is never
-    called, so its learned state (``α``, baselines) is what it was at the snapshot.
-    """
-    rows = x.shape[0]
-    with torch.no_grad():
-        logits = model.encode(x)  # [B, D]
-    done = 0
-    while done < draws:
-        size = min(chunk, draws - done)
-        tiled_x = x.repeat(size, 1)  # [c·B, P]
-        tiled_logits = logits.repeat(size, 1)  # [c·B, D]
-        f = NegativeELBO(model, tiled_x, tiled_logits, generative_grads=False)
-        estimate = estimator(tiled_logits, f, k, generator)
-        yield estimate.grad.detach().reshape(size, rows, -1)
-        done += size
-
-
 def resample_encoder_variance(
     model: BinaryVAE,
     estimator: Estimator,
@@ -211,12 +181,15 @@ def resample_encoder_variance(
 
     start = time.perf_counter()
     vjp = encoder_vjp(model, x)
+    with torch.no_grad():
+        logits = model.encode(x)  # [B, D]
+    f = NegativeELBO(model, x, logits, generative_grads=False)
     params: Moments | None = None
-    logits: Moments | None = None
-    for grads in draw_logit_gradients(model, estimator, x, k, draws, generator, chunk):  # [c, B, D]
+    logit_moments: Moments | None = None
+    for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, D]
         chunk_params, chunk_logits = Moments.of(vjp(grads)), Moments.of(grads / rows)
         params = chunk_params if params is None else params.merge(chunk_params)
-        logits = chunk_logits if logits is None else logits.merge(chunk_logits)
+        logit_moments = chunk_logits if logit_moments is None else logit_moments.merge(chunk_logits)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    return EncoderVarianceResult(params, logits, time.perf_counter() - start)
+    return EncoderVarianceResult(params, logit_moments, time.perf_counter() - start)

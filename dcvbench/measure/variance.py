@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -86,31 +86,30 @@ def draw_estimates(
     k: int,
     draws: int,
     generator: torch.Generator,
-    on_chunk: Callable[[Tensor, Tensor | None], None],
-) -> float:
-    """Draw ``draws`` independent estimates at ``logits [B, D]`` chunk by chunk; return seconds.
+    chunk: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``draws`` independent estimates at ``logits [B, D]``, as chunks ``(grads, control)``.
 
-    ``on_chunk(grads [c, B, D], control [c, B, D] | None)`` receives each chunk. ``f`` is called on
-    ``[K, c·B, D]`` samples whose row ``r`` belongs to row ``r mod B`` of ``logits``.
+    Each chunk is one estimator call on ``c`` tiled copies of the rows: ``grads`` and ``control``
+    (``None`` for estimators without one) are ``[c, B, D]``. Row ``r`` of a tiled batch belongs to
+    row ``r mod B``. An objective whose values depend on the row (a VAE's ``f`` depends on the image
+    of each row) provides ``tile(times)``, the same objective over the tiled rows; others (the toy)
+    are used as they are. ``chunk`` draws at most per call (default: about
+    :data:`CHUNK_ELEMENTS` sample elements). The estimator's learned state is never updated.
     """
     rows, dim = logits.shape
-    chunk = max(1, min(draws, CHUNK_ELEMENTS // max(1, (k + 1) * rows * dim)))
-    seconds = 0.0
+    chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, (k + 1) * rows * dim))
     done = 0
     while done < draws:
         size = min(chunk, draws - done)
-        tiled = logits.detach().repeat(size, 1)  # [c·B, D]
-        start = time.perf_counter()
-        estimate = estimator(tiled, f, k, generator)
-        _synchronize(logits.device)
-        seconds += time.perf_counter() - start
+        tiled_f = f.tile(size) if hasattr(f, "tile") else f
+        estimate = estimator(logits.detach().repeat(size, 1), tiled_f, k, generator)  # c·B rows
         control = estimate.control
-        on_chunk(
+        yield (
             estimate.grad.reshape(size, rows, dim),
             None if control is None else control.reshape(size, rows, dim),
         )
         done += size
-    return seconds
 
 
 def resample_variance(
@@ -124,14 +123,13 @@ def resample_variance(
     """Variance of ``estimator`` at ``logits [B, D]`` from ``draws`` independent estimates."""
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
-    merged: list[Moments] = []
-
-    def accumulate(grads: Tensor, control: Tensor | None) -> None:
-        moments = Moments.of(grads)
-        merged[:] = [merged[0].merge(moments) if merged else moments]
-
-    seconds = draw_estimates(estimator, logits, f, k, draws, generator, accumulate)
-    return VarianceResult(merged[0], seconds)
+    moments: Moments | None = None
+    start = time.perf_counter()
+    for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator):
+        chunk = Moments.of(grads)
+        moments = chunk if moments is None else moments.merge(chunk)
+    _synchronize(logits.device)
+    return VarianceResult(moments, time.perf_counter() - start)
 
 
 def optimal_alpha(
@@ -148,16 +146,14 @@ def optimal_alpha(
     depend on ``α``. Use draws separate from those that then measure the variance.
     """
     current = float(estimator.alpha.detach())
-    totals = torch.zeros(2, dtype=torch.float64, device=logits.device)
-
-    def accumulate(grads: Tensor, control: Tensor | None) -> None:
+    cross = torch.zeros((), dtype=torch.float64, device=logits.device)  # Σ ⟨g₀, h⟩
+    norm = torch.zeros((), dtype=torch.float64, device=logits.device)  # Σ ‖h‖²
+    for grads, control in draw_estimates(estimator, logits, f, k, draws, generator):
         base = grads - current * control  # g₀
-        totals[0] += (base * control).sum().to(torch.float64)
-        totals[1] += control.pow(2).sum().to(torch.float64)
-
-    draw_estimates(estimator, logits, f, k, draws, generator, accumulate)
-    cross, norm = totals.tolist()
-    return -cross / norm if norm > 0 and math.isfinite(cross / norm) else 0.0
+        cross += (base * control).sum().to(torch.float64)
+        norm += control.pow(2).sum().to(torch.float64)
+    best = -float(cross) / float(norm) if float(norm) > 0 else 0.0
+    return best if math.isfinite(best) else 0.0
 
 
 def _synchronize(device: torch.device) -> None:

@@ -234,6 +234,13 @@ class NegativeELBO:
         latent = (b * (prior - self.logits)).sum(-1) + (self._posterior_normaliser - F.softplus(prior).sum())
         return -(self.model.log_likelihood(self.x, b) + latent)  # [..., B]
 
+    def tile(self, times: int) -> NegativeELBO:
+        """The same objective over ``times`` stacked copies of the minibatch (row ``r`` is row
+        ``r mod B``): what independent draws at one snapshot need (``measure.variance``)."""
+        return NegativeELBO(
+            self.model, self.x.repeat(times, 1), self.logits.repeat(times, 1), self.generative_grads
+        )
+
     def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
         """``f(b)`` ``[..., B]`` (detached) and ``∇_b f(b)`` ``[..., B, D]`` from one backward pass.
 

@@ -73,17 +73,9 @@ Z_CRITICAL = float(norm.isf(1e-3 / ((len(TEMPERATURES) - 1) * len(OBJECTIVES))))
 def _bias_norm(temperature: float, objective: str) -> tuple[float, float]:
     """``‖mean − exact‖`` over all coordinates, and its standard error."""
     logits, f = _logits(), make_objective(objective, DIM)
-    chunks: list[torch.Tensor] = []
-    draw_estimates(
-        get_estimator("concrete", temperature=temperature),
-        logits,
-        f,
-        1,
-        DRAWS,
-        torch.Generator().manual_seed(5),
-        lambda grads, control: chunks.append(grads.flatten(1)),
-    )
-    grads = torch.cat(chunks)  # [M, B·D]
+    estimator = get_estimator("concrete", temperature=temperature)
+    chunks = draw_estimates(estimator, logits, f, 1, DRAWS, torch.Generator().manual_seed(5))
+    grads = torch.cat([grads.flatten(1) for grads, _ in chunks])  # [M, B·D]
     error = grads.mean(0) - exact_gradient(f, logits).flatten()  # [B·D]
     size = error.norm()
     # Delta method: ‖ē − exact‖ moves with the projection of the mean on e/‖e‖, whose variance comes

@@ -76,3 +76,41 @@ def test_random_theta_is_seeded(tmp_path):
     a = run_variance(replace(config, out=str(tmp_path / "a"))).table
     b = run_variance(replace(config, out=str(tmp_path / "b"))).table
     assert a["variance"].tolist() == b["variance"].tolist()
+
+
+def test_vae_checkpoint_study_pairs_estimators_at_the_snapshot(tmp_path):
+    from dcvbench.config import VaeConfig
+    from dcvbench.jobs.vae import run_vae
+
+    vae = VaeConfig.for_protocol(
+        "dcv", latent=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
+        device="cpu", estimators=("rloo",), out=str(tmp_path / "runs"),
+    )  # fmt: skip
+    (run,) = run_vae(vae)
+    config = VarianceConfig(
+        checkpoint=str(run.path),
+        estimators=("rloo-dcv", "disarm"),
+        ks=(2,),
+        samples=200,
+        device="cpu",
+        out=str(tmp_path / "study"),
+    )
+    table = run_variance(config).table
+    assert table["problem"].tolist() == ["vae", "vae"]
+    assert table["checkpoint_step"].tolist() == [20, 20]
+    assert (table["variance"] > 0).all() and (table["logit_variance"] > 0).all()
+    assert table["variance_ratio"].notna().all() and table["logit_variance_ratio"].notna().all()
+    assert table.loc[0, "alpha_source"] == "optimal"
+    # α* minimises the variance: fixing α = 0 (plain rloo) cannot do better, beyond noise.
+    assert table.loc[0, "variance_ratio"] < 1.0
+
+
+def test_vae_study_refuses_toy_only_estimators_and_bad_checkpoints(tmp_path):
+    from dcvbench.results import ResultsError
+    from dcvbench.runtime import ConfigError
+
+    with pytest.raises(ConfigError, match="toy problem only"):
+        VarianceConfig(checkpoint="anything", estimators=("exact-baseline",))
+    (tmp_path / "checkpoint.pt").write_bytes(b"junk")
+    with pytest.raises(ResultsError, match=r"run\.json is missing"):
+        run_variance(VarianceConfig(checkpoint=str(tmp_path / "checkpoint.pt"), device="cpu"))

@@ -9,12 +9,11 @@ from torch import Tensor
 from dcvbench.estimators import get_estimator
 from dcvbench.measure.vae_variance import (
     EMAVariance,
-    draw_logit_gradients,
     encoder_vjp,
     resample_encoder_variance,
 )
-from dcvbench.measure.variance import Moments
-from dcvbench.problems.vae import BinaryVAE
+from dcvbench.measure.variance import Moments, draw_estimates
+from dcvbench.problems.vae import BinaryVAE, NegativeELBO
 
 F64 = torch.float64
 
@@ -103,9 +102,11 @@ def test_resample_variance_equals_the_backward_reference_on_the_same_draws(name,
     result = resample_encoder_variance(
         model, estimator, x, k, draws, torch.Generator().manual_seed(3), chunk=chunk
     )
-    grads = torch.cat(
-        list(draw_logit_gradients(model, estimator, x, k, draws, torch.Generator().manual_seed(3), chunk))
-    )  # [M, B, D]
+    with torch.no_grad():
+        logits = model.encode(x)
+    f = NegativeELBO(model, x, logits, generative_grads=False)
+    chunks = draw_estimates(estimator, logits, f, k, draws, torch.Generator().manual_seed(3), chunk)
+    grads = torch.cat([grads for grads, _ in chunks])  # [M, B, D]
     params = encoder_gradients_by_backward(model, x, grads)  # [M, P]
     assert result.draws == draws
     torch.testing.assert_close(result.param_moments.variance, Moments.of(params).variance)
