@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -45,15 +46,31 @@ stderr = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every usage error becomes one line on stderr and exit code 2."""
+    """Entry point: every usage error becomes one line on stderr and exit code 2.
+
+    Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143, after the run in progress has flushed
+    what it measured and marked itself ``interrupted``: SIGTERM is raised as a KeyboardInterrupt.
+    """
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        # Typer answers an interruption itself in this mode: it returns exit code 130.
         code = app(args=argv, prog_name="dcvbench", standalone_mode=False)
     except _CLICK_ERROR as error:
         print(f"dcvbench: error: {error.format_message()}", file=sys.stderr)
         code = 2
     except (typer.Abort, KeyboardInterrupt):
-        print("dcvbench: interrupted", file=sys.stderr)
         code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 130:
+        print(f"dcvbench: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        code = 143 if terminated else 130
     if argv is None:
         sys.exit(code or 0)
     return code or 0
@@ -486,3 +503,50 @@ def data_download(
     for fetched in download(name, data_dir, base_url=base_url):
         verb = "already present and verified" if fetched.url is None else f"fetched from {fetched.url}"
         stdout.print(f"{fetched.path}: {verb}")
+
+
+@app.command()
+@reports_user_errors
+def plot(
+    directory: Annotated[str, typer.Argument(help="Directory of runs, searched at any depth.")],
+    out: Annotated[
+        str | None, typer.Option(help="Where figures and summary go (default: DIR/plots).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Figure format: png, pdf or svg.")] = "png",
+    baseline: Annotated[
+        str | None, typer.Option(help="Directory of reference runs, overlaid dashed as '(baseline)'.")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No table; print the files written, one a line.")
+    ] = False,
+) -> None:
+    """Figures (variance, objective, α, time; variance studies) and a summary table of runs in DIR."""
+    from dcvbench.plot import plot_results, summary_display, variance_display
+
+    report = plot_results(directory, out, fmt=fmt, baseline=baseline)
+    for skipped in report.skipped:
+        print(f"dcvbench: {skipped}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"dcvbench: warning: {warning}", file=sys.stderr)
+    written = [*report.figures, report.out_dir / "summary.md", report.out_dir / "summary.csv"]
+    if quiet:
+        for path in written:
+            print(path)
+        return
+    for title, frame in (
+        ("summary", summary_display(report.summary)),
+        ("variance studies", variance_display(report.variance)),
+    ):
+        if frame.empty:
+            continue
+        table = Table(title=f"{title} (mean ± s.e. over seeds)")
+        for column in frame.columns:
+            table.add_column(
+                column, justify="left" if column in ("group", "study", "estimator", "status") else "right"
+            )
+        for row in frame.itertuples(index=False):
+            table.add_row(*map(str, row))
+        stdout.print(table)
+    stdout.print(f"{len(report.figures)} figures in {report.out_dir}/:")
+    for path in report.figures:
+        stdout.print(f"  {path.name}")
