@@ -14,6 +14,7 @@ to other processes; the bar for the nonlinear architecture is a ratio ≤ 1.10, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -53,6 +54,26 @@ def measure(arch: str, args: argparse.Namespace) -> dict[str, tuple[float, float
     }
 
 
+def multiply_adds(arch: str, k: int, batch: int, latent: int, pixels: int = 784, hidden: int = 200):
+    """Matrix multiply-adds of one training step: ``(rloo, rloo-dcv)``.
+
+    Per layer of width ``a → b`` and ``n`` rows: forward ``n·a·b``, weight gradient ``n·a·b``, input
+    gradient ``n·a·b`` (needed for every layer but the first of each network — the encoder's input
+    is data, and the decoder's input gradient is exactly what only ``rloo-dcv`` asks for). Elementwise
+    work is not counted, so the ratio is the floor DESIGN §3.1 speaks of.
+    """
+    widths = (pixels, latent) if arch == "linear" else (pixels, hidden, hidden, latent)
+    encoder = [a * b for a, b in itertools.pairwise(widths)]  # per layer, input side first
+    decoder = encoder[::-1]  # mirrored: its first layer takes the latents
+
+    def network(rows: int, sizes: list[int]) -> int:
+        # forward + weight gradients + input gradients of every layer but the first
+        return rows * (2 * sum(sizes) + sum(sizes[1:]))
+
+    common = network(batch, encoder) + network(k * batch, decoder)
+    return common, common + k * batch * decoder[0]  # + the decoder's input gradient
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
@@ -75,6 +96,13 @@ def main() -> None:
                 f"{arch:10s} {name:9s} {1e3 * wall:8.2f} {1e3 * cpu:8.2f} "
                 f"{wall / base_wall:7.3f} {cpu / base_cpu:7.3f}"
             )
+        rloo_macs, dcv_macs = multiply_adds(arch, args.k, args.batch, args.latent)
+        floor = dcv_macs / rloo_macs
+        measured = medians["rloo-dcv"][1] / base_cpu
+        print(
+            f"{arch:10s} counted multiply-adds: rloo {rloo_macs / 1e6:.1f} M, rloo-dcv {dcv_macs / 1e6:.1f} M"
+            f" → floor {floor:.3f}; measured cpu ratio / floor = {measured / floor:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -84,3 +84,41 @@ def test_unwritable_out_is_refused_without_touching_anything(tmp_path, capsys):
         assert len(err.splitlines()) == 1
         assert str(blocker) in err
     assert blocker.read_text() == "precious"
+
+
+def test_data_list_and_the_embedded_set_needs_no_download():
+    listing = runner.invoke(app, ["data", "list"])
+    assert listing.exit_code == 0
+    for name in ("mnist-subset", "mnist", "fashion-mnist", "omniglot"):
+        assert name in listing.output
+    embedded = runner.invoke(app, ["data", "download", "mnist-subset"])
+    assert embedded.exit_code == 0
+    assert "nothing to download" in embedded.output
+
+
+def test_data_download_failure_is_one_line(tmp_path, capsys):
+    # Port 9 (discard) on the loopback address: refused at once, no traffic leaves the machine.
+    args = [
+        "data",
+        "download",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "mnist"),
+        "--base-url",
+        "http://127.0.0.1:9/",
+    ]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("dcvbench: error: could not fetch")
+    assert not list((tmp_path / "mnist").glob("*.gz"))
+
+
+def test_vae_end_to_end_small(tmp_path):
+    args = "vae --estimator rloo --latent 8 --batch-size 20 --steps 10 --log-every 5 --eval-every 10"
+    args += f" --var-every 10 --var-samples 4 --eval-samples 2 --device cpu --out {tmp_path}"
+    result = runner.invoke(app, args.split())
+    assert result.exit_code == 0, result.output
+    (run,) = find_runs(tmp_path)
+    assert list(read_trace(run)["step"]) == [0, 5, 10]
+    assert "test bound" in result.output
