@@ -150,6 +150,16 @@ AlphaOptimizer = Annotated[str, typer.Option(help="rloo-dcv: optimiser of α for
 AlphaLr = Annotated[float, typer.Option(help="rloo-dcv: learning rate of α.")]
 Temperature = Annotated[float, typer.Option(help="concrete, st-concrete: relaxation temperature λ.")]
 BaselineDecay = Annotated[float, typer.Option(help="reinforce-ema: decay of the moving-average baseline.")]
+CheckpointEvery = Annotated[
+    int, typer.Option(help="Checkpoint (atomically, for --resume) every N steps, at a flushed row.")
+]
+Resume = Annotated[
+    str | None,
+    typer.Option(
+        metavar="RUN_DIR",
+        help="Continue this run directory from its last checkpoint, with its own configuration.",
+    ),
+]
 
 
 def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay):
@@ -161,6 +171,20 @@ def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, bas
         temperature=temperature,
         baseline_decay=baseline_decay,
     )
+
+
+def _refuse_options_with_resume(ctx: typer.Context) -> None:
+    """``--resume`` continues a run with the configuration in its manifest, so a run option given
+    beside it would be silently ignored: refuse it instead (``--quiet`` only changes the report)."""
+    for param in ctx.command.params:
+        if param.name in ("resume", "quiet"):
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name == "COMMANDLINE":
+            raise ConfigError(
+                f"--resume continues a run with its own configuration; drop {param.opts[0]} "
+                f"(start a new run to change it)"
+            )
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -196,6 +220,7 @@ def estimators() -> None:
 @app.command()
 @reports_user_errors
 def toy(
+    ctx: typer.Context,
     dim: Dim = 200,
     target: Target = 0.499,
     objective: Objective = "separable",
@@ -223,38 +248,48 @@ def toy(
     alpha_lr: AlphaLr = TOY_ALPHA.alpha_lr,
     temperature: Temperature = TOY_ALPHA.temperature,
     baseline_decay: BaselineDecay = TOY_ALPHA.baseline_decay,
+    checkpoint_every: CheckpointEvery = ToyConfig.checkpoint_every,
+    resume: Resume = None,
     out: Out = "results",
     quiet: Quiet = False,
 ) -> None:
     """Toy problem with an exact gradient: optimise with each estimator, tracing variance and bias."""
-    from dcvbench.jobs.toy import run_toy
+    from dcvbench.jobs.toy import resume_toy, run_toy
 
-    config = ToyConfig(
-        problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
-        estimators=tuple(estimator or TOY_DEFAULT_ESTIMATORS),
-        k=k,
-        steps=steps,
-        lr=lr,
-        maximize=maximize,
-        log_every=log_every,
-        var_every=var_every,
-        var_samples=var_samples,
-        seeds=tuple(seed or (0,)),
-        device=device,
-        dtype=dtype,
-        estimator_settings=_settings(
-            alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
-        ),
-        out=out,
-    )
-    with RichProgress(quiet) as progress:
-        summaries = run_toy(config, progress)
+    if resume is not None:
+        _refuse_options_with_resume(ctx)
+        with RichProgress(quiet) as progress:
+            summaries = [resume_toy(resume, progress)]
+        title = f"toy: resumed {summaries[0].run_id}"
+    else:
+        config = ToyConfig(
+            problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
+            estimators=tuple(estimator or TOY_DEFAULT_ESTIMATORS),
+            k=k,
+            steps=steps,
+            lr=lr,
+            maximize=maximize,
+            log_every=log_every,
+            var_every=var_every,
+            var_samples=var_samples,
+            seeds=tuple(seed or (0,)),
+            device=device,
+            dtype=dtype,
+            estimator_settings=_settings(
+                alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
+            ),
+            checkpoint_every=checkpoint_every,
+            out=out,
+        )
+        with RichProgress(quiet) as progress:
+            summaries = run_toy(config, progress)
+        title = f"toy: D={dim}, t={target}, {objective}, K={k}, {steps} steps"
     if quiet:
         for summary in summaries:
             print(summary.path)
         return
     reference = {(s.seed, s.k): s.metrics.get("grad_var") for s in summaries if s.estimator == "rloo"}
-    table = Table(title=f"toy: D={dim}, t={target}, {objective}, K={k}, {steps} steps")
+    table = Table(title=title)
     for column in ("estimator", "seed", "status", "final E f", "final grad var", "vs rloo", "s/step"):
         table.add_column(column, justify="left" if column in ("estimator", "status") else "right")
     for s in summaries:
@@ -271,12 +306,13 @@ def toy(
             _number(s.metrics.get("sec_per_step"), 2),
         )
     stdout.print(table)
-    stdout.print(f"runs written under {config.out}/")
+    stdout.print(f"runs written under {summaries[0].path.parent}/")
 
 
 @app.command()
 @reports_user_errors
 def vae(
+    ctx: typer.Context,
     estimator: Annotated[
         list[str] | None, typer.Option(help="Estimator (repeatable: one run each). Default: rloo-dcv.")
     ] = None,
@@ -306,7 +342,7 @@ def vae(
     var_every: Annotated[int, typer.Option(help="Resample variance every N steps.")] = 250,
     var_method: Annotated[str, typer.Option(help="ema, resample or both (see README).")] = "both",
     var_samples: Annotated[int, typer.Option(help="Estimates drawn for the resample variance.")] = 100,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    checkpoint_every: CheckpointEvery = VaeConfig.checkpoint_every,
     seed: Annotated[list[int] | None, typer.Option(help="Seed (repeatable: one run per seed).")] = None,
     device: Device = "auto",
     alpha: Alpha = None,
@@ -315,15 +351,15 @@ def vae(
     alpha_lr: AlphaLr = VAE_ALPHA.alpha_lr,
     temperature: Temperature = VAE_ALPHA.temperature,
     baseline_decay: BaselineDecay = VAE_ALPHA.baseline_decay,
-    resume: Annotated[
-        str | None, typer.Option(help="Continue this run directory from its last checkpoint.")
-    ] = None,
+    resume: Resume = None,
     out: Out = "results",
     quiet: Quiet = False,
 ) -> None:
     """Train a binary-latent VAE with each estimator: ELBO, held-out bound, gradient variance, time."""
     from dcvbench.jobs.vae import resume_vae, run_vae
 
+    if resume is not None:
+        _refuse_options_with_resume(ctx)
     with RichProgress(quiet) as progress:
         if resume is not None:
             summaries = [resume_vae(resume, progress)]
@@ -508,7 +544,9 @@ def data_download(
 @app.command()
 @reports_user_errors
 def plot(
-    directory: Annotated[str, typer.Argument(help="Directory of runs, searched at any depth.")],
+    directory: Annotated[
+        str, typer.Argument(metavar="DIR", help="Directory of runs, searched at any depth.")
+    ],
     out: Annotated[
         str | None, typer.Option(help="Where figures and summary go (default: DIR/plots).")
     ] = None,
@@ -521,7 +559,7 @@ def plot(
     ] = False,
 ) -> None:
     """Figures (variance, objective, α, time; variance studies) and a summary table of runs in DIR."""
-    from dcvbench.plot import plot_results, summary_display, variance_display
+    from dcvbench.plot import plot_results, summary_tables
 
     report = plot_results(directory, out, fmt=fmt, baseline=baseline)
     for skipped in report.skipped:
@@ -533,17 +571,11 @@ def plot(
         for path in written:
             print(path)
         return
-    for title, frame in (
-        ("summary", summary_display(report.summary)),
-        ("variance studies", variance_display(report.variance)),
-    ):
-        if frame.empty:
-            continue
+    for title, frame in summary_tables(report.summary, report.variance):
         table = Table(title=f"{title} (mean ± s.e. over seeds)")
         for column in frame.columns:
-            table.add_column(
-                column, justify="left" if column in ("group", "study", "estimator", "status") else "right"
-            )
+            left = column in ("estimator", "status")
+            table.add_column(column, justify="left" if left else "right", no_wrap=not left)
         for row in frame.itertuples(index=False):
             table.add_row(*map(str, row))
         stdout.print(table)

@@ -57,6 +57,7 @@ class ToyConfig:
     dtype: str = "float64"  # the toy's gradients are ~1e-5: float64 keeps the variance exact
     estimator_settings: EstimatorSettings = TOY_ALPHA
     out: str = "results"
+    checkpoint_every: int = 500  # a toy checkpoint is tiny; this bounds the work lost to a kill
 
     def __post_init__(self):
         _check_estimators(self.estimators, self.k, exact_mean_available=True)
@@ -64,6 +65,7 @@ class ToyConfig:
         _positive("--lr", self.lr)
         _positive("--log-every", self.log_every)
         _positive("--var-every", self.var_every)
+        _positive("--checkpoint-every", self.checkpoint_every)
         _at_least("--var-samples", self.var_samples, 2)
         if not self.seeds:
             raise ConfigError("give at least one --seed")
@@ -196,6 +198,32 @@ class VaeConfig:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, "float32")
         _check_estimator_settings(self.estimator_settings)
+
+
+def toy_config_from_dict(values: dict) -> ToyConfig:
+    """Rebuild a :class:`ToyConfig` from its manifest form (``asdict``), validating it again."""
+    return _config_from_dict(ToyConfig, values, problem=ToyProblem)
+
+
+def vae_config_from_dict(values: dict) -> VaeConfig:
+    """Rebuild a :class:`VaeConfig` from its manifest form (``asdict``), validating it again."""
+    return _config_from_dict(VaeConfig, values)
+
+
+def _config_from_dict(cls, values: dict, **nested):
+    """``cls`` from ``asdict`` output: nested dataclasses rebuilt, JSON lists back to tuples.
+
+    A manifest edited by hand or written by another version is a :class:`ConfigError`, not a crash.
+    """
+    try:
+        values = dict(values)
+        for name, kind in {"estimator_settings": EstimatorSettings, **nested}.items():
+            values[name] = kind(**values[name])
+        for name in ("estimators", "seeds"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"the run's manifest holds no valid {cls.__name__}: {error}") from None
 
 
 def theta_probability(theta: str) -> float | None:

@@ -76,6 +76,32 @@ def test_run_directories_are_unique(tmp_path):
     assert len(paths) == 20
 
 
+def test_a_name_taken_meanwhile_is_never_reused(tmp_path, monkeypatch):
+    # Another invocation made the same directory in the same second with the same random suffix:
+    # the exclusive mkdir notices, and the run takes the next suffix instead of sharing it.
+    taken = results.create_run_dir(tmp_path, "toy-rloo")
+    (taken / "theirs").write_text("precious")
+    suffixes = iter([taken.name.rsplit("-", 1)[1], "c0ffee"])
+    monkeypatch.setattr(results.secrets, "token_hex", lambda nbytes: next(suffixes))
+    monkeypatch.setattr(results, "datetime", _FrozenClock(taken.name))
+    mine = results.create_run_dir(tmp_path, "toy-rloo")
+    assert mine != taken and mine.name.endswith("-c0ffee")
+    assert [path.name for path in taken.iterdir()] == ["theirs"]
+
+
+class _FrozenClock:
+    """Stands in for ``datetime`` so that the next run directory gets ``name``'s timestamp."""
+
+    def __init__(self, name: str):
+        self.stamp = "-".join(name.split("-")[-3:-1])  # <name>-<YYYYmmdd>-<HHMMSS>-<suffix>
+
+    def now(self):
+        return self
+
+    def strftime(self, _format: str) -> str:
+        return self.stamp
+
+
 def test_extra_identity_labels_are_string_columns(tmp_path):
     with make_run(tmp_path, grad_var_method="resample") as run:
         run.log(0, grad_var=1.0)

@@ -1,25 +1,67 @@
-"""A real ``dcvbench`` process, stopped by SIGINT or SIGTERM mid-run, keeps what it measured."""
+"""A real ``dcvbench`` process, stopped by SIGINT or SIGTERM mid-run, keeps what it measured; a
+VAE run stopped so resumes to exactly the trace of an uninterrupted run."""
 
 import signal
 import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
+import torch
 
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
+from dcvbench.cli import main
+from dcvbench.config import vae_config_from_dict
+from dcvbench.jobs.vae import run_vae
 from dcvbench.results import find_runs, read_manifest, read_trace
 
+TIMING = ["run_id", "wall_s", "sec_per_step"]
 LONG_TOY = ["toy", "--dim", "20", "--steps", "1000000", "--estimator", "rloo", "--var-samples", "50", "-q"]
 
+TINY_VAE = [
+    "vae", "--estimator", "rloo-dcv", "--latent", "8", "--batch-size", "20", "--steps", "60",
+    "--log-every", "5", "--checkpoint-every", "10", "--eval-every", "1000", "--var-every", "1000",
+    "--var-samples", "4", "--eval-samples", "2", "--device", "cpu", "-q",
+]  # fmt: skip
+# `dcvbench` itself, except that the progress bar pauses once it reaches a given step and says so
+# in a marker file: the test then signals a process that is certainly mid-run, with no timing race.
+PAUSING_DCVBENCH = """
+import sys, time
+from pathlib import Path
+import dcvbench.cli as cli
 
-def wait_for_rows(root, timeout=120.0):
-    """Block until the run under ``root`` has flushed a trace part (the process is mid-run)."""
+marker, pause_at = Path(sys.argv[1]), int(sys.argv[2])
+advance, done = cli.RichProgress.advance, [0]
+
+def advance_then_pause(self, steps=1):
+    advance(self, steps)
+    done[0] += steps
+    if done[0] == pause_at:
+        marker.touch()
+        time.sleep(600)
+
+cli.RichProgress.advance = advance_then_pause
+sys.argv = ["dcvbench", *sys.argv[3:]]
+cli.main()
+"""
+
+
+def wait_for(root, pattern, process, timeout=120.0):
+    """Block until a file matching ``pattern`` exists below ``root`` (``process`` is mid-run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if list(root.glob("*/trace/part-*.parquet")):
+        if list(root.glob(pattern)):
             return
-        time.sleep(0.2)
-    raise AssertionError(f"no trace part appeared under {root} within {timeout} s")
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended ({process.returncode}) before {pattern} appeared")
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern} appeared under {root} within {timeout} s")
+
+
+def wait_for_rows(root, process, timeout=120.0):
+    """Block until the run under ``root`` has flushed a trace part (``process`` is mid-run)."""
+    wait_for(root, "*/trace/part-*.parquet", process, timeout)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -27,7 +69,7 @@ def test_signal_mid_run_keeps_the_trace_and_says_interrupted(tmp_path, sig, code
     command = [sys.executable, "-c", "from dcvbench.cli import main; main()", *LONG_TOY]
     process = subprocess.Popen([*command, "--out", str(tmp_path)], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_rows(tmp_path)
+        wait_for_rows(tmp_path, process)
         process.send_signal(sig)
         _, err = process.communicate(timeout=60)
     finally:
@@ -40,3 +82,30 @@ def test_signal_mid_run_keeps_the_trace_and_says_interrupted(tmp_path, sig, code
     trace = read_trace(run)
     assert len(trace) > 0
     assert manifest["last_step"] >= trace["step"].max()
+
+
+def test_sigterm_mid_vae_run_then_resume_gives_the_uninterrupted_trace(tmp_path):
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    command = [sys.executable, "-c", PAUSING_DCVBENCH, str(marker), "33", *TINY_VAE, "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(tmp_path, "paused", process)  # 33 steps done: checkpoint at 30, rows every 5
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    assert err.strip() == "dcvbench: terminated"
+    (run,) = find_runs(out)
+    manifest = read_manifest(run)
+    assert (manifest["status"], manifest["last_step"]) == ("interrupted", 30)
+    assert list(read_trace(run)["step"]) == [0, 5, 10, 15, 20, 25, 30]
+    assert load_checkpoint(run / CHECKPOINT, torch.device("cpu"))["step"] == 30
+
+    assert main(["vae", "--resume", str(run), "-q"]) == 0
+    assert read_manifest(run)["status"] == "finished"
+    config = vae_config_from_dict({**manifest["config"], "out": str(tmp_path / "full")})
+    (full,) = run_vae(config)
+    pd.testing.assert_frame_equal(
+        read_trace(full.path).drop(columns=TIMING), read_trace(run).drop(columns=TIMING)
+    )

@@ -13,6 +13,10 @@ from typing import Protocol
 import pandas as pd
 import torch
 
+from dcvbench.checkpoints import CHECKPOINT
+from dcvbench.results import read_manifest, read_trace
+from dcvbench.runtime import ConfigError
+
 
 class Progress(Protocol):
     def start(self, description: str, total: int) -> None:
@@ -52,6 +56,42 @@ def last_values(trace: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, floa
         measured = trace[column].dropna() if column in trace else pd.Series(dtype=float)
         values[column] = float(measured.iloc[-1]) if len(measured) else None
     return values
+
+
+def run_summary(path: Path, manifest: dict, metrics: tuple[str, ...]) -> RunSummary:
+    """The summary of the run in ``path``: how its manifest says it ended, and its last metrics."""
+    return RunSummary(
+        run_id=manifest["run_id"],
+        path=path,
+        estimator=manifest["estimator"],
+        k=manifest["k"],
+        seed=manifest["seed"],
+        status=manifest["status"],
+        last_step=manifest.get("last_step"),
+        metrics=last_values(read_trace(path), metrics),
+    )
+
+
+def run_to_resume(run_dir: Path | str, job: str) -> tuple[Path, dict, Path]:
+    """The directory, manifest and checkpoint of a ``job`` run that ``--resume`` can continue.
+
+    A directory that is no run is a :class:`~dcvbench.results.ResultsError`; a run of another job
+    or one without a checkpoint is a :class:`ConfigError`. Nothing is written here.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest.get("job") != job:
+        raise ConfigError(f"{run_dir} is not a {job} run (its job is {manifest.get('job')!r})")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        raise ConfigError(f"{run_dir} has no {CHECKPOINT} to resume from; start the run again instead")
+    return run_dir, manifest, checkpoint
+
+
+def alpha_of(estimator: torch.nn.Module) -> float | None:
+    """The control-variate weight α of an estimator that has one (``None`` for the others)."""
+    alpha = getattr(estimator, "alpha", None)
+    return None if alpha is None else float(alpha.detach())
 
 
 def non_finite(**tensors: torch.Tensor | None) -> str | None:

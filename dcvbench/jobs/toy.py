@@ -5,25 +5,76 @@ objective ``E_q[f]`` at the current ``θ``; every ``--var-every`` steps it also 
 the estimator at that ``θ`` from ``--var-samples`` independent estimates, and the bias of their mean
 against the exact gradient. Runs with the same seed see the same training noise stream, so
 estimators are compared on common random numbers where their noise has the same shape.
+
+Every ``--checkpoint-every`` steps (always a row step) the trace is flushed and ``checkpoint.pt``
+saved; :func:`resume_toy` continues an interrupted run from it, writing the rows an uninterrupted
+run would have written.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from dcvbench.config import ToyConfig
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.config import ToyConfig, toy_config_from_dict
 from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.jobs import NoProgress, Progress, RunSummary, last_values, non_finite
+from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.toy import exact_gradient, make_objective
-from dcvbench.results import Run, prepare_output_root, read_trace
+from dcvbench.results import Run, prepare_output_root
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
 
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "alpha", "sec_per_step")
+
+
+@dataclass
+class ToyTraining:
+    """Everything a toy run carries from step to step: what a checkpoint saves and restores."""
+
+    logits: torch.Tensor  # η: [1, D], the parameters being optimised
+    optimizer: torch.optim.Optimizer
+    estimator: Estimator
+    train_generator: torch.Generator  # the estimator's noise
+    measure_generator: torch.Generator  # variance and bias draws
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "logits": self.logits.detach(),
+            "optimizer": self.optimizer.state_dict(),
+            "estimator": self.estimator.state_dict(),  # α, and its optimiser through get_extra_state
+            "train_generator": self.train_generator.get_state(),
+            "measure_generator": self.measure_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])  # in place: the optimiser holds this very tensor
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.estimator.load_state_dict(state["estimator"])
+        self.train_generator.set_state(state["train_generator"])
+        self.measure_generator.set_state(state["measure_generator"])
+
+
+def build_training(
+    config: ToyConfig, name: str, seed: int, device: torch.device, dtype: torch.dtype
+) -> ToyTraining:
+    """Fresh logits at 0, their optimiser, the estimator and the run's generators."""
+    logits = torch.zeros(1, config.problem.dim, device=device, dtype=dtype, requires_grad=True)  # η: [1, D]
+    return ToyTraining(
+        logits=logits,
+        # The published toy's RMSprop: decay 0.9 and ε = 1e-7 outside the square root (DESIGN §4.1).
+        optimizer=torch.optim.RMSprop([logits], lr=config.lr, alpha=0.9, eps=1e-7),
+        estimator=build_estimator(name, config.estimator_settings).to(device),
+        train_generator=make_generator(device, seed, "toy", "train"),
+        measure_generator=make_generator(device, seed, "toy", "measure"),
+    )
 
 
 def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSummary]:
@@ -31,47 +82,68 @@ def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSumm
     progress = progress or NoProgress()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
+    objective = _objective(config, device, dtype)
     root = prepare_output_root(config.out)
-    problem = config.problem
-    objective = make_objective(
-        problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
-    )
     summaries = []
     for seed in config.seeds:
         for name in config.estimators:
             progress.start(f"toy {name} K={config.k} seed={seed}", config.steps)
-            estimator = build_estimator(name, config.estimator_settings).to(device)
-            summaries.append(_train(config, name, estimator, seed, objective, device, dtype, root, progress))
+            training = build_training(config, name, seed, device, dtype)
+            identity = {
+                "problem": "toy",
+                "estimator": name,
+                "k": config.k,
+                "seed": seed,
+                "grad_var_method": "resample",
+            }
+            manifest = {
+                "job": "toy",
+                "objective_direction": "maximize" if config.maximize else "minimize",
+                "config": asdict(config),
+                "device": str(device),
+                "versions": provenance(device),
+            }
+            name_hint = f"toy-{name}-k{config.k}-seed{seed}"
+            with Run.create(root, name_hint, identity, TOY_METRICS, manifest) as run:
+                _train(config, training, objective, run, progress)
+            summaries.append(run_summary(run.path, run.manifest, TOY_METRICS))
     return summaries
 
 
-def _train(
-    config: ToyConfig,
-    name: str,
-    estimator: Estimator,
-    seed: int,
-    objective,
-    device: torch.device,
-    dtype: torch.dtype,
-    root: Path,
-    progress: Progress,
-) -> RunSummary:
-    k = config.k
-    logits = torch.zeros(1, config.problem.dim, device=device, dtype=dtype, requires_grad=True)  # η: [1, D]
-    # The published toy's RMSprop: decay 0.9 and ε = 1e-7 outside the square root (DESIGN §4.1).
-    optimizer = torch.optim.RMSprop([logits], lr=config.lr, alpha=0.9, eps=1e-7)
-    train_generator = make_generator(device, seed, "toy", "train")
-    measure_generator = make_generator(device, seed, "toy", "measure")
-    direction = -1.0 if config.maximize else 1.0  # optimisers minimise
+def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
+    """Continue a toy run from its last checkpoint, in its own directory, with its own config.
 
-    identity = {"problem": "toy", "estimator": name, "k": k, "seed": seed, "grad_var_method": "resample"}
-    manifest = {
-        "job": "toy",
-        "objective_direction": "maximize" if config.maximize else "minimize",
-        "config": asdict(config),
-        "device": str(device),
-        "versions": provenance(device),
-    }
+    On the same device the rows after the checkpoint are the ones an uninterrupted run writes
+    (rows already written past the checkpoint are written again and supersede the old ones).
+    A finished run is left as it is.
+    """
+    progress = progress or NoProgress()
+    run_dir, manifest, checkpoint = run_to_resume(run_dir, "toy")
+    if manifest["status"] == "finished":
+        return run_summary(run_dir, manifest, TOY_METRICS)
+    config = toy_config_from_dict(manifest["config"])
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    objective = _objective(config, device, dtype)
+    training = build_training(config, manifest["estimator"], manifest["seed"], device, dtype)
+    load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
+    progress.start(f"toy {manifest['estimator']} (resumed at {training.step})", config.steps)
+    progress.advance(training.step)
+    with Run.reopen(run_dir, TOY_METRICS, resumed_from=training.step) as run:
+        _train(config, training, objective, run, progress)
+    return run_summary(run.path, run.manifest, TOY_METRICS)
+
+
+def _objective(config: ToyConfig, device: torch.device, dtype: torch.dtype):
+    problem = config.problem
+    return make_objective(
+        problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
+    )
+
+
+def _train(config: ToyConfig, training: ToyTraining, objective, run: Run, progress: Progress) -> None:
+    estimator, logits, k = training.estimator, training.logits, config.k
+    direction = -1.0 if config.maximize else 1.0  # optimisers minimise
 
     def record(step: int, alpha: float | None, step_seconds: float | None) -> None:
         eta = logits.detach()
@@ -81,36 +153,42 @@ def _train(
             "sec_per_step": step_seconds,
         }
         if step % config.var_every == 0 or step == config.steps:
-            result = resample_variance(estimator, eta, objective, k, config.var_samples, measure_generator)
-            z = result.bias_z(exact_gradient(objective, eta))
-            metrics.update(grad_var=result.variance, bias_max_z=float(z.max()), bias_mean_z=float(z.mean()))
+            measured = resample_variance(
+                estimator, eta, objective, k, config.var_samples, training.measure_generator
+            )
+            z = measured.bias_z(exact_gradient(objective, eta))
+            metrics.update(grad_var=measured.variance, bias_max_z=float(z.max()), bias_mean_z=float(z.mean()))
         run.log(step, **metrics)
 
-    with Run.create(root, f"toy-{name}-k{k}-seed{seed}", identity, TOY_METRICS, manifest) as run:
-        record(0, _alpha_of(estimator), None)
+    if training.step == 0:
+        record(0, alpha_of(estimator), None)
+    busy, busy_steps = 0.0, 0
+    while training.step < config.steps:
+        start = time.perf_counter()
+        estimate = estimator(logits, objective, k, training.train_generator)
+        logits.grad = direction * estimate.grad
+        training.optimizer.step()
+        estimator.update(estimate)
+        busy += time.perf_counter() - start
+        busy_steps += 1
+        training.step += 1
+        progress.advance()
+        step = training.step
+        if not _is_row_step(config, step):
+            continue
+        alpha = estimate.stats.get("alpha")
+        bad = non_finite(logits=logits.detach(), gradient=estimate.grad, alpha=alpha)
+        if bad:
+            run.finish("diverged", diverged_at=step, non_finite=bad)
+            return
+        record(step, None if alpha is None else float(alpha), busy / busy_steps)
         busy, busy_steps = 0.0, 0
-        for step in range(1, config.steps + 1):
-            start = time.perf_counter()
-            estimate = estimator(logits, objective, k, train_generator)
-            logits.grad = direction * estimate.grad
-            optimizer.step()
-            estimator.update(estimate)
-            busy += time.perf_counter() - start
-            busy_steps += 1
-            progress.advance()
-            if step % config.log_every and step % config.var_every and step != config.steps:
-                continue
-            alpha = estimate.stats.get("alpha")
-            bad = non_finite(logits=logits.detach(), gradient=estimate.grad, alpha=alpha)
-            if bad:
-                run.finish("diverged", diverged_at=step, non_finite=bad)
-                break
-            record(step, None if alpha is None else float(alpha), busy / busy_steps)
-            busy, busy_steps = 0.0, 0
-    last = last_values(read_trace(run.path), TOY_METRICS)
-    return RunSummary(run.run_id, run.path, name, k, seed, run.manifest["status"], run.last_step, last)
+        if step % config.checkpoint_every == 0:
+            # Flush first: the trace on disk then always reaches the checkpoint a resume starts from.
+            run.flush()
+            write_checkpoint(run.path / CHECKPOINT, training.state_dict())
 
 
-def _alpha_of(estimator: Estimator) -> float | None:
-    alpha = getattr(estimator, "alpha", None)
-    return None if alpha is None else float(alpha.detach())
+def _is_row_step(config: ToyConfig, step: int) -> bool:
+    every = (config.log_every, config.var_every, config.checkpoint_every)
+    return step == config.steps or any(step % n == 0 for n in every)

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from dcvbench.config import VaeConfig
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
 from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.jobs import NoProgress, Progress, RunSummary, non_finite
+from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
 from dcvbench.problems.vae import BinaryVAE, iwae_bound, train_step
-from dcvbench.results import Run, prepare_output_root, read_manifest, read_trace, write_atomic
+from dcvbench.results import Run, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
 
 VAE_METRICS = (
@@ -38,7 +39,6 @@ VAE_METRICS = (
     "alpha",
     "sec_per_step",
 )
-CHECKPOINT = "checkpoint.pt"
 EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
 EVAL_CHUNK = 100  # evaluation rows per IWAE call: bounds memory at eval_samples × rows × pixels
 
@@ -175,7 +175,7 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
             name_hint = f"vae-{config.dataset}-{config.arch}-{name}-k{config.k}-seed{seed}"
             with Run.create(root, name_hint, identity, VAE_METRICS, manifest) as run:
                 _train(config, training, evaluation, run, progress)
-            summaries.append(_summary(run, name, config.k, seed))
+            summaries.append(run_summary(run.path, run.manifest, VAE_METRICS))
     return summaries
 
 
@@ -184,46 +184,23 @@ def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
 
     On the same device the rows after the checkpoint are the ones an uninterrupted run writes
     (rows already written past the checkpoint are written again and supersede the old ones).
+    A finished run is left as it is.
     """
     progress = progress or NoProgress()
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest.get("job") != "vae":
-        raise ConfigError(f"{run_dir} is not a VAE run (job {manifest.get('job')!r}); only VAE runs resume")
-    checkpoint = run_dir / CHECKPOINT
-    if not checkpoint.exists():
-        raise ConfigError(f"{run_dir} has no {CHECKPOINT} to resume from; start the run again instead")
+    run_dir, manifest, checkpoint = run_to_resume(run_dir, "vae")
+    if manifest["status"] == "finished":
+        return run_summary(run_dir, manifest, VAE_METRICS)
     config = vae_config_from_dict(manifest["config"])
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
     training = build_training(config, manifest["estimator"], manifest["seed"], dataset, device)
-    training.load_state_dict(load_checkpoint(checkpoint, device))
+    load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
     evaluation = evaluation_data(dataset, config.batch_size, device)
     progress.start(f"vae {manifest['estimator']} (resumed at {training.step})", config.steps)
     progress.advance(training.step)
     with Run.reopen(run_dir, VAE_METRICS, resumed_from=training.step) as run:
         _train(config, training, evaluation, run, progress)
-    return _summary(run, manifest["estimator"], manifest["k"], manifest["seed"])
-
-
-def vae_config_from_dict(values: dict) -> VaeConfig:
-    """Rebuild a :class:`VaeConfig` from its manifest form (``asdict``)."""
-    from dcvbench.estimators import EstimatorSettings
-
-    values = dict(values)
-    values["estimator_settings"] = EstimatorSettings(**values["estimator_settings"])
-    values["estimators"] = tuple(values["estimators"])
-    values["seeds"] = tuple(values["seeds"])
-    return VaeConfig(**values)
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """A checkpoint's state, loaded without unpickling arbitrary objects (``weights_only``)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises many kinds for a damaged or foreign file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot load checkpoint {path}: {reason}") from None
+    return run_summary(run.path, run.manifest, VAE_METRICS)
 
 
 def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[BinaryVAE, VaeConfig, dict]:
@@ -240,11 +217,7 @@ def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[Bin
     dataset = load_dataset(config.dataset, config.data_dir)
     model = build_model(config, manifest["seed"], dataset, device)
     state = load_checkpoint(checkpoint, device)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{checkpoint} does not fit the {config.arch} model of its run: {first}") from None
+    load_into(model, state.get("model"), checkpoint, f"the {config.arch} model of its run")
     return model, config, {**manifest, "checkpoint_step": state.get("step")}
 
 
@@ -254,7 +227,7 @@ def _train(
     model, estimator = training.model, training.estimator
     device = next(model.parameters()).device
     if training.step == 0:
-        _record(config, training, evaluation, run, elbo=None, step_seconds=None, alpha=_alpha(estimator))
+        _record(config, training, evaluation, run, elbo=None, step_seconds=None, alpha=alpha_of(estimator))
     elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
@@ -288,21 +261,12 @@ def _train(
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return
-        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, _alpha(estimator))
+        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, alpha_of(estimator))
         elbo_sum.zero_()
         busy, busy_steps = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             run.flush()
             write_checkpoint(run.path / CHECKPOINT, training.state_dict())
-
-
-def write_checkpoint(path: Path, state: dict) -> None:
-    """Save atomically: a reader (or a resume after a crash) never sees half a checkpoint."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
 
 
 def _record(config, training, evaluation, run, elbo, step_seconds, alpha) -> None:
@@ -338,23 +302,6 @@ def _bound(model: BinaryVAE, images: torch.Tensor, samples: int, generator: torc
 def _is_row_step(config: VaeConfig, step: int) -> bool:
     every = (config.log_every, config.var_every, config.eval_every, config.checkpoint_every)
     return step == config.steps or any(step % n == 0 for n in every)
-
-
-def _alpha(estimator: Estimator) -> float | None:
-    alpha = getattr(estimator, "alpha", None)
-    return None if alpha is None else float(alpha.detach())
-
-
-def _summary(run: Run, name: str, k: int, seed: int) -> RunSummary:
-
-    trace = read_trace(run.path)
-    last = {
-        column: (
-            None if trace.empty or trace[column].dropna().empty else float(trace[column].dropna().iloc[-1])
-        )
-        for column in VAE_METRICS
-    }
-    return RunSummary(run.run_id, run.path, name, k, seed, run.manifest["status"], run.last_step, last)
 
 
 def _check_batch_size(config: VaeConfig, dataset: Dataset) -> None:

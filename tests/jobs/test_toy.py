@@ -4,12 +4,16 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+import torch
 
+import dcvbench.jobs.toy
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import ToyConfig, ToyProblem
 from dcvbench.estimators import EstimatorSettings
-from dcvbench.jobs.toy import run_toy
+from dcvbench.jobs.toy import resume_toy, run_toy
 from dcvbench.problems.toy import make_objective
 from dcvbench.results import read_manifest, read_trace
+from dcvbench.runtime import ConfigError
 
 SMALL = ToyConfig(
     problem=ToyProblem(dim=10),
@@ -20,6 +24,7 @@ SMALL = ToyConfig(
     var_samples=200,
     device="cpu",
 )
+TIMING = ["run_id", "wall_s", "sec_per_step"]
 
 
 def test_toy_writes_one_finished_run_per_estimator_and_seed(tmp_path):
@@ -62,10 +67,9 @@ def test_same_seed_same_trace(tmp_path):
     config = replace(SMALL, estimators=("rloo-dcv", "disarm"), seeds=(5,))
     first = run_toy(replace(config, out=str(tmp_path / "a")))
     second = run_toy(replace(config, out=str(tmp_path / "b")))
-    timing = ["run_id", "wall_s", "sec_per_step"]
     for a, b in zip(first, second, strict=True):
         pd.testing.assert_frame_equal(
-            read_trace(a.path).drop(columns=timing), read_trace(b.path).drop(columns=timing)
+            read_trace(a.path).drop(columns=TIMING), read_trace(b.path).drop(columns=TIMING)
         )
 
 
@@ -91,3 +95,64 @@ def test_divergence_stops_the_run_cleanly_and_says_why(tmp_path, monkeypatch):
     assert manifest["diverged_at"] == 5
     assert manifest["non_finite"] in ("logits", "gradient")
     assert list(read_trace(summary.path)["step"]) == [0]
+
+
+def test_divergence_stops_only_that_run(tmp_path, poison_estimator):
+    # rloo's 7th training estimate is NaN: its logits are NaN from step 7, seen at the row of step 10.
+    poison_estimator(dcvbench.jobs.toy, "rloo", rows=1, after=7)
+    config = replace(SMALL, estimators=("rloo", "rloo-dcv"), out=str(tmp_path))
+    diverged, finished = run_toy(config)
+    manifest = read_manifest(diverged.path)
+    assert (diverged.status, manifest["diverged_at"], manifest["non_finite"]) == ("diverged", 10, "logits")
+    assert list(read_trace(diverged.path)["step"]) == [0, 5]
+    assert finished.status == "finished" == read_manifest(finished.path)["status"]
+    assert list(read_trace(finished.path)["step"]) == [0, 5, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        EstimatorSettings(alpha_optimizer="rmsprop", alpha_lr=5e-4),  # α and RMSprop's state
+        EstimatorSettings(alpha_learning="optimal"),  # α from running averages (buffers)
+    ],
+    ids=["sgd", "optimal"],
+)
+def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_at, settings):
+    config = replace(
+        SMALL, estimators=("rloo-dcv",), steps=60, checkpoint_every=20, estimator_settings=settings
+    )
+    (full,) = run_toy(replace(config, out=str(tmp_path / "full")))
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(replace(config, out=str(tmp_path / "cut")), progress=interrupt_at(47))
+    (cut_dir,) = (tmp_path / "cut").iterdir()
+    manifest = read_manifest(cut_dir)
+    assert (manifest["status"], manifest["last_step"]) == ("interrupted", 45)
+    assert len(read_trace(cut_dir)) == 10  # steps 0, 5, …, 45: everything measured was kept
+    assert load_checkpoint(cut_dir / CHECKPOINT, torch.device("cpu"))["step"] == 40
+
+    resumed = resume_toy(cut_dir)
+    assert (resumed.status, resumed.last_step) == ("finished", 60)
+    assert read_manifest(cut_dir)["resumes"][0]["from_step"] == 40
+    pd.testing.assert_frame_equal(
+        read_trace(full.path).drop(columns=TIMING), read_trace(cut_dir).drop(columns=TIMING)
+    )
+    assert resumed.metrics == pytest.approx(full.metrics | {"sec_per_step": resumed.metrics["sec_per_step"]})
+
+
+def test_checkpoints_are_written_at_row_steps(tmp_path):
+    config = replace(SMALL, estimators=("rloo",), steps=12, checkpoint_every=7, out=str(tmp_path))
+    (summary,) = run_toy(config)
+    # Step 7 is no log or variance step, but a checkpoint step is always a row: the trace reaches it.
+    assert list(read_trace(summary.path)["step"]) == [0, 5, 7, 10, 12]
+    assert load_checkpoint(summary.path / CHECKPOINT, torch.device("cpu"))["step"] == 7
+
+
+def test_resume_refuses_what_it_cannot_resume(tmp_path):
+    config = replace(SMALL, estimators=("rloo",), steps=10, out=str(tmp_path))
+    (summary,) = run_toy(config)  # 10 steps, no checkpoint (every 500)
+    with pytest.raises(ConfigError, match=r"has no checkpoint\.pt"):
+        resume_toy(summary.path)
+    manifest_path = summary.path / "run.json"
+    manifest_path.write_text(manifest_path.read_text().replace('"job": "toy"', '"job": "vae"'))
+    with pytest.raises(ConfigError, match="is not a toy run"):
+        resume_toy(summary.path)

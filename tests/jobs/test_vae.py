@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
+import dcvbench.jobs.vae
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import VaeConfig
-from dcvbench.jobs.vae import CHECKPOINT, VAE_METRICS, load_checkpoint, resume_vae, run_vae
+from dcvbench.jobs.vae import VAE_METRICS, resume_vae, run_vae
 from dcvbench.results import ResultsError, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
@@ -25,21 +27,6 @@ TINY = VaeConfig.for_protocol(
     device="cpu",
 )
 TIMING = ["run_id", "wall_s", "sec_per_step"]
-
-
-class InterruptAt:
-    """Progress that raises KeyboardInterrupt (as Ctrl-C would) once ``step`` steps are done."""
-
-    def __init__(self, step: int):
-        self.step, self.done = step, 0
-
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, steps: int = 1) -> None:
-        self.done += steps
-        if self.done == self.step:
-            raise KeyboardInterrupt
 
 
 def test_vae_run_writes_every_metric(tmp_path):
@@ -63,11 +50,11 @@ def test_vae_run_writes_every_metric(tmp_path):
     assert dcv["alpha"].notna().all()
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path):
+def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_at):
     config = replace(TINY, estimators=("rloo-dcv",))
     (full,) = run_vae(replace(config, out=str(tmp_path / "full")))
     with pytest.raises(KeyboardInterrupt):
-        run_vae(replace(config, out=str(tmp_path / "cut")), progress=InterruptAt(31))
+        run_vae(replace(config, out=str(tmp_path / "cut")), progress=interrupt_at(31))
     (cut_dir,) = (tmp_path / "cut").iterdir()
     manifest = read_manifest(cut_dir)
     assert manifest["status"] == "interrupted"
@@ -101,13 +88,43 @@ def test_disarm_protocol_settings(tmp_path):
     assert summary.status == "finished"
 
 
-def test_resume_refuses_what_it_cannot_resume(tmp_path):
+def test_resume_refuses_what_it_cannot_resume(tmp_path, interrupt_at):
     with pytest.raises(ResultsError, match=r"run\.json is missing"):
         resume_vae(tmp_path)
-    (summary,) = run_vae(replace(TINY, estimators=("rloo",), steps=10, out=str(tmp_path)))
-    (summary.path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        run_vae(
+            replace(TINY, estimators=("rloo",), steps=20, checkpoint_every=10, out=str(tmp_path)),
+            interrupt_at(15),
+        )
+    (run_dir,) = tmp_path.iterdir()
+    (run_dir / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot load checkpoint"):
-        resume_vae(summary.path)
-    (summary.path / CHECKPOINT).unlink()
+        resume_vae(run_dir)
+    (run_dir / CHECKPOINT).unlink()
     with pytest.raises(ConfigError, match=r"no checkpoint\.pt"):
-        resume_vae(summary.path)
+        resume_vae(run_dir)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    (summary,) = run_vae(replace(TINY, estimators=("rloo",), steps=10, out=str(tmp_path)))
+    before = {path: path.read_bytes() for path in summary.path.rglob("*") if path.is_file()}
+    resumed = resume_vae(summary.path)
+    assert (resumed.status, resumed.last_step, resumed.metrics) == ("finished", 10, summary.metrics)
+    assert {path: path.read_bytes() for path in summary.path.rglob("*") if path.is_file()} == before
+
+
+def test_divergence_stops_only_that_run(tmp_path, poison_estimator):
+    # rloo's 7th training estimate is NaN: the encoder is NaN from step 7 on, so the mean training
+    # ELBO of steps 6–10 is NaN at the row of step 10; rloo-dcv, the next run, is untouched.
+    poison_estimator(dcvbench.jobs.vae, "rloo", rows=TINY.batch_size, after=7)
+    config = replace(TINY, estimators=("rloo", "rloo-dcv"), steps=20, log_every=5, out=str(tmp_path))
+    diverged, finished = run_vae(config)
+    manifest = read_manifest(diverged.path)
+    assert diverged.status == "diverged" == manifest["status"]
+    assert (manifest["diverged_at"], manifest["non_finite"]) == (10, "train_elbo")
+    assert list(read_trace(diverged.path)["step"]) == [0, 5]
+    assert not (diverged.path / CHECKPOINT).exists()  # nothing non-finite was checkpointed
+    assert finished.status == "finished"
+    trace = read_trace(finished.path)
+    assert list(trace["step"]) == [0, 5, 10, 15, 20]
+    assert trace["train_elbo"].iloc[1:].notna().all()

@@ -1,0 +1,77 @@
+"""Checkpoints of a run: ``<run_dir>/checkpoint.pt``, written atomically and loaded safely.
+
+A checkpoint is a plain nested dict of tensors, numbers, strings and lists (model, optimiser,
+estimator and generator states, the step). It is saved through a temporary file and a rename, so a
+run killed while saving keeps its previous checkpoint whole; it is loaded with ``weights_only=True``,
+so a file from elsewhere can hold data but never make ``torch.load`` run code.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcvbench.results import write_atomic
+from dcvbench.runtime import ConfigError
+
+CHECKPOINT = "checkpoint.pt"
+# torch's messages when weights_only refuses a file: a pickled object it will not build, or bytes
+# its restricted unpickler cannot read. The rest of its text suggests weights_only=False: not for us.
+PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL (\S+)")
+UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+)")
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """Save ``state`` atomically: a reader (or a resume after a crash) never sees half a checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint's state, loaded without unpickling arbitrary objects (``weights_only``).
+
+    A damaged file, or one that holds anything but plain data, is a :class:`ConfigError`.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged or foreign file
+        raise ConfigError(f"cannot load checkpoint {path}: {_load_failure(error)}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ConfigError(f"cannot load checkpoint {path}: not a dcvbench checkpoint")
+    return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load`` refused a file, in a few words on one line."""
+    text = str(error).strip()
+    pickled = PICKLED_OBJECT.search(text)
+    if pickled:
+        return f"it holds a pickled Python object ({pickled[1]}); only tensors and plain data are loaded"
+    detail = UNPICKLER_DETAIL.search(text)
+    if detail:
+        return f"damaged, or not a checkpoint ({detail[1].strip()})"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_into(target: Any, state: Any, path: Path, what: str) -> None:
+    """``target.load_state_dict(state)``; a checkpoint that does not fit ``what`` is a ConfigError.
+
+    A checkpoint from another architecture, latent size or estimator (or one edited by hand) fails
+    here with torch's reason, in one line, before anything is written.
+    """
+    try:
+        target.load_state_dict(state)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+            lines = lines[1:]  # torch's first line only names the class; the next says what is wrong
+        if isinstance(error, KeyError):
+            reason = f"it has no entry {error.args[0]!r}"
+        else:
+            reason = lines[0] if lines else type(error).__name__
+        raise ConfigError(f"{path} does not fit {what}: {reason}") from None

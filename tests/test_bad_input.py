@@ -1,0 +1,180 @@
+"""Bad input across the whole CLI: one line on stderr, exit code 2, and nothing written or changed.
+
+Each row is one invocation and a fragment its message must contain. Around each, every path below
+the runs and data the rows point at, and below the test's own directory (the working directory,
+where a default ``--out`` would land, and the ``--out`` given), is snapshotted, contents included,
+and must be unchanged.
+"""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcvbench.checkpoints import CHECKPOINT
+from dcvbench.cli import main
+from dcvbench.config import ToyConfig, ToyProblem, VaeConfig
+from dcvbench.data.mnist import IDX_FILES
+from dcvbench.jobs.toy import run_toy
+from dcvbench.jobs.vae import run_vae
+from dcvbench.results import MANIFEST
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+TINY_VAE = VaeConfig.for_protocol(
+    "dcv", latent=8, batch_size=20, steps=2, var_samples=4, eval_samples=2, device="cpu"
+)
+
+
+class Arbitrary:
+    """Any class at all: a checkpoint that pickles one must be refused, never unpickled."""
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, Path]:
+    """Real runs, damaged copies of them, bad data and blockers: what the rows point at."""
+    root = tmp_path_factory.mktemp("bad-input")
+    places = {"root": root, "empty": root / "empty"}
+    places["empty"].mkdir()
+    places["blocker"] = root / "blocker"
+    places["blocker"].write_text("precious")
+
+    places["corrupt_data"] = root / "corrupt-mnist"
+    places["corrupt_data"].mkdir()
+    for name in IDX_FILES:
+        (places["corrupt_data"] / name).write_bytes(b"not gzip, not IDX")
+
+    (linear,) = run_vae(replace(TINY_VAE, out=str(root / "runs")))
+    (nonlinear,) = run_vae(replace(TINY_VAE, arch="nonlinear", out=str(root / "runs")))
+    (toy,) = run_toy(ToyConfig(ToyProblem(dim=4), ("rloo",), steps=2, device="cpu", out=str(root / "runs")))
+    places.update(linear=linear.path, toy_run=toy.path)
+
+    def damaged_copy(name: str, checkpoint: bytes | None) -> Path:
+        """A copy of the linear run, marked interrupted (so resumable), with another checkpoint."""
+        copy = root / name
+        shutil.copytree(linear.path, copy)
+        manifest = json.loads((copy / MANIFEST).read_text())
+        (copy / MANIFEST).write_text(json.dumps({**manifest, "status": "interrupted"}))
+        if checkpoint is None:
+            (copy / CHECKPOINT).unlink()
+        else:
+            (copy / CHECKPOINT).write_bytes(checkpoint)
+        return copy
+
+    places["mismatch"] = damaged_copy("mismatch", (nonlinear.path / CHECKPOINT).read_bytes())
+    places["corrupt_ckpt"] = damaged_copy("corrupt-checkpoint", b"\x80\x02 not a checkpoint")
+    pickled = root / "pickled.pt"
+    torch.save({"step": 2, "model": {}, "payload": Arbitrary()}, pickled)
+    places["pickled"] = damaged_copy("pickled", pickled.read_bytes())
+    places["no_ckpt"] = damaged_copy("no-checkpoint", None)
+    return places
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path below ``root`` with its contents (``None`` for a directory)."""
+    return {
+        str(path.relative_to(root)): path.read_bytes() if path.is_file() else None
+        for path in sorted(root.rglob("*"))
+    }
+
+
+CASES = [
+    # toy
+    (["toy", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
+    (["toy", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
+    (["toy", "--estimator", "disarm", "--k", "3", "--out", "{out}"], "K must be even for disarm, got 3"),
+    (["toy", "--dim", "0", "--out", "{out}"], "--dim must be positive, got 0"),
+    (["toy", "--steps", "0", "--out", "{out}"], "--steps must be positive, got 0"),
+    (["toy", "--var-samples", "1", "--out", "{out}"], "--var-samples must be at least 2, got 1"),
+    (["toy", "--checkpoint-every", "0", "--out", "{out}"], "--checkpoint-every must be positive, got 0"),
+    (["toy", "--temperature", "0", "--out", "{out}"], "--temperature must be positive, got 0"),
+    (["toy", "--objective", "cubic", "--out", "{out}"], "unknown objective 'cubic'; choose from:"),
+    (["toy", "--alpha", "nan", "--out", "{out}"], "--alpha must be finite, got nan"),
+    pytest.param(["toy", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
+    (["toy", "--device", "tpu", "--out", "{out}"], "unknown device 'tpu'; choose from: auto, cpu, cuda"),
+    (["toy", "--dtype", "float16", "--out", "{out}"], "unknown dtype 'float16'"),
+    (["toy", "--dim", "abc", "--out", "{out}"], "Invalid value for '--dim'"),
+    (["toy", "--no-such-option"], "No such option: --no-such-option"),
+    (["toy", "--out", "{blocker}"], "is a file, not a directory"),
+    (["toy", "--out", "{blocker}/below"], "cannot write to --out"),
+    (["toy", "--resume", "{empty}"], "run.json is missing"),
+    (["toy", "--resume", "{linear}"], "is not a toy run (its job is 'vae')"),
+    (["toy", "--resume", "{toy_run}"], "has no checkpoint.pt to resume from"),
+    (["toy", "--resume", "{toy_run}", "--steps", "10"], "drop --steps"),
+    # vae
+    (["vae", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
+    (["vae", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
+    (["vae", "--estimator", "arm", "--k", "3", "--out", "{out}"], "K must be even for arm, got 3"),
+    (["vae", "--estimator", "exact-baseline", "--out", "{out}"], "runs on the toy problem only"),
+    (["vae", "--latent", "0", "--out", "{out}"], "--latent must be positive, got 0"),
+    (["vae", "--batch-size", "0", "--out", "{out}"], "--batch-size must be positive, got 0"),
+    (["vae", "--steps", "-3", "--out", "{out}"], "--steps must be positive, got -3"),
+    (["vae", "--eval-samples", "0", "--out", "{out}"], "--eval-samples must be positive, got 0"),
+    (["vae", "--var-samples", "1", "--out", "{out}"], "--var-samples must be at least 2, got 1"),
+    (["vae", "--estimator", "concrete", "--temperature", "-1", "--out", "{out}"], "--temperature must be"),
+    (["vae", "--dataset", "cifar", "--out", "{out}"], "unknown dataset 'cifar'; choose from:"),
+    (["vae", "--dataset", "mnist", "--data-dir", "{empty}", "--out", "{out}"], "missing"),
+    (
+        ["vae", "--dataset", "mnist", "--data-dir", "{corrupt_data}", "--out", "{out}"],
+        "train-images-idx3-ubyte.gz",
+    ),
+    (["vae", "--batch-size", "5000", "--out", "{out}"], "exceeds the 4000 training images"),
+    (["vae", "--arch", "conv", "--out", "{out}"], "unknown arch 'conv'; choose from: linear, nonlinear"),
+    (["vae", "--protocol", "iwae", "--out", "{out}"], "unknown protocol 'iwae'; choose from: dcv, disarm"),
+    (["vae", "--var-method", "bogus", "--out", "{out}"], "unknown --var-method 'bogus'"),
+    pytest.param(["vae", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
+    (["vae", "--out", "{blocker}"], "is a file, not a directory"),
+    (["vae", "--resume", "{empty}"], "run.json is missing"),
+    (["vae", "--resume", "{toy_run}"], "is not a vae run (its job is 'toy')"),
+    (["vae", "--resume", "{no_ckpt}"], "has no checkpoint.pt to resume from"),
+    (["vae", "--resume", "{corrupt_ckpt}"], "cannot load checkpoint"),
+    (["vae", "--resume", "{pickled}"], "holds a pickled Python object (tests.test_bad_input.Arbitrary)"),
+    (["vae", "--resume", "{mismatch}"], "does not fit its linear run: Unexpected key(s)"),
+    (["vae", "--resume", "{corrupt_ckpt}", "--latent", "16"], "drop --latent"),
+    # variance
+    (["variance", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
+    (["variance", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
+    (["variance", "--estimator", "disarm", "--k", "3", "--out", "{out}"], "K must be even for disarm, got 3"),
+    (["variance", "--samples", "1", "--out", "{out}"], "--samples must be at least 2, got 1"),
+    (["variance", "--theta", "1.5", "--out", "{out}"], "--theta must be in (0, 1)"),
+    (["variance", "--theta", "abc", "--out", "{out}"], "--theta must be a probability in (0, 1) or 'random'"),
+    (["variance", "--objective", "cubic", "--out", "{out}"], "unknown objective 'cubic'"),
+    (["variance", "--problem", "vae-ish", "--out", "{out}"], "unknown problem 'vae-ish'"),
+    (["variance", "--problem", "vae", "--out", "{out}"], "--problem vae needs --checkpoint"),
+    (["variance", "--checkpoint", "{empty}", "--out", "{out}"], "no checkpoint at"),
+    (["variance", "--checkpoint", "{mismatch}", "--out", "{out}"], "does not fit the linear model"),
+    (["variance", "--checkpoint", "{corrupt_ckpt}", "--out", "{out}"], "damaged, or not a checkpoint"),
+    (["variance", "--checkpoint", "{pickled}", "--out", "{out}"], "holds a pickled Python object"),
+    (
+        ["variance", "--checkpoint", "{linear}", "--estimator", "exact-baseline", "--out", "{out}"],
+        "runs on the toy problem only",
+    ),
+    pytest.param(["variance", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
+    (["variance", "--out", "{blocker}/below"], "cannot write to --out"),
+    # data and plot
+    (["data", "download", "cifar"], "unknown data set 'cifar'; choose from:"),
+    (["data", "download"], "Missing argument"),
+    (["plot", "{empty}"], "no dcvbench runs under"),
+    (["plot", "{root}/nowhere"], "is not a directory of dcvbench runs"),
+    (["plot", "{linear}", "--format", "bmp"], "--format must be one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), CASES, ids=lambda value: " ".join(value) if isinstance(value, list) else ""
+)
+def test_one_line_exit_2_nothing_written(args, message, places, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default --out would land here
+    values = {**places, "out": tmp_path / "out"}
+    before = snapshot(places["root"]), snapshot(tmp_path)
+    code = main([arg.format(**values) for arg in args])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("dcvbench: error:")
+    assert message in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert (snapshot(places["root"]), snapshot(tmp_path)) == before  # the --out given was not created either
