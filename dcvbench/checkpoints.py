@@ -38,6 +38,8 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     A damaged file, or one that holds anything but plain data, is a :class:`ConfigError`.
     """
     try:
+        # Tensors go to the run's device; generator states must be moved back to the CPU before
+        # ``Generator.set_state``, which takes a CPU byte tensor whatever the generator's device.
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises many kinds for a damaged or foreign file
         raise ConfigError(f"cannot load checkpoint {path}: {_load_failure(error)}") from None

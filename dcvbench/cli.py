@@ -29,7 +29,7 @@ from dcvbench.results import ResultsError
 from dcvbench.runtime import ConfigError
 
 # Typer bundles its own click; its exceptions are reachable only through Typer's public classes.
-_CLICK_ERROR = typer.BadParameter.__mro__[2]  # click's ClickException
+_CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 USER_ERRORS = (ConfigError, DataError, EstimatorError, ResultsError)
 
 app = typer.Typer(
@@ -334,6 +334,17 @@ def vae(
     learn_prior: Annotated[
         bool | None, typer.Option("--learn-prior/--fixed-prior", help="Learn the prior's logits.")
     ] = None,
+    prior_lr: Annotated[float | None, typer.Option(help="SGD learning rate of a learned prior.")] = None,
+    center_inputs: Annotated[
+        bool | None,
+        typer.Option("--center-inputs/--raw-inputs", help="Subtract the training mean from encoder inputs."),
+    ] = None,
+    init_output_bias: Annotated[
+        bool | None,
+        typer.Option(
+            "--init-output-bias/--zero-output-bias", help="Decoder output bias at logit(mean image)."
+        ),
+    ] = None,
     log_every: Annotated[
         int, typer.Option(help="Write a row (training ELBO, α, s/step) every N steps.")
     ] = 50,
@@ -374,9 +385,12 @@ def vae(
                 estimators=tuple(estimator or ("rloo-dcv",)),
                 steps=steps,
                 batch_size=batch_size,
-                encoder_lr=encoder_lr or lr,
-                decoder_lr=decoder_lr or lr,
+                encoder_lr=lr if encoder_lr is None else encoder_lr,
+                decoder_lr=lr if decoder_lr is None else decoder_lr,
                 learn_prior=learn_prior,
+                prior_lr=prior_lr,
+                center_inputs=center_inputs,
+                init_output_bias=init_output_bias,
                 log_every=log_every,
                 eval_every=eval_every,
                 eval_samples=eval_samples,
@@ -466,7 +480,7 @@ def variance(
         checkpoint=checkpoint,
         estimators=tuple(estimator or VarianceConfig.estimators),
         ks=tuple(k or (2,)),
-        samples=samples or (1000 if checkpoint else 20000),
+        samples=(1000 if checkpoint else 20000) if samples is None else samples,
         seed=seed,
         device=device,
         dtype=dtype,

@@ -58,8 +58,8 @@ class ToyTraining:
             self.logits.copy_(state["logits"])  # in place: the optimiser holds this very tensor
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict(state["estimator"])
-        self.train_generator.set_state(state["train_generator"])
-        self.measure_generator.set_state(state["measure_generator"])
+        self.train_generator.set_state(state["train_generator"].cpu())
+        self.measure_generator.set_state(state["measure_generator"].cpu())
 
 
 def build_training(

@@ -83,9 +83,9 @@ class Training:
         if self.prior_optimizer:
             self.prior_optimizer.load_state_dict(state["prior_optimizer"])
         self.sampler.load_state_dict(state["sampler"])
-        self.train_generator.set_state(state["train_generator"])
-        self.measure_generator.set_state(state["measure_generator"])
-        self.eval_generator.set_state(state["eval_generator"])
+        self.train_generator.set_state(state["train_generator"].cpu())
+        self.measure_generator.set_state(state["measure_generator"].cpu())
+        self.eval_generator.set_state(state["eval_generator"].cpu())
         if self.ema:
             self.ema.load_state_dict(state["ema"])
 
@@ -244,24 +244,27 @@ def _train(
             training.prior_optimizer,
         )
         elbo_sum += output.train_elbo
+        training.step += 1
+        step = training.step
+        row = _is_row_step(config, step)
+        if row:
+            _synchronize(device)  # so the steps' time includes the work still queued on a GPU
         busy += time.perf_counter() - start
         busy_steps += 1
         if training.ema:
             training.ema.update(model.encoder_parameters())
-        training.step += 1
         progress.advance()
-        step = training.step
-        if not _is_row_step(config, step):
+        if not row:
             continue
-        _synchronize(device)
-        alpha = output.estimate.stats.get("alpha")
+        alpha = output.estimate.stats.get("alpha")  # the α this step's estimate used, as the toy logs
         elbo = elbo_sum / busy_steps
         bad = non_finite(train_elbo=elbo, alpha=alpha, gradient=output.estimate.grad)
         bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return
-        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, alpha_of(estimator))
+        logged_alpha = None if alpha is None else float(alpha)
+        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, logged_alpha)
         elbo_sum.zero_()
         busy, busy_steps = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
