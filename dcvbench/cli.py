@@ -596,3 +596,72 @@ def plot(
     stdout.print(f"{len(report.figures)} figures in {report.out_dir}/:")
     for path in report.figures:
         stdout.print(f"  {path.name}")
+
+
+@app.command()
+@reports_user_errors
+def sweep(
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC.toml", help="The job, its fixed options, the grid to cross.")
+    ],
+    out: Out = "results",
+    backend: Annotated[
+        str, typer.Option(help="local (runs at once on this machine) or dask (a cluster on 127.0.0.1).")
+    ] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="Runs at once, each with cores/N threads (default: one per core).")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(metavar="ADDRESS", help="Run on this existing Dask cluster (tcp://HOST:8786) instead."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Start again the runs that failed or diverged before.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print each run's invocation, one a line; run nothing.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """A grid of toy, VAE or variance runs, skipping finished ones and resuming interrupted ones."""
+    from dcvbench.jobs.sweep import SweepCounts, expand, load_spec, run_sweep
+
+    parsed = load_spec(spec)
+    runs = expand(parsed)
+    if dry_run:
+        for run in runs:
+            print(run.command(out))
+        return
+    with RichProgress(quiet) as progress:
+        progress.start("sweep", len(runs))
+
+        def show(counts: SweepCounts) -> None:
+            description = f"sweep: {counts.running} running, {counts.failed} failed"
+            progress.bar.update(progress.task, completed=counts.done, description=description)
+
+        results = run_sweep(
+            runs,
+            out,
+            backend=backend,
+            workers=workers,
+            scheduler=scheduler,
+            retry_failed=retry_failed,
+            on_progress=show,
+        )
+    failed = [r for r in results if r.status in ("failed", "interrupted")]
+    if quiet:
+        for result in failed:
+            print(f"dcvbench: {result.run.key}: {result.status}: {result.note}", file=sys.stderr)
+        for result in results:
+            if result.run_dir is not None:
+                print(result.run_dir)
+    else:
+        table = Table(title=f"sweep: {parsed.title}", caption=f"{len(runs)} runs, {len(failed)} not finished")
+        for column in ("run", "status", "run dir", "note"):
+            table.add_column(column)
+        for r in results:
+            status = r.status if r.exit_code is None else f"{r.status} (exit {r.exit_code})"
+            table.add_row(r.run.label, status, str(r.run_dir or "–"), r.note)
+        stdout.print(table)
+    if failed:
+        raise typer.Exit(1)

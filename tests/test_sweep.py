@@ -1,0 +1,240 @@
+"""``dcvbench sweep``: specs, expansion, the local and Dask backends, idempotence and failures.
+
+Every run a sweep starts is a fresh ``python -m dcvbench`` process (a few seconds of imports each),
+so the runs are tiny and the local sweep is shared by the tests that only read its results.
+"""
+
+import itertools
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from dcvbench import cli
+from dcvbench.cli import app, main
+from dcvbench.jobs.sweep import _plan, expand, load_spec, parse_spec, run_sweep
+from dcvbench.results import find_runs, read_manifest, read_trace
+from dcvbench.sweep import usable_cores
+
+runner = CliRunner()
+SPEC = """
+job = "toy"
+
+[options]
+dim = 10
+steps = 30
+var-samples = 50
+var_every = 10
+checkpoint-every = 10
+device = "cpu"
+
+[grid]
+estimator = ["rloo", "disarm"]
+seed = [1, 2]
+"""
+FIXED = ["--dim", "10", "--steps", "30", "--var-samples", "50", "--var-every", "10"]
+FIXED += ["--checkpoint-every", "10", "--device", "cpu"]
+GRID = [("rloo", 1), ("rloo", 2), ("disarm", 1), ("disarm", 2)]  # the last axis varies fastest
+TIMING = ["run_id", "wall_s", "sec_per_step"]  # differ between any two runs, however made
+
+
+def write_spec(directory: Path, text: str = SPEC) -> Path:
+    path = directory / "sweep.toml"
+    path.write_text(text)
+    return path
+
+
+def traces(out: Path) -> dict[tuple[str, int], pd.DataFrame]:
+    """Each run's trace without its timing columns, by (estimator, seed)."""
+    found = {}
+    for run in find_runs(out):
+        manifest = read_manifest(run)
+        found[manifest["estimator"], manifest["seed"]] = read_trace(run).drop(columns=TIMING)
+    return found
+
+
+def assert_same_traces(out: Path, reference: dict[tuple[str, int], pd.DataFrame]) -> None:
+    made = traces(out)
+    assert sorted(made) == sorted(reference)
+    for key, trace in made.items():
+        pd.testing.assert_frame_equal(trace, reference[key], check_exact=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[tuple[str, int], pd.DataFrame]:
+    """The sweep's four runs made by hand, in this process, in one invocation."""
+    out = tmp_path_factory.mktemp("by-hand")
+    args = ["toy", *FIXED, "--estimator", "rloo", "--estimator", "disarm", "--seed", "1", "--seed", "2"]
+    assert main([*args, "--out", str(out), "-q"]) == 0
+    return traces(out)
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """The sweep through the local backend, over a run of it that was interrupted at step 15."""
+    base = tmp_path_factory.mktemp("local")
+    spec, out = write_spec(base), base / "runs"
+    interrupted = ["toy", *FIXED, "--estimator", "rloo", "--seed", "2", "--out", str(out)]
+    steps = itertools.count(1)
+
+    def advance(self, steps_done: int = 1) -> None:
+        if next(steps) == 15:
+            raise KeyboardInterrupt  # as Ctrl-C would, after the checkpoint at step 10
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["dcvbench", *interrupted])  # recorded as a shell would record it
+        patch.setattr(cli.RichProgress, "advance", advance)
+        assert main(interrupted) == 130
+    result = runner.invoke(app, ["sweep", str(spec), "--out", str(out), "--workers", "2"])
+    return spec, out, result
+
+
+def test_spec_expands_to_every_combination(tmp_path):
+    runs = expand(load_spec(write_spec(tmp_path)))
+    assert [run.label for run in runs] == [f"estimator={e} seed={s}" for e, s in GRID]
+    assert [run.args[-4:] for run in runs] == [("--estimator", e, "--seed", str(s)) for e, s in GRID]
+    assert len({run.key for run in runs}) == len({run.identity for run in runs}) == 4
+    assert runs[0].key == (
+        "toy checkpoint_every=10 device=cpu dim=10 estimator=rloo seed=1 steps=30 var_every=10 var_samples=50"
+    )
+
+
+def test_identity_ignores_spelling_order_and_defaults():
+    spec = {"job": "toy", "options": {"estimator": "rloo", "seed": 1}}
+    (plain,) = expand(parse_spec(spec))
+    spelled = {"job": "toy", "options": {"seed": 1, "target": 0.499, "w-seed": 0, "estimator": "rloo"}}
+    (explicit,) = expand(parse_spec(spelled))
+    assert plain.identity == explicit.identity  # the defaults, given or not
+    assert plain.key != explicit.key
+
+
+def test_dry_run_prints_each_invocation(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [
+        shlex.join(["dcvbench", "toy", *FIXED, "--estimator", e, "--seed", str(s), "--out", str(out), "-q"])
+        for e, s in GRID
+    ]
+    assert lines == expected
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('job = "toys"\n', "unknown job 'toys'"),
+        ("[options]\ndim = 3\n", "names no job"),
+        ('job = "toy"\n[options]\ndimension = 3\n', "unknown toy option 'dimension'"),
+        ('job = "toy"\n[options]\nestimator = "rloo"\n[grid]\nseed = []\n', "seed is empty"),
+        ('job = "toy"\n[options]\nseed = 1\n[grid]\nestimator = "rloo"\n', "must be a list"),
+        ('job = "toy"\n[options]\nestimator = "rloo"\nseed = [1, 2]\n', "list several in [grid]"),
+        ('job = "toy"\n[options]\nseed = 1\n', "add estimator to [options] or [grid]"),
+        ('job = "toy"\n[options]\nout = "x"\n', "give --out to dcvbench sweep"),
+        ('job = "toy"\n[options]\nestimator = "rloo"\nseed = 1\ndim = "many"\n', "Invalid value for '--dim'"),
+        ('job = "toy\n', "is not valid TOML"),
+    ],
+)
+def test_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, text, message):
+    out = tmp_path / "runs"
+    assert main(["sweep", str(write_spec(tmp_path, text)), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("dcvbench: error: ")
+    assert message in error
+    assert not out.exists()
+
+
+def test_unreadable_spec_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "missing.toml"), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot read sweep spec" in error
+
+
+def test_missing_dask_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    out = tmp_path / "runs"
+    assert main(["sweep", str(write_spec(tmp_path)), "--out", str(out), "--backend", "dask"]) == 2
+    assert "pip install 'dcvbench[dask]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_plan_skips_resumes_and_reports(tmp_path):
+    (run,) = expand(parse_spec({"job": "toy", "options": {"estimator": "rloo", "seed": 1}}))
+
+    def plan(*statuses: str, retry: bool = False):
+        matches = [(tmp_path / status, {"status": status}) for status in statuses]
+        step = _plan(run, matches, tmp_path, retry)
+        return step.result.status if step.result else ("resume" if step.resuming else "run")
+
+    assert plan() == "run"
+    assert plan("failed", "finished") == "skipped"
+    assert plan("interrupted", "running") == "running"
+    assert plan("failed", "interrupted") == "resume"
+    assert plan("diverged") == "diverged"
+    assert plan("failed") == "failed"
+    assert plan("failed", retry=True) == "run"
+
+
+def test_local_sweep_matches_hand_made_runs(local_sweep, reference):
+    spec, out, result = local_sweep
+    assert result.exit_code == 0, result.output
+    assert result.output.count("│ finished ") == 3 and result.output.count("│ resumed ") == 1
+    assert_same_traces(out, reference)
+    # The runs the sweep started record the invocation --dry-run prints; the one resumed keeps its own.
+    manifests = [read_manifest(run) for run in find_runs(out)]
+    typed = {run.command(out) for run in expand(load_spec(spec))}
+    started = [manifest for manifest in manifests if manifest["command"] in typed]
+    assert len(started) == 3 and len({manifest["command"] for manifest in manifests}) == 4
+    # Two runs at once share the cores: each started with half of them as torch threads.
+    assert {manifest["versions"]["torch_threads"] for manifest in started} == {max(1, usable_cores() // 2)}
+
+
+def test_relaunch_skips_everything(local_sweep):
+    spec, out, _ = local_sweep
+    before = find_runs(out)
+    results = run_sweep(expand(load_spec(spec)), out)
+    assert [result.status for result in results] == ["skipped"] * 4
+    assert sorted(result.run_dir for result in results) == before == find_runs(out)
+
+
+def test_dask_local_cluster_matches_hand_made_runs(tmp_path, reference):
+    pytest.importorskip(
+        "distributed", reason="dask.distributed is not installed (pip install 'dcvbench[dask]')"
+    )
+    out = tmp_path / "runs"
+    args = [
+        "sweep",
+        str(write_spec(tmp_path)),
+        "--out",
+        str(out),
+        "--backend",
+        "dask",
+        "--workers",
+        "2",
+        "-q",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(result.output.split()) == [str(run) for run in find_runs(out)]
+    assert_same_traces(out, reference)
+
+
+def test_failed_run_is_reported_and_the_others_finish(tmp_path):
+    spec = SPEC.replace("seed = [1, 2]", "seed = [1]").replace('device = "cpu"', 'device = "cpu"\nk = 3')
+    out = tmp_path / "runs"
+    runs = expand(load_spec(write_spec(tmp_path, spec)))
+    rloo, disarm = run_sweep(runs, out, workers=2)
+    assert rloo.status == "finished" and read_manifest(rloo.run_dir)["status"] == "finished"
+    assert (disarm.status, disarm.exit_code, disarm.run_dir) == ("failed", 2, None)
+    assert disarm.note.startswith("dcvbench: error: --k 3") and "even" in disarm.note
+
+    # A run that failed after making its directory is reported on a re-launch, not run again.
+    manifest = json.loads((rloo.run_dir / "run.json").read_text())
+    (rloo.run_dir / "run.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    (again,) = run_sweep(runs[:1], out)
+    assert (again.status, again.run_dir) == ("failed", rloo.run_dir)
+    assert "--retry-failed" in again.note
