@@ -1,107 +1,46 @@
-"""Seconds per VAE training step, ``rloo-dcv`` against ``rloo`` (DESIGN §7), measured in one process.
+"""Seconds per VAE training step, ``rloo-dcv`` against ``rloo`` (DESIGN §7): ``run.py``'s first
+section on its own, for a quick look at one setting.
 
-    python benchmarks/vae_step_time.py [--steps 50] [--batch 100] [--k 2] [--latent 200]
-                                       [--arch linear nonlinear] [--threads N]
+    python benchmarks/vae_step_time.py [--steps 50] [--k 2] [--arch linear nonlinear] [--threads 1]
 
-Both estimators train their own copy of the same model on the same minibatch; their steps are
-interleaved (alternating which goes first), so load from elsewhere on the machine falls on both
-alike. Prints per architecture the median wall time and the median CPU time of this thread per
-step, and the ``rloo-dcv / rloo`` ratios. With one torch thread the CPU time is the least sensitive
-to other processes; the bar for the nonlinear architecture is a ratio ≤ 1.10, for the linear one
-≤ 1.10 × its arithmetic floor (≈ 4/3 at K = 2: one more decoder-sized matrix product, §3.1).
+Prints per architecture the median thread-CPU and wall milliseconds per step (batch 100, D = 200,
+steps interleaved), the ``rloo-dcv / rloo`` ratios and the counted multiply-add floor.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import statistics
-import time
 
 import torch
-
-from dcvbench.estimators import get_estimator
-from dcvbench.problems.vae import BinaryVAE, train_step
+from common import VaeTrainer, binary_images, step_ratio, time_vae_steps
 
 NAMES = ("rloo", "rloo-dcv")
-WARMUP = 10
-
-
-def measure(arch: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    """Median (wall, thread-CPU) seconds per step for each estimator."""
-    x = (torch.rand(args.batch, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-    runs = {}
-    for name in NAMES:
-        model = BinaryVAE(latent=args.latent, arch=arch, generator=torch.Generator().manual_seed(1))
-        runs[name] = (
-            model,
-            get_estimator(name),
-            torch.optim.Adam(model.encoder_parameters(), lr=1e-3),
-            torch.optim.Adam(model.generative_parameters(), lr=1e-3),
-            torch.Generator().manual_seed(2),
-        )
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in NAMES}
-    for step in range(WARMUP + args.steps):
-        for name in NAMES if step % 2 else NAMES[::-1]:
-            model, estimator, encoder_optimizer, decoder_optimizer, generator = runs[name]
-            wall, cpu = time.perf_counter(), time.thread_time()
-            train_step(model, estimator, x, args.k, generator, encoder_optimizer, decoder_optimizer)
-            if step >= WARMUP:
-                times[name].append((time.perf_counter() - wall, time.thread_time() - cpu))
-    return {
-        name: (statistics.median(t[0] for t in runs_), statistics.median(t[1] for t in runs_))
-        for name, runs_ in times.items()
-    }
-
-
-def multiply_adds(arch: str, k: int, batch: int, latent: int, pixels: int = 784, hidden: int = 200):
-    """Matrix multiply-adds of one training step: ``(rloo, rloo-dcv)``.
-
-    Per layer of width ``a → b`` and ``n`` rows: forward ``n·a·b``, weight gradient ``n·a·b``, input
-    gradient ``n·a·b`` (needed for every layer but the first of each network — the encoder's input
-    is data, and the decoder's input gradient is exactly what only ``rloo-dcv`` asks for). Elementwise
-    work is not counted, so the ratio is the floor DESIGN §3.1 speaks of.
-    """
-    widths = (pixels, latent) if arch == "linear" else (pixels, hidden, hidden, latent)
-    encoder = [a * b for a, b in itertools.pairwise(widths)]  # per layer, input side first
-    decoder = encoder[::-1]  # mirrored: its first layer takes the latents
-
-    def network(rows: int, sizes: list[int]) -> int:
-        # forward + weight gradients + input gradients of every layer but the first
-        return rows * (2 * sum(sizes) + sum(sizes[1:]))
-
-    common = network(batch, encoder) + network(k * batch, decoder)
-    return common, common + k * batch * decoder[0]  # + the decoder's input gradient
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--latent", type=int, default=200)
     parser.add_argument("--arch", nargs="+", default=["linear", "nonlinear"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
-    print(f"batch {args.batch}, K={args.k}, D={args.latent}, {torch.get_num_threads()} torch threads")
-    print(f"{'arch':10s} {'estimator':9s} {'wall ms':>8s} {'cpu ms':>8s} {'wall ×':>7s} {'cpu ×':>7s}")
+    print(f"batch 100, K={args.k}, D=200, {torch.get_num_threads()} torch thread(s)")
+    print(f"{'arch':10s} {'estimator':9s} {'cpu ms':>8s} {'wall ms':>8s}")
+    x = binary_images()
     for arch in args.arch:
-        medians = measure(arch, args)
-        base_wall, base_cpu = medians["rloo"]
-        for name, (wall, cpu) in medians.items():
-            print(
-                f"{arch:10s} {name:9s} {1e3 * wall:8.2f} {1e3 * cpu:8.2f} "
-                f"{wall / base_wall:7.3f} {cpu / base_cpu:7.3f}"
-            )
-        rloo_macs, dcv_macs = multiply_adds(arch, args.k, args.batch, args.latent)
-        floor = dcv_macs / rloo_macs
-        measured = medians["rloo-dcv"][1] / base_cpu
+        trainers = {name: VaeTrainer.build(name, arch, args.k) for name in NAMES}
+        timings = time_vae_steps(trainers, args.steps, warmup=10, x=x)
+        for name, t in timings.items():
+            print(f"{arch:10s} {name:9s} {1e3 * t.cpu_median:8.2f} {1e3 * t.wall_median:8.2f}")
+        ratio = step_ratio(arch, args.k, timings["rloo-dcv"], timings["rloo"])
+        paired = ratio["paired_cpu_ratio"]
         print(
-            f"{arch:10s} counted multiply-adds: rloo {rloo_macs / 1e6:.1f} M, rloo-dcv {dcv_macs / 1e6:.1f} M"
-            f" → floor {floor:.3f}; measured cpu ratio / floor = {measured / floor:.3f}"
+            f"{arch:10s} rloo-dcv / rloo: cpu {ratio['cpu_ratio']:.3f} (paired IQR {paired['q1']:.2f}–"
+            f"{paired['q3']:.2f}), wall {ratio['wall_ratio']:.3f}; floor {ratio['floor']:.3f} "
+            f"({ratio['macs_rloo'] / 1e6:.1f} M → {ratio['macs_rloo_dcv'] / 1e6:.1f} M multiply-adds); "
+            f"cpu ratio / floor {ratio['cpu_ratio_over_floor']:.3f}"
         )
 
 

@@ -34,9 +34,12 @@ class Moments:
     @classmethod
     def of(cls, grads: Tensor) -> Moments:
         """Moments of ``grads [M, B, D]`` (M draws of a ``[B, D]`` estimate)."""
-        grads = grads.to(torch.float64)
-        mean = grads.mean(0)
-        return cls(grads.shape[0], mean, (grads - mean).pow(2).sum(0))
+        # One float64 copy, worked on in place: for [M, P] chunks of encoder gradients, allocating
+        # (g − mean) and its square cost more than the arithmetic. Same values as the plain formula.
+        deviations = grads.to(torch.float64, copy=True)
+        mean = deviations.mean(0)
+        deviations.sub_(mean).square_()
+        return cls(grads.shape[0], mean, deviations.sum(0))
 
     def merge(self, other: Moments) -> Moments:
         count = self.count + other.count

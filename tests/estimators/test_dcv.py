@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dcvbench.estimators import get_estimator
-from dcvbench.estimators.dcv import RLOODCV
+from dcvbench.estimators import Estimate, get_estimator
+from dcvbench.estimators.dcv import RLOODCV, _make_optimizer
 from dcvbench.measure.variance import optimal_alpha, resample_variance
 from dcvbench.problems.toy import OBJECTIVES, make_objective
 
@@ -200,6 +200,45 @@ def test_update_comes_after_use_and_leaves_the_estimate_alone(options: dict, dty
     # it is unbiased: α depends only on earlier estimates.
     fixed = get_estimator("rloo-dcv", alpha=alpha_used)(logits, f, 3, torch.Generator().set_state(state))
     assert_close(grad, fixed.grad, **_tight(dtype, fixed.grad.abs() + abs(alpha_used) * control.abs()))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
+def test_alpha_steps_are_the_torch_optimizers_steps(optimizer: str):
+    # The α update does torch's optimizer arithmetic itself (cheaper than step() for one scalar):
+    # α and the optimizer's state must be torch's, bit for bit, also across a checkpoint round trip.
+    logits, f = _logits(torch.float64), make_objective("sum-square", DIM)
+    estimator = get_estimator("rloo-dcv", optimizer=optimizer, lr=0.05)
+    reference = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    torch_optimizer = _make_optimizer(optimizer, [reference], lr=0.05)
+    generator = torch.Generator().manual_seed(13)
+    for step in range(30):
+        estimate = estimator(logits, f, 3, generator)
+        estimator.update(estimate)
+        g, h = estimate.grad, estimate.control
+        reference.grad = (2.0 * (g * h).sum() / g.shape[0]).reshape(())
+        torch_optimizer.step()
+        assert torch.equal(estimator.alpha.detach(), reference.detach()), step
+        if step == 10:
+            restored = get_estimator("rloo-dcv", optimizer=optimizer, lr=0.05)
+            restored.load_state_dict(estimator.state_dict())
+            estimator = restored
+    assert float(reference.detach()) != 0.0  # α did move
+    ours, theirs = estimator.optimizer.state_dict()["state"], torch_optimizer.state_dict()["state"]
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].keys() == theirs[key].keys()
+        assert all(torch.equal(ours[key][name], theirs[key][name]) for name in ours[key])
+
+
+def test_optimal_alpha_waits_for_a_nonzero_control_direction():
+    # ‖h‖² averages to 0 while every h is 0 (θ at 0 or 1): α stays where it is, never NaN.
+    estimator = get_estimator("rloo-dcv", learning="optimal")
+    grad = torch.ones(ROWS, DIM, dtype=torch.float64)
+    estimator.update(Estimate(grad=grad, values=torch.zeros(2, ROWS), control=torch.zeros_like(grad)))
+    assert float(estimator.alpha.detach()) == 0.0
+    # Then α = −⟨g₀, h⟩ / ‖h‖² of the running averages: here g₀ = g = 1 and h = 1, so α = −1.
+    estimator.update(Estimate(grad=grad, values=torch.zeros(2, ROWS), control=torch.ones_like(grad)))
+    assert float(estimator.alpha.detach()) == pytest.approx(-1.0)
 
 
 def test_fixed_alpha_never_learns():

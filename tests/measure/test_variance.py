@@ -38,6 +38,16 @@ def test_merged_moments_equal_the_one_shot_moments(cuts: list[int]):
     assert_close(merged.variance, grads.var(0, unbiased=True), rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_moments_leave_the_estimates_alone(dtype: torch.dtype):
+    # Moments.of works in place on its float64 copy: never on the caller's tensor.
+    grads = _draws(5).to(dtype)
+    before = grads.clone()
+    moments = Moments.of(grads)
+    assert torch.equal(grads, before)
+    assert_close(moments.variance, grads.to(torch.float64).var(0), rtol=1e-10, atol=0)
+
+
 def test_merge_of_single_draws_and_in_any_order():
     grads = _draws(7)
     ones = [Moments.of(grads[i : i + 1]) for i in range(7)]
