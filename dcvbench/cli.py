@@ -24,7 +24,13 @@ from dcvbench.config import (
     VarianceConfig,
 )
 from dcvbench.data import DataError, dataset_info, dataset_names, default_data_dir
-from dcvbench.estimators import EstimatorError, EstimatorSettings, estimator_info, estimator_names
+from dcvbench.estimators import (
+    REFERENCE_ESTIMATOR,
+    EstimatorError,
+    EstimatorSettings,
+    estimator_info,
+    estimator_names,
+)
 from dcvbench.results import ResultsError
 from dcvbench.runtime import ConfigError
 
@@ -288,7 +294,9 @@ def toy(
         for summary in summaries:
             print(summary.path)
         return
-    reference = {(s.seed, s.k): s.metrics.get("grad_var") for s in summaries if s.estimator == "rloo"}
+    reference = {
+        (s.seed, s.k): s.metrics.get("grad_var") for s in summaries if s.estimator == REFERENCE_ESTIMATOR
+    }
     table = Table(title=title)
     for column in ("estimator", "seed", "status", "final E f", "final grad var", "vs rloo", "s/step"):
         table.add_column(column, justify="left" if column in ("estimator", "status") else "right")

@@ -37,7 +37,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dcvbench.estimators import estimator_names
+from dcvbench.estimators import REFERENCE_ESTIMATOR, estimator_names
 from dcvbench.results import (
     MANIFEST,
     TRACE_DIR,
@@ -50,7 +50,6 @@ from dcvbench.results import (
 from dcvbench.runtime import ConfigError
 
 FORMATS = ("png", "pdf", "svg")
-REFERENCE = "rloo"  # variance ratios are relative to REINFORCE leave-one-out in the same group
 RUNS, BASELINE = "runs", "baseline"  # values of the ``source`` column
 VARIANCE_TABLE = "variance.parquet"
 
@@ -587,7 +586,7 @@ def summary_frame(results: Results) -> pd.DataFrame:
         frame = frame.merge(variance, on=keys, how="left")
     else:
         frame = frame.assign(grad_var_metric=None, grad_var_mean=np.nan, grad_var_se=np.nan)
-    reference = frame.loc[frame["estimator"] == REFERENCE, ["source", "group", "grad_var_mean"]]
+    reference = frame.loc[frame["estimator"] == REFERENCE_ESTIMATOR, ["source", "group", "grad_var_mean"]]
     reference = reference.rename(columns={"grad_var_mean": "reference"})
     frame = frame.merge(reference, on=["source", "group"], how="left")
     frame["var_ratio_rloo"] = frame["grad_var_mean"] / frame["reference"]
@@ -878,7 +877,7 @@ def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
     ax.axhline(1.0, color="0.5", linestyle=":", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
-    ax.set_ylabel(f"variance / variance of {REFERENCE}")
+    ax.set_ylabel(f"variance / variance of {REFERENCE_ESTIMATOR}")
     n = variance.loc[variance["source"] == RUNS, "n"]
     seeds = "" if n.empty or n.max() <= 1 else f"\nmean ± s.e. over {int(n.max())} studies"
     ax.set_title(f"{title}{seeds}")

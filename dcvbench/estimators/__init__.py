@@ -25,6 +25,7 @@ from dcvbench.estimators.base import (
 )
 from dcvbench.estimators.dcv import ControlVariateEstimator
 from dcvbench.estimators.registry import (
+    REFERENCE_ESTIMATOR,
     build_estimator,
     estimator_class,
     estimator_info,
@@ -33,6 +34,7 @@ from dcvbench.estimators.registry import (
 )
 
 __all__ = [
+    "REFERENCE_ESTIMATOR",
     "ControlVariateEstimator",
     "Estimate",
     "Estimator",

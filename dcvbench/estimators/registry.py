@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo, EstimatorSettings
 
 _REGISTRY: dict[str, type[Estimator]] = {}
+# Variance ratios everywhere (studies, plots, tables) are relative to REINFORCE leave-one-out.
+REFERENCE_ESTIMATOR = "rloo"
 
 
 def register(info: EstimatorInfo) -> Callable[[type[Estimator]], type[Estimator]]:

@@ -20,7 +20,13 @@ import pandas as pd
 import torch
 
 from dcvbench.config import VarianceConfig, theta_probability
-from dcvbench.estimators import ControlVariateEstimator, Estimator, build_estimator, estimator_info
+from dcvbench.estimators import (
+    REFERENCE_ESTIMATOR,
+    ControlVariateEstimator,
+    Estimator,
+    build_estimator,
+    estimator_info,
+)
 from dcvbench.jobs import NoProgress, Progress
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
@@ -29,7 +35,6 @@ from dcvbench.problems.vae import NegativeELBO
 from dcvbench.results import Run, prepare_output_root, table_from_records
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
 
-REFERENCE = "rloo"  # variance ratios are relative to REINFORCE leave-one-out at the same K
 WARMUP_DRAWS = 4  # one small call first, so one-off start-up costs stay out of the timings
 
 
@@ -167,7 +172,7 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
             for name in _with_reference(config.estimators, k):
                 rows[name] = _measure(config, point, name, k, device)
                 progress.advance(int(name in config.estimators))
-            reference = rows.get(REFERENCE)
+            reference = rows.get(REFERENCE_ESTIMATOR)
             for name in config.estimators:
                 row = rows[name]
                 for column in ("variance", "logit_variance"):
@@ -182,9 +187,9 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
 
 def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
     """The estimators to measure: the chosen ones, plus ``rloo`` as reference where K allows."""
-    if REFERENCE in names or k < estimator_info(REFERENCE).min_k:
+    if REFERENCE_ESTIMATOR in names or k < estimator_info(REFERENCE_ESTIMATOR).min_k:
         return list(names)
-    return [*names, REFERENCE]
+    return [*names, REFERENCE_ESTIMATOR]
 
 
 def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
