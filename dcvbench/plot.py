@@ -40,7 +40,6 @@ from matplotlib.figure import Figure
 from dcvbench.estimators import REFERENCE_ESTIMATOR, estimator_names
 from dcvbench.results import (
     MANIFEST,
-    TRACE_DIR,
     ResultsError,
     find_runs,
     read_manifest,
@@ -250,7 +249,9 @@ def load_results(root: Path | str, source: str = RUNS) -> Results:
         except KeyError as error:
             skipped.append(Skipped(path / MANIFEST, f"manifest lacks {error.args[0]!r}"))
             continue
-        trace = _read_trace_parts(path, skipped)
+        trace = read_trace(
+            path, lambda part, reason: skipped.append(Skipped(part, f"unreadable Parquet part ({reason})"))
+        )
         if trace.empty:
             skipped.append(Skipped(path, f"no trace rows yet (status {record['status']})"))
             continue
@@ -308,29 +309,6 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "started": manifest.get("started") or "",
         "fingerprint": json.dumps(settings, sort_keys=True, default=str),
     }
-
-
-def _read_trace_parts(path: Path, skipped: list[Skipped]) -> pd.DataFrame:
-    """The run's trace; if a part is unreadable, the readable parts, and the bad one is reported.
-
-    The common case goes through :func:`read_trace`; only a damaged trace is read part by part,
-    with the same rule for rows written twice by a resume (the newest part wins).
-    """
-    try:
-        return read_trace(path)
-    except ResultsError:
-        pass
-    frames = []
-    for part in sorted((path / TRACE_DIR).glob("part-*.parquet")):
-        try:
-            frames.append(read_table(part))
-        except ResultsError as error:
-            reason = str(error).removeprefix(f"unreadable table {part}: ")
-            skipped.append(Skipped(part, f"unreadable Parquet part ({reason.splitlines()[0]})"))
-    if not frames:
-        return pd.DataFrame()
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates(subset="step", keep="last")
-    return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def _read_variance(path: Path, manifest: dict[str, Any], skipped: list[Skipped]) -> pd.DataFrame | None:

@@ -21,7 +21,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ IDENTITY_SCHEMA = pa.schema(
         ("wall_s", pa.float64()),
     ]
 )
+# Columns that differ between two runs of the same configuration (identity and timing): drop them
+# to compare traces for reproducibility.
+TIMING_COLUMNS = ["run_id", "wall_s", "sec_per_step"]
 # Flush a trace after this many seconds of work even if no log step asks for it.
 FLUSH_SECONDS = 5.0
 
@@ -278,19 +281,25 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def read_trace(run_dir: Path | str) -> pd.DataFrame:
+def read_trace(run_dir: Path | str, on_unreadable: Callable[[Path, str], None] | None = None) -> pd.DataFrame:
     """The whole trace of a run (all part files), sorted by step; empty if nothing was flushed.
 
     A resumed run writes again the rows it had written after its checkpoint; the newest part wins.
+    An unreadable part raises :class:`ResultsError`, unless ``on_unreadable(part, reason)`` is
+    given: then the part is reported to it and the readable parts are returned.
     """
-    parts = sorted((Path(run_dir) / TRACE_DIR).glob("part-*.parquet"))
-    if not parts:
+    frames = []
+    for part in sorted((Path(run_dir) / TRACE_DIR).glob("part-*.parquet")):
+        try:
+            frames.append(pd.read_parquet(part))
+        except (OSError, pa.ArrowException) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if on_unreadable is None:
+                raise ResultsError(f"unreadable trace in {run_dir}: {part.name}: {reason}") from None
+            on_unreadable(part, reason)
+    if not frames:
         return pd.DataFrame()
-    try:
-        frame = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
-    except (OSError, pa.ArrowException) as error:
-        raise ResultsError(f"unreadable trace in {run_dir}: {error}") from None
-    frame = frame.drop_duplicates(subset="step", keep="last")
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates(subset="step", keep="last")
     return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
 

@@ -140,3 +140,18 @@ def test_write_table_is_readable_with_schema_version(tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_schema(path).metadata[b"dcvbench_schema_version"] == b"1"
+
+
+def test_read_trace_can_skip_an_unreadable_part_and_keep_the_rest(tmp_path):
+    with make_run(tmp_path) as run:
+        run.log(0, objective=1.0)
+        run.flush()
+        run.log(1, objective=2.0)
+    bad = run.path / "trace" / "part-00000.parquet"
+    bad.write_bytes(b"garbage")
+    reported = []
+    trace = read_trace(run.path, lambda part, reason: reported.append(part))
+    assert list(trace["step"]) == [1]
+    assert reported == [bad]
+    with pytest.raises(ResultsError, match="part-00000"):
+        read_trace(run.path)

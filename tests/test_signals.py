@@ -14,9 +14,8 @@ from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.cli import main
 from dcvbench.config import vae_config_from_dict
 from dcvbench.jobs.vae import run_vae
-from dcvbench.results import find_runs, read_manifest, read_trace
+from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
 
-TIMING = ["run_id", "wall_s", "sec_per_step"]
 LONG_TOY = ["toy", "--dim", "20", "--steps", "1000000", "--estimator", "rloo", "--var-samples", "50", "-q"]
 
 TINY_VAE = [
@@ -107,5 +106,5 @@ def test_sigterm_mid_vae_run_then_resume_gives_the_uninterrupted_trace(tmp_path)
     config = vae_config_from_dict({**manifest["config"], "out": str(tmp_path / "full")})
     (full,) = run_vae(config)
     pd.testing.assert_frame_equal(
-        read_trace(full.path).drop(columns=TIMING), read_trace(run).drop(columns=TIMING)
+        read_trace(full.path).drop(columns=TIMING_COLUMNS), read_trace(run).drop(columns=TIMING_COLUMNS)
     )

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from dcvbench import cli
 from dcvbench.cli import app, main
 from dcvbench.jobs.sweep import _plan, expand, load_spec, parse_spec, run_sweep
-from dcvbench.results import find_runs, read_manifest, read_trace
+from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
 from dcvbench.sweep import usable_cores
 
 runner = CliRunner()
@@ -39,7 +39,6 @@ seed = [1, 2]
 FIXED = ["--dim", "10", "--steps", "30", "--var-samples", "50", "--var-every", "10"]
 FIXED += ["--checkpoint-every", "10", "--device", "cpu"]
 GRID = [("rloo", 1), ("rloo", 2), ("disarm", 1), ("disarm", 2)]  # the last axis varies fastest
-TIMING = ["run_id", "wall_s", "sec_per_step"]  # differ between any two runs, however made
 
 
 def write_spec(directory: Path, text: str = SPEC) -> Path:
@@ -53,7 +52,7 @@ def traces(out: Path) -> dict[tuple[str, int], pd.DataFrame]:
     found = {}
     for run in find_runs(out):
         manifest = read_manifest(run)
-        found[manifest["estimator"], manifest["seed"]] = read_trace(run).drop(columns=TIMING)
+        found[manifest["estimator"], manifest["seed"]] = read_trace(run).drop(columns=TIMING_COLUMNS)
     return found
 
 

@@ -134,7 +134,7 @@ class VaePoint:
         return {
             "variance": result.param_variance,
             "logit_variance": result.logit_variance,
-            "seconds_per_estimate": result.seconds / result.draws,
+            "seconds_per_estimate": result.seconds_per_estimate,
         }
 
 

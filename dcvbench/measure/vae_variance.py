@@ -121,6 +121,10 @@ class EncoderVarianceResult:
         return self.param_moments.count
 
     @property
+    def seconds_per_estimate(self) -> float:
+        return self.seconds / self.draws
+
+    @property
     def param_variance(self) -> float:
         """Mean over encoder parameters of the per-parameter variance of the encoder gradient."""
         return float(self.param_moments.variance.mean())

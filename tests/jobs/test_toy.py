@@ -12,7 +12,7 @@ from dcvbench.config import ToyConfig, ToyProblem
 from dcvbench.estimators import EstimatorSettings
 from dcvbench.jobs.toy import resume_toy, run_toy
 from dcvbench.problems.toy import make_objective
-from dcvbench.results import read_manifest, read_trace
+from dcvbench.results import TIMING_COLUMNS, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
 SMALL = ToyConfig(
@@ -24,7 +24,6 @@ SMALL = ToyConfig(
     var_samples=200,
     device="cpu",
 )
-TIMING = ["run_id", "wall_s", "sec_per_step"]
 
 
 def test_toy_writes_one_finished_run_per_estimator_and_seed(tmp_path):
@@ -69,7 +68,7 @@ def test_same_seed_same_trace(tmp_path):
     second = run_toy(replace(config, out=str(tmp_path / "b")))
     for a, b in zip(first, second, strict=True):
         pd.testing.assert_frame_equal(
-            read_trace(a.path).drop(columns=TIMING), read_trace(b.path).drop(columns=TIMING)
+            read_trace(a.path).drop(columns=TIMING_COLUMNS), read_trace(b.path).drop(columns=TIMING_COLUMNS)
         )
 
 
@@ -134,7 +133,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_
     assert (resumed.status, resumed.last_step) == ("finished", 60)
     assert read_manifest(cut_dir)["resumes"][0]["from_step"] == 40
     pd.testing.assert_frame_equal(
-        read_trace(full.path).drop(columns=TIMING), read_trace(cut_dir).drop(columns=TIMING)
+        read_trace(full.path).drop(columns=TIMING_COLUMNS), read_trace(cut_dir).drop(columns=TIMING_COLUMNS)
     )
     assert resumed.metrics == pytest.approx(full.metrics | {"sec_per_step": resumed.metrics["sec_per_step"]})
 

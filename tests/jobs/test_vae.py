@@ -10,7 +10,7 @@ import dcvbench.jobs.vae
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import VaeConfig
 from dcvbench.jobs.vae import VAE_METRICS, resume_vae, run_vae
-from dcvbench.results import ResultsError, read_manifest, read_trace
+from dcvbench.results import TIMING_COLUMNS, ResultsError, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
 TINY = VaeConfig.for_protocol(
@@ -26,7 +26,6 @@ TINY = VaeConfig.for_protocol(
     eval_samples=5,
     device="cpu",
 )
-TIMING = ["run_id", "wall_s", "sec_per_step"]
 
 
 def test_vae_run_writes_every_metric(tmp_path):
@@ -65,7 +64,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_
     assert resumed.status == "finished"
     assert read_manifest(cut_dir)["resumes"][0]["from_step"] == 20
     pd.testing.assert_frame_equal(
-        read_trace(full.path).drop(columns=TIMING), read_trace(cut_dir).drop(columns=TIMING)
+        read_trace(full.path).drop(columns=TIMING_COLUMNS), read_trace(cut_dir).drop(columns=TIMING_COLUMNS)
     )
 
 
@@ -74,7 +73,7 @@ def test_same_seed_same_trace(tmp_path):
     (a,) = run_vae(replace(config, out=str(tmp_path / "a")))
     (b,) = run_vae(replace(config, out=str(tmp_path / "b")))
     pd.testing.assert_frame_equal(
-        read_trace(a.path).drop(columns=TIMING), read_trace(b.path).drop(columns=TIMING)
+        read_trace(a.path).drop(columns=TIMING_COLUMNS), read_trace(b.path).drop(columns=TIMING_COLUMNS)
     )
 
 
