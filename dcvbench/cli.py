@@ -156,6 +156,9 @@ AlphaOptimizer = Annotated[str, typer.Option(help="rloo-dcv: optimiser of α for
 AlphaLr = Annotated[float, typer.Option(help="rloo-dcv: learning rate of α.")]
 Temperature = Annotated[float, typer.Option(help="concrete, st-concrete: relaxation temperature λ.")]
 BaselineDecay = Annotated[float, typer.Option(help="reinforce-ema: decay of the moving-average baseline.")]
+ControlLr = Annotated[
+    float, typer.Option(help="relax, rebar, nvil: Adam learning rate of the estimator's learned parts.")
+]
 CheckpointEvery = Annotated[
     int, typer.Option(help="Checkpoint (atomically, for --resume) every N steps, at a flushed row.")
 ]
@@ -168,7 +171,7 @@ Resume = Annotated[
 ]
 
 
-def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay):
+def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay, control_lr):
     return EstimatorSettings(
         alpha=alpha,
         alpha_learning=alpha_learning,
@@ -176,6 +179,7 @@ def _settings(alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, bas
         alpha_lr=alpha_lr,
         temperature=temperature,
         baseline_decay=baseline_decay,
+        control_lr=control_lr,
     )
 
 
@@ -207,17 +211,18 @@ def _number(value: float | None, digits: int = 4) -> str:
 def estimators() -> None:
     """List the registered estimators and what each needs."""
     table = Table(title="dcvbench estimators")
-    for column in ("name", "f evals", "unbiased", "K", "needs ∇_b f", "description"):
+    for column in ("name", "f evals", "unbiased", "K", "needs ∇_b f", "problems", "description"):
         table.add_column(column)
     for name in estimator_names():
         info = estimator_info(name)
-        evals = "K" if info.extra_evals == 0 else f"K+{info.extra_evals}"
+        evals = info.evals_rule()
         table.add_row(
             name,
             evals,
             "yes" if info.unbiased else "no",
             info.k_rule(),
             "yes" if info.needs_input_grad else "no",
+            ", ".join(info.problems),
             info.summary,
         )
     stdout.print(table)
@@ -254,6 +259,7 @@ def toy(
     alpha_lr: AlphaLr = TOY_ALPHA.alpha_lr,
     temperature: Temperature = TOY_ALPHA.temperature,
     baseline_decay: BaselineDecay = TOY_ALPHA.baseline_decay,
+    control_lr: ControlLr = TOY_ALPHA.control_lr,
     checkpoint_every: CheckpointEvery = ToyConfig.checkpoint_every,
     resume: Resume = None,
     out: Out = "results",
@@ -282,7 +288,7 @@ def toy(
             device=device,
             dtype=dtype,
             estimator_settings=_settings(
-                alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
+                alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay, control_lr
             ),
             checkpoint_every=checkpoint_every,
             out=out,
@@ -370,6 +376,7 @@ def vae(
     alpha_lr: AlphaLr = VAE_ALPHA.alpha_lr,
     temperature: Temperature = VAE_ALPHA.temperature,
     baseline_decay: BaselineDecay = VAE_ALPHA.baseline_decay,
+    control_lr: ControlLr = VAE_ALPHA.control_lr,
     resume: Resume = None,
     out: Out = "results",
     quiet: Quiet = False,
@@ -409,7 +416,7 @@ def vae(
                 seeds=tuple(seed or (0,)),
                 device=device,
                 estimator_settings=_settings(
-                    alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay
+                    alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay, control_lr
                 ),
                 out=out,
             )

@@ -60,7 +60,7 @@ class ToyConfig:
     checkpoint_every: int = 500  # a toy checkpoint is tiny; this bounds the work lost to a kill
 
     def __post_init__(self):
-        _check_estimators(self.estimators, self.k, exact_mean_available=True)
+        _check_estimators(self.estimators, self.k, problem="toy")
         _positive("--steps", self.steps)
         _positive("--lr", self.lr)
         _positive("--log-every", self.log_every)
@@ -93,7 +93,7 @@ class VarianceConfig:
         if not self.ks:
             raise ConfigError("give at least one --k")
         for k in self.ks:
-            _check_estimators(self.estimators, k, exact_mean_available=self.checkpoint is None)
+            _check_estimators(self.estimators, k, problem="toy" if self.checkpoint is None else "vae")
         _at_least("--samples", self.samples, 2)
         theta_probability(self.theta)
         _check_runtime(self.device, self.dtype)
@@ -174,7 +174,7 @@ class VaeConfig:
             raise ConfigError(f"unknown arch {self.arch!r}; choose from: {', '.join(VAE_ARCHS)}")
         if self.protocol not in VAE_PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose from: {', '.join(VAE_PROTOCOLS)}")
-        _check_estimators(self.estimators, self.k, exact_mean_available=False)
+        _check_estimators(self.estimators, self.k, problem="vae")
         for option, value in (
             ("--latent", self.latent),
             ("--steps", self.steps),
@@ -239,7 +239,7 @@ def theta_probability(theta: str) -> float | None:
     return value
 
 
-def _check_estimators(names: tuple[str, ...], k: int, exact_mean_available: bool) -> None:
+def _check_estimators(names: tuple[str, ...], k: int, problem: str) -> None:
     if not names:
         raise ConfigError("give at least one --estimator")
     valid = estimator_names()
@@ -251,8 +251,8 @@ def _check_estimators(names: tuple[str, ...], k: int, exact_mean_available: bool
             info.check_k(k)
         except EstimatorError as error:
             raise ConfigError(f"--k {k}: {error}") from None
-        if info.needs_exact_mean and not exact_mean_available:
-            raise ConfigError(f"{name} needs a closed-form E_q[f]; it runs on the toy problem only")
+        if problem not in info.problems:
+            raise ConfigError(f"{name} runs on the {' and '.join(info.problems)} problem only, not {problem}")
 
 
 def _check_runtime(device: str, dtype: str) -> None:
@@ -271,6 +271,7 @@ def _check_estimator_settings(settings: EstimatorSettings) -> None:
         raise ConfigError(f"--alpha-optimizer must be adam, rmsprop or sgd, got {settings.alpha_optimizer!r}")
     _positive("--alpha-lr", settings.alpha_lr)
     _positive("--temperature", settings.temperature)
+    _positive("--control-lr", settings.control_lr)
     if not 0.0 <= settings.baseline_decay < 1.0:
         raise ConfigError(f"--baseline-decay must be in [0, 1), got {settings.baseline_decay}")
 

@@ -22,6 +22,9 @@ from dcvbench.estimators.base import (
     EstimatorInfo,
     EstimatorSettings,
     Objective,
+    ProblemShape,
+    context_of,
+    measuring,
 )
 from dcvbench.estimators.dcv import ControlVariateEstimator
 from dcvbench.estimators.registry import (
@@ -42,9 +45,12 @@ __all__ = [
     "EstimatorInfo",
     "EstimatorSettings",
     "Objective",
+    "ProblemShape",
     "build_estimator",
+    "context_of",
     "estimator_class",
     "estimator_info",
     "estimator_names",
     "get_estimator",
+    "measuring",
 ]

@@ -21,6 +21,8 @@ paired ("grad basket") comparisons need.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -31,7 +33,15 @@ from dcvbench.estimators.sampling import uniform_noise
 
 
 class Objective(Protocol):
-    """A function of binary samples, ``[K, B, D] -> [K, B]``, differentiable in its input."""
+    """A function of binary samples, ``[K, B, D] -> [K, B]``, differentiable in its input.
+
+    Optional attributes an objective may offer (looked up with ``getattr``):
+
+    - ``context``: ``[B, C]`` the per-row input the estimator's own networks may condition on
+      (the VAE's images ``x``; see :func:`context_of`). Toy objectives have none.
+    - ``value_and_input_grad(b)``: values and ``∇_b f`` from one pass it controls (see
+      :func:`evaluate`).
+    """
 
     def __call__(self, b: Tensor) -> Tensor: ...
 
@@ -55,12 +65,21 @@ class Estimate:
             tensors so that a training step never waits on the device to read them.
         control: for estimators of the form ``g = g₀ + α·h``, the direction ``h`` ``[B, D]``, so
             that ``α`` can be tuned to minimise ``‖g‖²``; ``None`` otherwise.
+        surrogate: a 0-d tensor whose gradient trains ``f``'s own parameters (the generative model)
+            when that is not the gradient of ``mean(values)`` — VIMCO trains the decoder on the
+            K-sample bound, through self-normalised importance weights. ``None``: ``mean(values)``.
+        learning: a 0-d loss whose gradient with respect to the estimator's own parameters trains
+            them (RELAX: ``‖g‖²``; NVIL: the baseline's squared error), applied by
+            :meth:`Estimator.update` after the estimate was used; ``None`` when nothing is learned
+            from it (also whenever the estimator is in eval mode, see :func:`measuring`).
     """
 
     grad: Tensor
     values: Tensor
     stats: dict[str, Tensor] = field(default_factory=dict)
     control: Tensor | None = None
+    surrogate: Tensor | None = None
+    learning: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,21 @@ class EstimatorSettings:
     alpha_lr: float = 1e-3
     temperature: float = 2.0 / 3.0  # concrete, st-concrete: the Concrete paper's posterior default
     baseline_decay: float = 0.9  # reinforce-ema: weight of the old baseline per update
+    control_lr: float = 1e-3  # relax, rebar, nvil: Adam learning rate of their own learned parts
+
+
+@dataclass(frozen=True)
+class ProblemShape:
+    """The sizes an estimator with its own networks is built for (RELAX's control net, NVIL's baseline).
+
+    Attributes:
+        latent: ``D``, the latents per row (the last dimension of the logits).
+        context: width of the per-row input the estimator may condition on (the VAE's pixels,
+            :attr:`Objective.context`); 0 when there is none (toy).
+    """
+
+    latent: int
+    context: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,12 +123,20 @@ class EstimatorInfo:
     needs_input_grad: bool
     min_k: int = 1
     even_k: bool = False
-    extra_evals: int = 0  # evaluations of f beyond the K samples (MuProp evaluates f at θ)
-    needs_exact_mean: bool = False  # only for objectives with a closed-form expectation (toy)
+    evals_per_sample: int = 1  # evaluations of f per sample (RELAX: f(b), c(z), c(z̃))
+    extra_evals: int = 0  # evaluations of f beyond those of the K samples (MuProp evaluates f at θ)
+    # The problems it runs on: exact-baseline needs the toy's closed-form E_q[f]; VIMCO needs f to be
+    # a negative log importance weight, which only the VAE's objective is.
+    problems: tuple[str, ...] = ("toy", "vae")
 
     def evals(self, k: int) -> int:
         """Evaluations of ``f`` per estimate with ``k`` samples."""
-        return k + self.extra_evals
+        return k * self.evals_per_sample + self.extra_evals
+
+    def evals_rule(self) -> str:
+        """Evaluations per estimate in words: ``K``, ``3K``, ``K+1``."""
+        rule = "K" if self.evals_per_sample == 1 else f"{self.evals_per_sample}K"
+        return rule + (f"+{self.extra_evals}" if self.extra_evals else "")
 
     def k_rule(self) -> str:
         """The constraint on K, in words (for tables and error messages)."""
@@ -121,8 +163,8 @@ class Estimator(nn.Module):
     info: ClassVar[EstimatorInfo]
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings) -> Estimator:
-        """Build from the shared settings record (default: the estimator has no options)."""
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Estimator:
+        """Build from the shared settings record for a problem of ``shape`` (default: no options)."""
         return cls()
 
     def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -142,8 +184,28 @@ class Estimator(nn.Module):
         """Learn from an estimate that has already been used (default: nothing to learn)."""
 
 
+@contextmanager
+def measuring(estimator: Estimator) -> Iterator[Estimator]:
+    """The estimator in eval mode for the duration: estimates for measurement, not for training.
+
+    In eval mode an estimator builds no :attr:`Estimate.learning` loss (RELAX would otherwise build
+    a second-order graph per draw); its current learned state is used as it is.
+    """
+    was_training = estimator.training
+    estimator.eval()
+    try:
+        yield estimator
+    finally:
+        estimator.train(was_training)
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by the estimators.
+
+
+def context_of(f: Objective) -> Tensor | None:
+    """The objective's per-row input ``[B, C]`` (``Objective.context``), or ``None`` if it has none."""
+    return getattr(f, "context", None)
 
 
 def evaluate(f: Objective, b: Tensor, with_input_grad: bool) -> tuple[Tensor, Tensor | None]:

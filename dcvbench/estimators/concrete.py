@@ -20,6 +20,7 @@ from dcvbench.estimators.base import (
     EstimatorInfo,
     EstimatorSettings,
     Objective,
+    ProblemShape,
     evaluate,
 )
 from dcvbench.estimators.registry import register
@@ -36,7 +37,7 @@ class _RelaxedEstimator(Estimator):
         self.temperature = temperature
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings) -> _RelaxedEstimator:
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> _RelaxedEstimator:
         return cls(temperature=settings.temperature)
 
     def relax(self, logits: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:

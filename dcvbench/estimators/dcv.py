@@ -29,6 +29,7 @@ from dcvbench.estimators.base import (
     EstimatorInfo,
     EstimatorSettings,
     Objective,
+    ProblemShape,
     evaluate,
     leave_one_out_centre,
 )
@@ -152,7 +153,7 @@ class RLOODCV(ControlVariateEstimator):
         )
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings) -> RLOODCV:
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> RLOODCV:
         return cls(
             alpha=settings.alpha,
             learning=settings.alpha_learning,

@@ -28,7 +28,7 @@ from dcvbench.estimators.sampling import bernoulli_from_uniform
         summary="oracle: score function with the exact E_q[f] as baseline (toy only)",
         unbiased=True,
         needs_input_grad=False,
-        needs_exact_mean=True,
+        problems=("toy",),
     )
 )
 class ExactBaseline(Estimator):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo, EstimatorSettings
+from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo, EstimatorSettings, ProblemShape
 
 _REGISTRY: dict[str, type[Estimator]] = {}
 # Variance ratios everywhere (studies, plots, tables) are relative to REINFORCE leave-one-out.
@@ -51,6 +51,7 @@ def get_estimator(name: str, **options) -> Estimator:
     return estimator_class(name)(**options)
 
 
-def build_estimator(name: str, settings: EstimatorSettings) -> Estimator:
-    """Build the estimator ``name`` from the shared settings record (what the jobs use)."""
-    return estimator_class(name).from_settings(settings)
+def build_estimator(name: str, settings: EstimatorSettings, shape: ProblemShape) -> Estimator:
+    """Build the estimator ``name`` from the shared settings record for a problem of ``shape``
+    (what the jobs use)."""
+    return estimator_class(name).from_settings(settings, shape)

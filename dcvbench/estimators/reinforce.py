@@ -15,6 +15,7 @@ from dcvbench.estimators.base import (
     EstimatorInfo,
     EstimatorSettings,
     Objective,
+    ProblemShape,
     evaluate,
 )
 from dcvbench.estimators.registry import register
@@ -72,7 +73,7 @@ class ReinforceEMA(Estimator):
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings) -> ReinforceEMA:
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> ReinforceEMA:
         return cls(decay=settings.baseline_decay)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:

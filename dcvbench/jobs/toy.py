@@ -21,7 +21,7 @@ import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
 from dcvbench.config import ToyConfig, toy_config_from_dict
-from dcvbench.estimators import Estimator, build_estimator
+from dcvbench.estimators import Estimator, ProblemShape, build_estimator
 from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.toy import exact_gradient, make_objective
@@ -71,7 +71,9 @@ def build_training(
         logits=logits,
         # The published toy's RMSprop: decay 0.9 and ε = 1e-7 outside the square root (DESIGN §4.1).
         optimizer=torch.optim.RMSprop([logits], lr=config.lr, alpha=0.9, eps=1e-7),
-        estimator=build_estimator(name, config.estimator_settings).to(device),
+        estimator=build_estimator(name, config.estimator_settings, ProblemShape(config.problem.dim)).to(
+            device
+        ),
         train_generator=make_generator(device, seed, "toy", "train"),
         measure_generator=make_generator(device, seed, "toy", "measure"),
     )

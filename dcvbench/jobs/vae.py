@@ -22,7 +22,7 @@ import torch
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
 from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
-from dcvbench.estimators import Estimator, build_estimator
+from dcvbench.estimators import Estimator, ProblemShape, build_estimator
 from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
 from dcvbench.problems.vae import BinaryVAE, iwae_bound, train_step
@@ -131,7 +131,9 @@ def build_training(
     prior = model.prior_parameters()
     return Training(
         model=model,
-        estimator=build_estimator(name, config.estimator_settings).to(device),
+        estimator=build_estimator(
+            name, config.estimator_settings, ProblemShape(model.latent, context=model.pixels)
+        ).to(device),
         encoder_optimizer=torch.optim.Adam(model.encoder_parameters(), lr=config.encoder_lr),
         decoder_optimizer=torch.optim.Adam(model.decoder_parameters(), lr=config.decoder_lr),
         prior_optimizer=torch.optim.SGD(prior, lr=config.prior_lr) if prior else None,

@@ -24,6 +24,7 @@ from dcvbench.estimators import (
     REFERENCE_ESTIMATOR,
     ControlVariateEstimator,
     Estimator,
+    ProblemShape,
     build_estimator,
     estimator_info,
 )
@@ -72,6 +73,7 @@ class ToyPoint:
             problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
         )
         self.logits = study_logits(config, device, dtype)
+        self.shape = ProblemShape(problem.dim)
         self.exact = exact_gradient(self.objective, self.logits)
 
     def context(self) -> dict:
@@ -114,6 +116,7 @@ class VaePoint:
         self.x = evaluation_data(dataset, run_config.batch_size, device).snapshot  # [B, P]
         with torch.no_grad():
             self.logits = self.model.encode(self.x)  # [B, D]
+        self.shape = ProblemShape(self.model.latent, context=self.model.pixels)
 
     def context(self) -> dict:
         return {
@@ -194,7 +197,7 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
 
 def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
     info = estimator_info(name)
-    estimator = build_estimator(name, config.estimator_settings).to(device)
+    estimator = build_estimator(name, config.estimator_settings, point.shape).to(device)
     alpha_source = None
     if isinstance(estimator, ControlVariateEstimator):
         alpha_source = "fixed"

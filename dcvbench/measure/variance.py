@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dcvbench.estimators import ControlVariateEstimator, Estimator, Objective
+from dcvbench.estimators import ControlVariateEstimator, Estimator, Objective, measuring
 
 # Elements of the largest [K, rows, D] sample tensor in one chunk: about 32 MB in float64.
 CHUNK_ELEMENTS = 4_000_000
@@ -98,7 +98,8 @@ def draw_estimates(
     row ``r mod B``. An objective whose values depend on the row (a VAE's ``f`` depends on the image
     of each row) provides ``tile(times)``, the same objective over the tiled rows; others (the toy)
     are used as they are. ``chunk`` draws at most per call (default: about
-    :data:`CHUNK_ELEMENTS` sample elements). The estimator's learned state is never updated.
+    :data:`CHUNK_ELEMENTS` sample elements). The estimator runs in eval mode (:func:`measuring`)
+    and its learned state is never updated.
     """
     rows, dim = logits.shape
     chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, (k + 1) * rows * dim))
@@ -106,7 +107,8 @@ def draw_estimates(
     while done < draws:
         size = min(chunk, draws - done)
         tiled_f = f.tile(size) if hasattr(f, "tile") else f
-        estimate = estimator(logits.detach().repeat(size, 1), tiled_f, k, generator)  # c·B rows
+        with measuring(estimator):
+            estimate = estimator(logits.detach().repeat(size, 1), tiled_f, k, generator)  # c·B rows
         control = estimate.control
         yield (
             estimate.grad.reshape(size, rows, dim),

@@ -234,6 +234,12 @@ class NegativeELBO:
         latent = (b * (prior - self.logits)).sum(-1) + (self._posterior_normaliser - F.softplus(prior).sum())
         return -(self.model.log_likelihood(self.x, b) + latent)  # [..., B]
 
+    @property
+    def context(self) -> Tensor:
+        """``x [B, P]``: what an estimator's own networks may condition on (NVIL's baseline, RELAX's
+        control net)."""
+        return self.x
+
     def tile(self, times: int) -> NegativeELBO:
         """The same objective over ``times`` stacked copies of the minibatch (row ``r`` is row
         ``r mod B``): what independent draws at one snapshot need (``measure.variance``)."""
@@ -310,7 +316,8 @@ def train_step(
     1. ``η = encode(x)``; the estimator draws its ``k`` samples and returns ``g ≈ ∇_η E[f]`` ``[B, D]``.
     2. Generative model: the gradient of ``mean(f)`` over the estimator's sample values — taken
        from the objective when the estimator's values came from
-       :meth:`NegativeELBO.value_and_input_grad` (one shared backward pass), else by autograd.
+       :meth:`NegativeELBO.value_and_input_grad` (one shared backward pass), else by autograd —
+       or of the estimate's own ``surrogate`` where it gives one (VIMCO's K-sample bound).
     3. Encoder: one vector–Jacobian product, ``η.backward(g / B)`` (``g`` is per row; the
        objective averages the rows).
     4. The optimisers step; then ``estimator.update`` learns its own state (``α``), after ``g`` was
@@ -328,12 +335,15 @@ def train_step(
     values = estimate.values  # [E, B]
 
     params = [p for p in model.generative_parameters() if p.requires_grad]
-    shared = f.take_generative_grads(values)
+    shared = f.take_generative_grads(values) if estimate.surrogate is None else None
+    surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
     if shared is not None:
         for param, grad in zip(params, shared, strict=True):
             param.grad = grad
-    elif values.requires_grad:
-        values.mean().backward()
+    elif surrogate.requires_grad:
+        # inputs=params: the surrogate may also reach an estimator's own leaves (a relaxed
+        # sample's logits), which are not the generative model's to train.
+        surrogate.backward(inputs=params)
     elif params:
         raise RuntimeError(
             f"{type(estimator).__name__} returned objective values without a graph and without "

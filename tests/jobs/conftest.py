@@ -35,8 +35,8 @@ def poison_estimator(monkeypatch):
     def poison(job_module, name: str, rows: int, after: int) -> None:
         build = job_module.build_estimator
 
-        def build_poisoned(requested: str, settings):
-            estimator = build(requested, settings)
+        def build_poisoned(requested: str, settings, shape):
+            estimator = build(requested, settings, shape)
             if requested != name:
                 return estimator
             forward, calls = estimator.forward, [0]
