@@ -155,7 +155,7 @@ AlphaLearning = Annotated[
 AlphaOptimizer = Annotated[str, typer.Option(help="rloo-dcv: optimiser of α for sgd: rmsprop, adam or sgd.")]
 AlphaLr = Annotated[float, typer.Option(help="rloo-dcv: learning rate of α.")]
 Temperature = Annotated[float, typer.Option(help="concrete, st-concrete: relaxation temperature λ.")]
-BaselineDecay = Annotated[float, typer.Option(help="reinforce-ema: decay of the moving-average baseline.")]
+BaselineDecay = Annotated[float, typer.Option(help="reinforce-ema, nvil: decay of the running averages.")]
 ControlLr = Annotated[
     float, typer.Option(help="relax, rebar, nvil: Adam learning rate of the estimator's learned parts.")
 ]
@@ -374,7 +374,29 @@ def vae(
     alpha_learning: AlphaLearning = VAE_ALPHA.alpha_learning,
     alpha_optimizer: AlphaOptimizer = VAE_ALPHA.alpha_optimizer,
     alpha_lr: AlphaLr = VAE_ALPHA.alpha_lr,
-    temperature: Temperature = VAE_ALPHA.temperature,
+    temperature: Annotated[
+        float,
+        typer.Option(help="concrete, st-concrete: posterior temperature λ (the start, with --anneal exp)."),
+    ] = VAE_ALPHA.temperature,
+    prior_temperature: Annotated[
+        float, typer.Option(help="concrete: temperature of the relaxed prior (with --kl relaxed).")
+    ] = VaeConfig.prior_temperature,
+    kl: Annotated[
+        str,
+        typer.Option(
+            help="concrete: relaxed (Concrete densities of prior and posterior) or analytic (discrete KL)."
+        ),
+    ] = VaeConfig.kl,
+    anneal: Annotated[
+        str,
+        typer.Option(help="concrete, st-concrete: none, or exp: λ_t = max(floor, λ_0·exp(−rate·t)), both λ."),
+    ] = VaeConfig.anneal,
+    anneal_rate: Annotated[
+        float, typer.Option(help="--anneal exp: decay rate per step.")
+    ] = VaeConfig.anneal_rate,
+    anneal_floor: Annotated[
+        float, typer.Option(help="--anneal exp: the lowest temperature.")
+    ] = VaeConfig.anneal_floor,
     baseline_decay: BaselineDecay = VAE_ALPHA.baseline_decay,
     control_lr: ControlLr = VAE_ALPHA.control_lr,
     resume: Resume = None,
@@ -418,6 +440,11 @@ def vae(
                 estimator_settings=_settings(
                     alpha, alpha_learning, alpha_optimizer, alpha_lr, temperature, baseline_decay, control_lr
                 ),
+                prior_temperature=prior_temperature,
+                kl=kl,
+                anneal=anneal,
+                anneal_rate=anneal_rate,
+                anneal_floor=anneal_floor,
                 out=out,
             )
             summaries = run_vae(config, progress)

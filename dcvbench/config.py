@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from dcvbench.data import dataset_names
 from dcvbench.estimators import EstimatorError, EstimatorSettings, estimator_info, estimator_names
 from dcvbench.problems.toy import OBJECTIVES
+from dcvbench.problems.vae import KL_VARIANTS, PRIOR_TEMPERATURE
 from dcvbench.runtime import DEVICES, DTYPES, ConfigError
 
 # The default estimators of `dcvbench toy`: the paper's comparison plus the oracle baseline.
@@ -126,6 +127,8 @@ VAE_PROTOCOLS = {
 }
 VAE_ARCHS = ("linear", "nonlinear")
 VAR_METHODS = ("ema", "resample", "both")
+# Temperature schedules of the relaxed estimators: constant, or λ_t = max(floor, λ_0·exp(−rate·t)).
+ANNEAL_SCHEDULES = ("none", "exp")
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,14 @@ class VaeConfig:
     checkpoint_every: int = 500
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
-    estimator_settings: EstimatorSettings = VAE_ALPHA
+    estimator_settings: EstimatorSettings = VAE_ALPHA  # its temperature is the posterior's (concrete)
+    # The relaxation (concrete, st-concrete; DESIGN §3.3); the prior's temperature, as the posterior's,
+    # is the commonly used default.
+    prior_temperature: float = PRIOR_TEMPERATURE
+    kl: str = "relaxed"  # concrete's latent term: Concrete densities, or the analytic discrete KL
+    anneal: str = "none"
+    anneal_rate: float = 1e-4  # per step: 2/3 → 0.55 over 2,000 steps, → the floor by ~2,900
+    anneal_floor: float = 0.5  # the Gumbel-softmax paper's floor (Jang, Gu & Poole 2017)
     out: str = "results"
 
     @classmethod
@@ -198,6 +208,40 @@ class VaeConfig:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, "float32")
         _check_estimator_settings(self.estimator_settings)
+        self._check_relaxation()
+
+    def _check_relaxation(self) -> None:
+        _positive("--prior-temperature", self.prior_temperature)
+        if self.kl not in KL_VARIANTS:
+            raise ConfigError(f"unknown --kl {self.kl!r}; choose from: {', '.join(KL_VARIANTS)}")
+        if self.anneal not in ANNEAL_SCHEDULES:
+            raise ConfigError(f"unknown --anneal {self.anneal!r}; choose from: {', '.join(ANNEAL_SCHEDULES)}")
+        if not (math.isfinite(self.anneal_rate) and self.anneal_rate >= 0):
+            raise ConfigError(f"--anneal-rate must be ≥ 0, got {self.anneal_rate}")
+        _positive("--anneal-floor", self.anneal_floor)
+        if self.anneal == "exp":
+            # max(floor, λ_0·exp(−rate·t)) would *raise* a temperature that starts below the floor.
+            for option, start in (
+                ("--temperature", self.estimator_settings.temperature),
+                ("--prior-temperature", self.prior_temperature),
+            ):
+                if self.anneal_floor > start:
+                    raise ConfigError(
+                        f"--anneal-floor {self.anneal_floor} is above {option} {start}: annealing "
+                        "only lowers a temperature; lower the floor"
+                    )
+
+    def temperatures(self, step: int) -> tuple[float, float]:
+        """The (posterior, prior) temperatures of training step ``step`` (1-based; 0: the start).
+
+        Constant without annealing; with ``anneal="exp"`` each is ``max(floor, λ_0·exp(−rate·step))``,
+        a function of the step alone, so a resumed run anneals exactly as an uninterrupted one.
+        """
+        start = (self.estimator_settings.temperature, self.prior_temperature)
+        if self.anneal == "none":
+            return start
+        decay = math.exp(-self.anneal_rate * step)
+        return tuple(max(self.anneal_floor, temperature * decay) for temperature in start)
 
 
 def toy_config_from_dict(values: dict) -> ToyConfig:

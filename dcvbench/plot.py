@@ -110,6 +110,7 @@ VAE_METRICS = (
     Metric("grad_var_resample", "encoder gradient variance (resample)", log=True),
     Metric("grad_var_ema", "encoder gradient variance (EMA)", log=True),
     Metric("train_elbo", "training ELBO", zoom=True),
+    Metric("train_bound", "training K-sample bound (vimco's objective)", zoom=True),
     Metric("test_bound", "test bound (IWAE)", zoom=True),
     Metric("alpha", "α"),
 )

@@ -114,6 +114,17 @@ CASES = [
     (["vae", "--eval-samples", "0", "--out", "{out}"], "--eval-samples must be positive, got 0"),
     (["vae", "--var-samples", "1", "--out", "{out}"], "--var-samples must be at least 2, got 1"),
     (["vae", "--estimator", "concrete", "--temperature", "-1", "--out", "{out}"], "--temperature must be"),
+    (["vae", "--prior-temperature", "0", "--out", "{out}"], "--prior-temperature must be positive, got 0.0"),
+    (["vae", "--kl", "exact", "--out", "{out}"], "unknown --kl 'exact'; choose from: relaxed, analytic"),
+    (["vae", "--anneal", "linear", "--out", "{out}"], "unknown --anneal 'linear'; choose from: none, exp"),
+    (["vae", "--anneal-rate", "-1", "--out", "{out}"], "--anneal-rate must be ≥ 0, got -1.0"),
+    (["vae", "--anneal-rate", "fast", "--out", "{out}"], "Invalid value for '--anneal-rate'"),
+    (["vae", "--anneal-floor", "0", "--out", "{out}"], "--anneal-floor must be positive, got 0.0"),
+    (
+        ["vae", "--anneal", "exp", "--temperature", "0.4", "--out", "{out}"],
+        "--anneal-floor 0.5 is above --temperature 0.4: annealing only lowers a temperature",
+    ),
+    (["vae", "--resume", "{corrupt_ckpt}", "--anneal", "exp"], "drop --anneal"),
     (["vae", "--dataset", "cifar", "--out", "{out}"], "unknown dataset 'cifar'; choose from:"),
     (["vae", "--dataset", "mnist", "--data-dir", "{empty}", "--out", "{out}"], "missing"),
     (

@@ -87,6 +87,23 @@ def test_vae_end_to_end_small(tmp_path):
     assert "test bound" in result.output
 
 
+def test_vae_relaxation_options_reach_the_run(tmp_path):
+    args = "vae --estimator concrete --latent 8 --batch-size 20 --steps 10 --log-every 5 --eval-every 10"
+    args += " --var-every 10 --var-samples 4 --eval-samples 2 --device cpu -q"
+    args += " --temperature 0.9 --prior-temperature 0.7 --kl analytic --anneal exp --anneal-rate 0.05"
+    args += f" --anneal-floor 0.6 --out {tmp_path}"
+    result = runner.invoke(app, args.split())
+    assert result.exit_code == 0, result.output
+    (run,) = find_runs(tmp_path)
+    config = read_manifest(run)["config"]
+    assert config["estimator_settings"]["temperature"] == 0.9
+    assert (config["prior_temperature"], config["kl"]) == (0.7, "analytic")
+    assert (config["anneal"], config["anneal_rate"], config["anneal_floor"]) == ("exp", 0.05, 0.6)
+    assert read_manifest(run)["relaxation"]["objective"] == "relaxed reconstruction + analytic KL"
+    temperatures = read_trace(run)["temperature"].tolist()
+    assert temperatures[0] == 0.9 and temperatures[1] < 0.9 and temperatures[2] == 0.6  # at the floor
+
+
 def test_concurrent_invocations_into_one_out_write_separate_complete_runs(tmp_path):
     # The same command twice at once (same name, same seed, most likely the same second): each run
     # gets its own directory, and each trace is whole.

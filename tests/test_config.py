@@ -1,8 +1,19 @@
 """Settings validation: bad values are refused at construction, naming the value."""
 
+import itertools
+import math
+from dataclasses import asdict
+
 import pytest
 
-from dcvbench.config import ToyConfig, ToyProblem, VarianceConfig, theta_probability
+from dcvbench.config import (
+    ToyConfig,
+    ToyProblem,
+    VaeConfig,
+    VarianceConfig,
+    theta_probability,
+    vae_config_from_dict,
+)
 from dcvbench.estimators import EstimatorSettings
 from dcvbench.runtime import ConfigError
 
@@ -25,6 +36,20 @@ from dcvbench.runtime import ConfigError
         (lambda: VarianceConfig(theta="1.5"), "--theta must be in"),
         (lambda: VarianceConfig(theta="half"), "--theta must be a probability"),
         (lambda: VarianceConfig(ks=(2, 3), estimators=("disarm",)), "K must be even for disarm, got 3"),
+        (lambda: VaeConfig(prior_temperature=0.0), "--prior-temperature must be positive, got 0.0"),
+        (lambda: VaeConfig(kl="exact"), "unknown --kl 'exact'; choose from: relaxed, analytic"),
+        (lambda: VaeConfig(anneal="linear"), "unknown --anneal 'linear'; choose from: none, exp"),
+        (lambda: VaeConfig(anneal_rate=-1e-4), "--anneal-rate must be ≥ 0, got -0.0001"),
+        (lambda: VaeConfig(anneal_rate=math.inf), "--anneal-rate must be ≥ 0, got inf"),
+        (lambda: VaeConfig(anneal_floor=0.0), "--anneal-floor must be positive, got 0.0"),
+        (
+            lambda: VaeConfig(anneal="exp", estimator_settings=EstimatorSettings(temperature=0.4)),
+            "--anneal-floor 0.5 is above --temperature 0.4: annealing only lowers a temperature",
+        ),
+        (
+            lambda: VaeConfig(anneal="exp", prior_temperature=0.3, anneal_floor=0.4),
+            "--anneal-floor 0.4 is above --prior-temperature 0.3",
+        ),
     ],
 )
 def test_bad_settings_are_refused(make, message):
@@ -35,3 +60,33 @@ def test_bad_settings_are_refused(make, message):
 def test_theta():
     assert theta_probability("random") is None
     assert theta_probability("0.7") == 0.7
+
+
+def test_vae_relaxation_settings_round_trip_and_old_manifests_load():
+    config = VaeConfig(
+        estimators=("concrete", "st-concrete"),
+        estimator_settings=EstimatorSettings(temperature=0.9),
+        prior_temperature=0.6,
+        kl="analytic",
+        anneal="exp",
+        anneal_rate=3e-4,
+        anneal_floor=0.2,
+    )
+    assert vae_config_from_dict(asdict(config)) == config
+    old = asdict(VaeConfig())
+    for name in ("prior_temperature", "kl", "anneal", "anneal_rate", "anneal_floor"):
+        del old[name]  # a manifest written before the relaxation had settings
+    assert vae_config_from_dict(old) == VaeConfig()
+    assert (VaeConfig().prior_temperature, VaeConfig().kl, VaeConfig().anneal) == (0.5, "relaxed", "none")
+
+
+def test_temperatures_anneal_exponentially_to_the_floor():
+    settings = EstimatorSettings(temperature=1.0)
+    assert VaeConfig(estimator_settings=settings).temperatures(10_000) == (1.0, 0.5)  # no annealing
+    config = VaeConfig(estimator_settings=settings, anneal="exp", anneal_rate=0.01, anneal_floor=0.2)
+    assert config.temperatures(0) == (1.0, 0.5)
+    posterior, prior = config.temperatures(50)
+    assert math.isclose(posterior, math.exp(-0.5)) and math.isclose(prior, 0.5 * math.exp(-0.5))
+    assert config.temperatures(10_000) == (0.2, 0.2)  # both held at the floor
+    steps = [config.temperatures(step)[0] for step in range(0, 300, 10)]
+    assert all(later <= earlier for earlier, later in itertools.pairwise(steps))

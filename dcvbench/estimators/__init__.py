@@ -12,7 +12,9 @@ Importing this package registers every estimator module below.
 # isort: off
 # Importing a module registers its estimators; this order is the order of listings.
 from dcvbench.estimators import reinforce, rloo, dcv, muprop, exact_baseline  # noqa: F401
-from dcvbench.estimators import arm, arms, concrete  # noqa: F401
+from dcvbench.estimators import arm, arms, concrete, relax  # noqa: F401
+from dcvbench.estimators import vimco, nvil  # noqa: F401
+from dcvbench.estimators import categorical  # noqa: F401  (categorical latents: their own registry)
 
 # isort: on
 from dcvbench.estimators.base import (

@@ -13,6 +13,10 @@ Shapes used throughout the package:
   (``b`` is treated as a real vector) for estimators that need ``∇_b f``.
 - the estimate ``g``: ``[B, D]``, the shape of ``logits``.
 
+Categorical latents (:mod:`dcvbench.estimators.categorical`, DESIGN §3.6) add a class dimension:
+logits ``[B, N, C]`` of N independent categorical variables with C classes each, one-hot samples
+``[K, B, N, C]``, ``f: [K, B, N, C] → [K, B]`` and estimates ``[B, N, C]``; the interface is the same.
+
 Sampling is kept apart from estimation: :meth:`Estimator.sample` draws the random numbers (uniform
 noise), :meth:`Estimator.estimate` turns them into a gradient. Two estimators that draw noise of the
 same shape from generators in the same state therefore see the same random numbers, which is what
@@ -41,6 +45,10 @@ class Objective(Protocol):
       (the VAE's images ``x``; see :func:`context_of`). Toy objectives have none.
     - ``value_and_input_grad(b)``: values and ``∇_b f`` from one pass it controls (see
       :func:`evaluate`).
+    - ``relaxed(y, logits, temperature)``: the objective of its relaxed model at relaxed samples
+      in logit space (see :func:`dcvbench.estimators.concrete.relaxed_objective`), or for
+      categorical latents on the log-simplex
+      (:func:`dcvbench.estimators.categorical.concrete.relaxed_objective`).
     """
 
     def __call__(self, b: Tensor) -> Tensor: ...
@@ -95,22 +103,39 @@ class EstimatorSettings:
     alpha_optimizer: str = "adam"  # rloo-dcv: optimiser of α (VAE reference: Adam 1e-3)
     alpha_lr: float = 1e-3
     temperature: float = 2.0 / 3.0  # concrete, st-concrete: the Concrete paper's posterior default
-    baseline_decay: float = 0.9  # reinforce-ema: weight of the old baseline per update
+    baseline_decay: float = 0.9  # reinforce-ema, nvil: weight of the old running averages per update
     control_lr: float = 1e-3  # relax, rebar, nvil: Adam learning rate of their own learned parts
+
+
+LATENT_TYPES = ("binary", "categorical")
 
 
 @dataclass(frozen=True)
 class ProblemShape:
-    """The sizes an estimator with its own networks is built for (RELAX's control net, NVIL's baseline).
+    """The sizes an estimator is built for: its latent type, and the sizes its own networks need
+    (RELAX's control net, NVIL's baseline).
 
     Attributes:
-        latent: ``D``, the latents per row (the last dimension of the logits).
+        latent: the latent variables per row: ``D`` bits (logits ``[B, D]``), or ``N`` categorical
+            variables (logits ``[B, N, C]``).
         context: width of the per-row input the estimator may condition on (the VAE's pixels,
             :attr:`Objective.context`); 0 when there is none (toy).
+        classes: ``None`` for binary latents; ``C ≥ 2`` for categorical ones. Binary latents are
+            not a two-class categorical here: they keep one logit per bit, and their own estimators.
     """
 
     latent: int
     context: int = 0
+    classes: int | None = None
+
+    def __post_init__(self):
+        if self.classes is not None and self.classes < 2:
+            raise EstimatorError(f"categorical latents need at least 2 classes, got {self.classes}")
+
+    @property
+    def latent_type(self) -> str:
+        """``"binary"`` or ``"categorical"`` (one of :data:`LATENT_TYPES`): which registry applies."""
+        return "binary" if self.classes is None else "categorical"
 
 
 @dataclass(frozen=True)
@@ -152,7 +177,7 @@ class EstimatorInfo:
 
 
 class Estimator(nn.Module):
-    """Base class: an estimator of ``∇_η E_q[f(b)]`` for factorised Bernoulli ``q``.
+    """Base class: an estimator of ``∇_η E_q[f(b)]`` for factorised Bernoulli (or categorical) ``q``.
 
     Subclasses set ``info`` (through :func:`dcvbench.estimators.registry.register`) and implement
     :meth:`sample` and :meth:`estimate`. Learnable state (a control-variate weight, a baseline)
@@ -168,7 +193,7 @@ class Estimator(nn.Module):
         return cls()
 
     def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
-        """Draw the uniform noise this estimator needs, ``[K, B, D]`` unless stated otherwise."""
+        """Draw the uniform noise this estimator needs, ``[K, *logits.shape]`` unless stated otherwise."""
         return uniform_noise((k, *logits.shape), logits, generator)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:

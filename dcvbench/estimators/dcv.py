@@ -18,6 +18,7 @@ estimator's mean does not depend on α, so this minimises its variance.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -206,7 +207,9 @@ class RLOODCV(ControlVariateEstimator):
             self.alpha.copy_(torch.where(self.control_average > 0, optimal, self.alpha))
 
     def get_extra_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict() if self.optimizer else None}
+        # A copy: optimizer.state_dict() shares the live moment tensors, so an estimator loaded
+        # from it in the same process would otherwise step the same Adam moments as this one.
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None}
 
     def set_extra_state(self, state: dict) -> None:
         if self.optimizer is not None and state.get("optimizer") is not None:

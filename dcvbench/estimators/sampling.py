@@ -40,3 +40,24 @@ def dirichlet_copula(u: Tensor) -> Tensor:
     e = -torch.log(u)  # [K, ...]
     d = e / e.sum(0, keepdim=True)
     return (1.0 - d).pow(k - 1)
+
+
+def gumbel_from_uniform(u: Tensor) -> Tensor:
+    """Standard Gumbel noise ``G = −log(−log u)``."""
+    return -torch.log(-torch.log(u))
+
+
+def one_hot_argmax(scores: Tensor) -> Tensor:
+    """``one_hot(argmax_c scores)`` along the last dimension, in ``scores``' dtype.
+
+    With ``scores = logits + G`` (Gumbel-max, G standard Gumbel) the result is a one-hot sample of
+    ``Categorical(softmax(logits))``; ties have probability zero.
+    """
+    index = scores.argmax(-1, keepdim=True)
+    return torch.zeros_like(scores).scatter_(-1, index, 1.0)
+
+
+def categorical_from_uniform(u: Tensor, logits: Tensor) -> Tensor:
+    """One-hot ``Categorical(softmax(logits))`` samples ``[K, ..., C]`` from uniforms of that shape
+    (Gumbel-max), logits ``[..., C]``."""
+    return one_hot_argmax(logits + gumbel_from_uniform(u))

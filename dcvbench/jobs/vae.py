@@ -6,6 +6,10 @@ gradient variance), every ``--var-every`` steps (the ``resample`` variance at a 
 minibatch), every ``--eval-every`` steps (the importance-weighted bound with ``--eval-samples``
 samples per datum on the test and validation splits) and at every checkpoint.
 
+The relaxed estimators (``concrete``, ``st-concrete``) train at temperatures that may anneal with
+the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train.
+Every bound is on the discrete model, so all estimators are scored alike.
+
 Runs with the same seed share their initial weights, minibatch order and estimator noise stream;
 the evaluation images are binarised once with a fixed seed, the same for every run, so every
 estimator is scored on the same binary images.
@@ -23,6 +27,7 @@ from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_c
 from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
 from dcvbench.estimators import Estimator, ProblemShape, build_estimator
+from dcvbench.estimators.concrete import Concrete, RelaxedEstimator
 from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
 from dcvbench.problems.vae import BinaryVAE, iwae_bound, train_step
@@ -31,12 +36,14 @@ from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_de
 
 VAE_METRICS = (
     "train_elbo",
+    "train_bound",  # the K-sample bound an estimator trains when it is not the ELBO (vimco)
     "test_bound",
     "valid_bound",
     "grad_var_ema",
     "grad_var_resample",
     "logit_var_resample",
     "alpha",
+    "temperature",  # the posterior temperature of concrete and st-concrete (annealed or not)
     "sec_per_step",
 )
 EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
@@ -174,6 +181,9 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
                 "device": str(device),
                 "versions": provenance(device),
             }
+            relaxation = relaxation_record(config, training.estimator)
+            if relaxation is not None:
+                manifest["relaxation"] = relaxation
             name_hint = f"vae-{config.dataset}-{config.arch}-{name}-k{config.k}-seed{seed}"
             with Run.create(root, name_hint, identity, VAE_METRICS, manifest) as run:
                 _train(config, training, evaluation, run, progress)
@@ -231,10 +241,14 @@ def _train(
     if training.step == 0:
         _record(config, training, evaluation, run, elbo=None, step_seconds=None, alpha=alpha_of(estimator))
     elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    bound_sum = torch.zeros((), device=device)  # the K-sample bound, for estimators that report it
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
         start = time.perf_counter()
         x = training.sampler.next_batch()  # [B, P]
+        posterior_temperature, prior_temperature = config.temperatures(training.step + 1)
+        if isinstance(estimator, RelaxedEstimator):
+            estimator.temperature = posterior_temperature
         output = train_step(
             model,
             estimator,
@@ -244,8 +258,11 @@ def _train(
             training.encoder_optimizer,
             training.decoder_optimizer,
             training.prior_optimizer,
+            prior_temperature=prior_temperature,
+            kl=config.kl,
         )
         elbo_sum += output.train_elbo
+        bound_sum += output.estimate.stats.get("k_sample_bound", 0.0)
         training.step += 1
         step = training.step
         row = _is_row_step(config, step)
@@ -260,24 +277,31 @@ def _train(
             continue
         alpha = output.estimate.stats.get("alpha")  # the α this step's estimate used, as the toy logs
         elbo = elbo_sum / busy_steps
-        bad = non_finite(train_elbo=elbo, alpha=alpha, gradient=output.estimate.grad)
+        bound = bound_sum / busy_steps if "k_sample_bound" in output.estimate.stats else None
+        bad = non_finite(train_elbo=elbo, train_bound=bound, alpha=alpha, gradient=output.estimate.grad)
         bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return
         logged_alpha = None if alpha is None else float(alpha)
-        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, logged_alpha)
+        logged_bound = None if bound is None else float(bound)
+        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, logged_alpha, logged_bound)
         elbo_sum.zero_()
+        bound_sum.zero_()
         busy, busy_steps = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             run.flush()
             write_checkpoint(run.path / CHECKPOINT, training.state_dict())
 
 
-def _record(config, training, evaluation, run, elbo, step_seconds, alpha) -> None:
+def _record(config, training, evaluation, run, elbo, step_seconds, alpha, bound=None) -> None:
     step = training.step
     model = training.model
     metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, "alpha": alpha}
+    metrics["train_bound"] = bound
+    posterior_temperature, prior_temperature = config.temperatures(step)  # the estimator's now
+    relaxed = isinstance(training.estimator, RelaxedEstimator)
+    metrics["temperature"] = posterior_temperature if relaxed else None
     if training.ema and step > 0:
         metrics["grad_var_ema"] = float(training.ema.value())
     if config.var_method in ("resample", "both") and (step % config.var_every == 0 or step == config.steps):
@@ -288,12 +312,41 @@ def _record(config, training, evaluation, run, elbo, step_seconds, alpha) -> Non
             config.k,
             config.var_samples,
             training.measure_generator,
+            prior_temperature=prior_temperature,
+            kl=config.kl,
         )
         metrics.update(grad_var_resample=result.param_variance, logit_var_resample=result.logit_variance)
     if step % config.eval_every == 0 or step == config.steps:
         metrics["test_bound"] = _bound(model, evaluation.test, config.eval_samples, training.eval_generator)
         metrics["valid_bound"] = _bound(model, evaluation.valid, config.eval_samples, training.eval_generator)
     run.log(step, **metrics)
+
+
+def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
+    """What a relaxed estimator's run trains, at which temperatures: the manifest's ``relaxation``.
+
+    ``None`` for estimators that do not relax. Temperatures are the starting ones; the trace's
+    ``temperature`` column holds the posterior's at each row. Evaluation is never relaxed.
+    """
+    if not isinstance(estimator, RelaxedEstimator):
+        return None
+    annealed = config.anneal != "none"
+    if not isinstance(estimator, Concrete):
+        objective, kl = "discrete ELBO at hard samples, gradient through the relaxed sample", None
+    elif config.kl == "relaxed":
+        objective, kl = "relaxed ELBO (Concrete densities)", "relaxed"
+    else:
+        objective, kl = "relaxed reconstruction + analytic KL", "analytic"
+    return {
+        "objective": objective,  # what train_elbo averages
+        "kl": kl,
+        "posterior_temperature": config.estimator_settings.temperature,
+        "prior_temperature": config.prior_temperature if kl == "relaxed" else None,
+        "anneal": config.anneal,
+        "anneal_rate": config.anneal_rate if annealed else None,
+        "anneal_floor": config.anneal_floor if annealed else None,
+        "evaluation": "discrete model: hard samples, importance-weighted bound",
+    }
 
 
 def _bound(model: BinaryVAE, images: torch.Tensor, samples: int, generator: torch.Generator) -> float:

@@ -8,6 +8,11 @@ whose noise has the same shape see the same random numbers (paired comparisons).
 
 ``rloo-dcv`` without a fixed ``--alpha`` is evaluated at the variance-optimal ``α*`` of that point,
 estimated from a separate set of draws (``alpha_source = "optimal"`` in the table).
+
+Estimators with learned state (RELAX's and REBAR's control, NVIL's baselines, rloo-dcv's α) are
+measured as built, except at a VAE checkpoint of a run that trained the same estimator: there the
+run's learned state is loaded from the checkpoint, so the variance is that of the trained estimator
+(``estimator_state`` is ``"checkpoint"`` or ``"fresh"``; null for estimators without state).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Protocol
 import pandas as pd
 import torch
 
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
 from dcvbench.config import VarianceConfig, theta_probability
 from dcvbench.estimators import (
     REFERENCE_ESTIMATOR,
@@ -58,6 +64,10 @@ class FixedPoint(Protocol):
     ) -> float: ...
 
     def measure(self, estimator: Estimator, k: int, draws: int, generator: torch.Generator) -> dict: ...
+
+    def restore(self, name: str, estimator: Estimator) -> bool:
+        """Load the learned state this point holds for estimator ``name``; whether it did."""
+        ...
 
 
 class ToyPoint:
@@ -100,6 +110,9 @@ class ToyPoint:
             "seconds_per_estimate": result.seconds_per_estimate,
         }
 
+    def restore(self, name, estimator) -> bool:
+        return False  # a toy point is not a run: every estimator is measured as built
+
 
 class VaePoint:
     """A VAE checkpoint and its run's fixed snapshot minibatch; the variance is the encoder's."""
@@ -111,6 +124,10 @@ class VaePoint:
         from dcvbench.jobs.vae import evaluation_data, load_checkpointed_model
 
         self.model, run_config, self.manifest = load_checkpointed_model(config.checkpoint, device)
+        path = Path(config.checkpoint)
+        self.checkpoint = path / CHECKPOINT if path.is_dir() else path
+        # The run's estimator and its learned state (λ, s, ψ; baselines; α) as the checkpoint saved it.
+        self.estimator_state = load_checkpoint(self.checkpoint, device).get("estimator")
         dataset = load_dataset(run_config.dataset, run_config.data_dir)
         self.run_config = run_config
         self.x = evaluation_data(dataset, run_config.batch_size, device).snapshot  # [B, P]
@@ -139,6 +156,12 @@ class VaePoint:
             "logit_variance": result.logit_variance,
             "seconds_per_estimate": result.seconds_per_estimate,
         }
+
+    def restore(self, name, estimator) -> bool:
+        if name != self.manifest["estimator"] or self.estimator_state is None:
+            return False
+        load_into(estimator, self.estimator_state, self.checkpoint, f"the {name} estimator of its run")
+        return True
 
 
 def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -198,6 +221,7 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
 def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
     info = estimator_info(name)
     estimator = build_estimator(name, config.estimator_settings, point.shape).to(device)
+    restored = point.restore(name, estimator)
     alpha_source = None
     if isinstance(estimator, ControlVariateEstimator):
         alpha_source = "fixed"
@@ -217,6 +241,7 @@ def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, devic
         "cost_variance": measured["variance"] * evals,
         "alpha": float(estimator.alpha.detach()) if alpha_source else None,
         "alpha_source": alpha_source,
+        "estimator_state": ("checkpoint" if restored else "fresh") if estimator.state_dict() else None,
         "samples": config.samples,
         "seed": config.seed,
     }

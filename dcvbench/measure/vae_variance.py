@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dcvbench.estimators import Estimator
 from dcvbench.measure.variance import CHUNK_ELEMENTS, Moments, draw_estimates
-from dcvbench.problems.vae import BinaryVAE, NegativeELBO
+from dcvbench.problems.vae import PRIOR_TEMPERATURE, BinaryVAE, NegativeELBO
 
 
 class EMAVariance:
@@ -167,10 +167,15 @@ def resample_encoder_variance(
     draws: int,
     generator: torch.Generator,
     chunk: int | None = None,
+    *,
+    prior_temperature: float = PRIOR_TEMPERATURE,
+    kl: str = "relaxed",
 ) -> EncoderVarianceResult:
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
-    Each draw is a fresh estimate ``g`` ``[B, D]`` at the same logits; its encoder gradient
+    ``prior_temperature`` and ``kl`` configure the relaxed objective as in training
+    (:func:`~dcvbench.problems.vae.train_step`). Each draw is a fresh estimate ``g`` ``[B, D]`` at
+    the same logits; its encoder gradient
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds
     memory; per-chunk moments are merged exactly in float64.
@@ -187,7 +192,7 @@ def resample_encoder_variance(
     vjp = encoder_vjp(model, x)
     with torch.no_grad():
         logits = model.encode(x)  # [B, D]
-    f = NegativeELBO(model, x, logits, generative_grads=False)
+    f = NegativeELBO(model, x, logits, generative_grads=False, prior_temperature=prior_temperature, kl=kl)
     params: Moments | None = None
     logit_moments: Moments | None = None
     for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, D]

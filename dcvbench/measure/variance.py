@@ -4,7 +4,8 @@ The ``resample`` definition (DESIGN §4.3): at fixed parameters, draw M independ
 average the per-coordinate variance over coordinates. Draws are vectorised by tiling the rows of
 ``logits``: a chunk of ``c`` draws is one call of the estimator on ``c·B`` rows, so the estimator's
 own batch dimension carries the draws. Chunks keep memory bounded; their moments are merged exactly
-(Chan et al.'s parallel variance update), in float64.
+(Chan et al.'s parallel variance update), in float64. Logits are ``[B, *event]`` — ``[B, D]`` for
+binary latents, ``[B, N, C]`` for categorical ones — and estimates have their shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from dcvbench.estimators import ControlVariateEstimator, Estimator, Objective, measuring
 
-# Elements of the largest [K, rows, D] sample tensor in one chunk: about 32 MB in float64.
+# Elements of the largest [K, rows, *event] sample tensor in one chunk: about 32 MB in float64.
 CHUNK_ELEMENTS = 4_000_000
 
 
@@ -28,12 +29,12 @@ class Moments:
     """Count, mean and sum of squared deviations of estimates, per coordinate (float64)."""
 
     count: int
-    mean: Tensor  # [B, D]
-    squares: Tensor  # [B, D]  Σ (g − mean)²
+    mean: Tensor  # [B, *event]
+    squares: Tensor  # [B, *event]  Σ (g − mean)²
 
     @classmethod
     def of(cls, grads: Tensor) -> Moments:
-        """Moments of ``grads [M, B, D]`` (M draws of a ``[B, D]`` estimate)."""
+        """Moments of ``grads [M, B, *event]`` (M draws of a ``[B, *event]`` estimate)."""
         # One float64 copy, worked on in place: for [M, P] chunks of encoder gradients, allocating
         # (g − mean) and its square cost more than the arithmetic. Same values as the plain formula.
         deviations = grads.to(torch.float64, copy=True)
@@ -50,7 +51,7 @@ class Moments:
 
     @property
     def variance(self) -> Tensor:
-        """Unbiased per-coordinate variance ``[B, D]``."""
+        """Unbiased per-coordinate variance ``[B, *event]``."""
         return self.squares / (self.count - 1)
 
 
@@ -91,28 +92,29 @@ def draw_estimates(
     generator: torch.Generator,
     chunk: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """``draws`` independent estimates at ``logits [B, D]``, as chunks ``(grads, control)``.
+    """``draws`` independent estimates at ``logits [B, *event]``, as chunks ``(grads, control)``.
 
     Each chunk is one estimator call on ``c`` tiled copies of the rows: ``grads`` and ``control``
-    (``None`` for estimators without one) are ``[c, B, D]``. Row ``r`` of a tiled batch belongs to
-    row ``r mod B``. An objective whose values depend on the row (a VAE's ``f`` depends on the image
+    (``None`` for estimators without one) are ``[c, B, *event]``. Row ``r`` of a tiled batch belongs
+    to row ``r mod B``. An objective whose values depend on the row (a VAE's ``f`` depends on the image
     of each row) provides ``tile(times)``, the same objective over the tiled rows; others (the toy)
     are used as they are. ``chunk`` draws at most per call (default: about
     :data:`CHUNK_ELEMENTS` sample elements). The estimator runs in eval mode (:func:`measuring`)
     and its learned state is never updated.
     """
-    rows, dim = logits.shape
-    chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, (k + 1) * rows * dim))
+    shape = logits.shape  # [B, *event]
+    chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, (k + 1) * logits.numel()))
     done = 0
     while done < draws:
         size = min(chunk, draws - done)
         tiled_f = f.tile(size) if hasattr(f, "tile") else f
+        tiled_logits = logits.detach().repeat(size, *[1] * (logits.dim() - 1))  # [c·B, *event]
         with measuring(estimator):
-            estimate = estimator(logits.detach().repeat(size, 1), tiled_f, k, generator)  # c·B rows
+            estimate = estimator(tiled_logits, tiled_f, k, generator)
         control = estimate.control
         yield (
-            estimate.grad.reshape(size, rows, dim),
-            None if control is None else control.reshape(size, rows, dim),
+            estimate.grad.reshape(size, *shape),
+            None if control is None else control.reshape(size, *shape),
         )
         done += size
 
@@ -125,7 +127,7 @@ def resample_variance(
     draws: int,
     generator: torch.Generator,
 ) -> VarianceResult:
-    """Variance of ``estimator`` at ``logits [B, D]`` from ``draws`` independent estimates."""
+    """Variance of ``estimator`` at ``logits [B, *event]`` from ``draws`` independent estimates."""
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
     moments: Moments | None = None

@@ -14,7 +14,23 @@ The estimators minimise the negative single-sample ELBO (DESIGN §2)::
 with ``log q`` evaluated at *detached* logits: its direct dependence on ``η`` has zero expected
 gradient and is dropped, so the encoder learns only through the estimator's ``g ≈ ∇_η E_q[f]``.
 Every log-probability is linear in ``b`` (``log Bern(b; a) = b·a − softplus(a)``), so ``f`` is
-defined for real ``b`` too — relaxed samples and ``∇_b f`` need nothing more.
+defined for real ``b`` too — ``∇_b f`` needs nothing more.
+
+The Concrete relaxation trains a *relaxed* model instead (Maddison, Mnih & Teh 2017; DESIGN §3.3):
+each latent is a Binary Concrete variable, held in logit space as
+``y = (a + L)/λ`` (``L`` standard logistic), whose log-density is::
+
+    log p_λ(y; a) = log λ − λy + a − 2·softplus(a − λy)
+
+(stable where the density of ``σ(y)`` in probability space is not). :meth:`NegativeELBO.relaxed`
+is the negative relaxed ELBO at ``y ~ q_λ(·; η)``::
+
+    "relaxed"   −[log p(x | σ(y)) + log p_{λp}(y; a) − log q_λ(y; η)]
+    "analytic"  −log p(x | σ(y)) + KL(Bern(σ(η)) ‖ Bern(σ(a)))
+
+with ``a`` the prior logits, ``λp`` the prior's temperature and ``λ`` the posterior's. The
+relaxation is for training only: every bound here (:func:`iwae_bound`, :func:`elbo`) is on the
+discrete model, with hard samples.
 
 A training step (:func:`train_step`) splits the gradient two ways: the generative model (decoder and
 a learned prior) follows the pathwise gradient of the mean of ``f`` over the estimator's samples;
@@ -47,6 +63,11 @@ LEAKY_SLOPE = 0.3  # LeakyReLU slope of the reference code
 MEAN_CLIP = 1e-3
 # Elements of the largest [S, B, P] pixel-logit tensor of one IWAE chunk (~16 MB in float32).
 IWAE_CHUNK_ELEMENTS = 4_000_000
+# The relaxed prior's temperature commonly used beside the posterior's 2/3 (both attributed to the
+# Concrete paper's experiments; the source was not checked here).
+PRIOR_TEMPERATURE = 0.5
+# How the relaxed objective treats the latents: Binary Concrete densities, or the discrete KL.
+KL_VARIANTS = ("relaxed", "analytic")
 
 
 class BinaryVAE(nn.Module):
@@ -174,6 +195,28 @@ def bernoulli_log_prob(b: Tensor, logits: Tensor) -> Tensor:
     return (b * logits).sum(-1) - F.softplus(logits).sum(-1)
 
 
+def binary_concrete_log_density(y: Tensor, logits: Tensor, temperature: float) -> Tensor:
+    """Log-density of ``Y = (a + L)/λ``, ``L`` standard logistic: the Binary Concrete in logit space.
+
+    ``log p_λ(y; a) = log λ − λy + a − 2·softplus(a − λy)``, summed over the last dimension:
+    y ``[..., D]``, logits ``a`` broadcasting against it → ``[...]``. ``σ(Y)`` is Maddison et al.'s
+    ``BinConcrete(e^a, λ)``; its density in probability space carries ``x^{−λ−1}`` and
+    ``(1−x)^{−λ−1}``, which overflow near 0 and 1 where this form stays finite.
+    """
+    scaled = temperature * y  # λy = a + L at a sample of this distribution
+    return (math.log(temperature) - scaled + logits - 2.0 * F.softplus(logits - scaled)).sum(-1)
+
+
+def bernoulli_kl(logits: Tensor, prior_logits: Tensor) -> Tensor:
+    """``KL(Bern(σ(η)) ‖ Bern(σ(a)))`` summed over the last dimension: ``[..., D] → [...]``.
+
+    Both log-probabilities are linear in ``b``, so the expectation is theirs at ``b = θ = σ(η)``:
+    ``Σ_d θ_d (η_d − a_d) − softplus(η_d) + softplus(a_d)``.
+    """
+    probs = torch.sigmoid(logits)  # θ: [..., D]
+    return (probs * (logits - prior_logits) - F.softplus(logits) + F.softplus(prior_logits)).sum(-1)
+
+
 def _mlp(widths: tuple[int, ...], factory: dict) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
@@ -202,8 +245,12 @@ class NegativeELBO:
 
     :meth:`value_and_input_grad` computes ``∇_b f`` and the generative model's gradient in *one*
     backward pass and keeps the latter for :func:`train_step` (:meth:`take_generative_grads`), so an
-    estimator that needs ``∇_b f`` (``rloo-dcv``, the relaxations) costs one extra input-gradient
+    estimator that needs ``∇_b f`` (``rloo-dcv``, ``st-concrete``) costs one extra input-gradient
     matrix product over one that does not, instead of a second backward pass.
+
+    :meth:`relaxed` is the objective of the relaxed model (the module docstring), which the
+    ``concrete`` estimator trains on; ``prior_temperature`` and ``kl`` are its settings and change
+    nothing else.
 
     Args:
         model: the VAE.
@@ -211,18 +258,35 @@ class NegativeELBO:
         logits: ``[B, D]`` posterior logits ``η = encode(x)``; detached here.
         generative_grads: also differentiate ``value_and_input_grad``'s values with respect to the
             generative parameters (off for variance measurement, which only needs ``∇_b f``).
+        prior_temperature: ``λp``, the temperature of the relaxed prior in :meth:`relaxed`.
+        kl: :meth:`relaxed`'s latent term: ``"relaxed"`` (Binary Concrete densities) or
+            ``"analytic"`` (the discrete KL in closed form).
     """
 
-    def __init__(self, model: BinaryVAE, x: Tensor, logits: Tensor, generative_grads: bool = True):
+    def __init__(
+        self,
+        model: BinaryVAE,
+        x: Tensor,
+        logits: Tensor,
+        generative_grads: bool = True,
+        prior_temperature: float = PRIOR_TEMPERATURE,
+        kl: str = "relaxed",
+    ):
         if x.shape[:-1] != logits.shape[:-1] or x.shape[-1] != model.pixels:
             raise ValueError(
                 f"x must be [B, {model.pixels}] with the rows of logits {tuple(logits.shape)}, "
                 f"got {tuple(x.shape)}"
             )
+        if not prior_temperature > 0.0:
+            raise ValueError(f"prior_temperature must be > 0, got {prior_temperature}")
+        if kl not in KL_VARIANTS:
+            raise ValueError(f"unknown kl {kl!r}; choose from: {', '.join(KL_VARIANTS)}")
         self.model = model
         self.x = x  # [B, P]
         self.logits = logits.detach()  # [B, D]
         self.generative_grads = generative_grads
+        self.prior_temperature = prior_temperature
+        self.kl = kl
         self._posterior_normaliser = F.softplus(self.logits).sum(-1)  # Σ_d softplus(η_d): [B]
         self._stored: tuple[Tensor, list[Tensor]] | None = None
 
@@ -234,6 +298,23 @@ class NegativeELBO:
         latent = (b * (prior - self.logits)).sum(-1) + (self._posterior_normaliser - F.softplus(prior).sum())
         return -(self.model.log_likelihood(self.x, b) + latent)  # [..., B]
 
+    def relaxed(self, y: Tensor, logits: Tensor, temperature: float) -> Tensor:
+        """The negative relaxed ELBO at ``z = σ(y)``: ``y [..., B, D]`` → ``[..., B]``.
+
+        ``y`` are the relaxed latents in logit space, a sample of ``q_λ(·; η)`` with ``λ =
+        temperature``; ``logits`` is ``η [B, D]`` *with* the caller's graph: unlike :meth:`__call__`,
+        this objective is differentiated pathwise, so its dependence on ``η`` through the posterior's
+        density (or the KL) is part of its gradient along with that through ``y``. The result is
+        attached to the generative model's graph (decoder and learned prior), which trains on it.
+        """
+        reconstruction = self.model.log_likelihood(self.x, torch.sigmoid(y))  # [..., B]
+        prior = self.model.prior_logits  # [D]
+        if self.kl == "analytic":
+            return bernoulli_kl(logits, prior) - reconstruction  # [B] + [..., B]
+        log_prior = binary_concrete_log_density(y, prior, self.prior_temperature)  # [..., B]
+        log_posterior = binary_concrete_log_density(y, logits, temperature)  # [..., B]
+        return -(reconstruction + log_prior - log_posterior)
+
     @property
     def context(self) -> Tensor:
         """``x [B, P]``: what an estimator's own networks may condition on (NVIL's baseline, RELAX's
@@ -244,7 +325,12 @@ class NegativeELBO:
         """The same objective over ``times`` stacked copies of the minibatch (row ``r`` is row
         ``r mod B``): what independent draws at one snapshot need (``measure.variance``)."""
         return NegativeELBO(
-            self.model, self.x.repeat(times, 1), self.logits.repeat(times, 1), self.generative_grads
+            self.model,
+            self.x.repeat(times, 1),
+            self.logits.repeat(times, 1),
+            self.generative_grads,
+            self.prior_temperature,
+            self.kl,
         )
 
     def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,7 +378,8 @@ class StepOutput:
     """What one training step reports (tensors on the model's device; nothing synchronised).
 
     Attributes:
-        train_elbo: 0-d, the mean over batch and samples of ``−f``: the training ELBO.
+        train_elbo: 0-d, the mean over batch and samples of ``−f``: the training ELBO (the relaxed
+            ELBO for an estimator that trains on :meth:`NegativeELBO.relaxed`).
         estimate: the estimator's :class:`~dcvbench.estimators.Estimate` (``grad`` is ``g``,
             ``[B, D]``, the per-row logit gradient of ``E[f]``).
     """
@@ -310,10 +397,16 @@ def train_step(
     encoder_optimizer: torch.optim.Optimizer,
     decoder_optimizer: torch.optim.Optimizer,
     prior_optimizer: torch.optim.Optimizer | None = None,
+    *,
+    prior_temperature: float = PRIOR_TEMPERATURE,
+    kl: str = "relaxed",
 ) -> StepOutput:
     """One step on the minibatch ``x [B, P]``, minimising ``(1/B) Σ_b E_q[f_b]`` (= −mean ELBO).
 
     1. ``η = encode(x)``; the estimator draws its ``k`` samples and returns ``g ≈ ∇_η E[f]`` ``[B, D]``.
+       ``prior_temperature`` and ``kl`` configure the relaxed objective
+       (:meth:`NegativeELBO.relaxed`), for estimators that train on it (``concrete``: then ``f``
+       is the negative relaxed ELBO throughout, values and ``g`` alike).
     2. Generative model: the gradient of ``mean(f)`` over the estimator's sample values — taken
        from the objective when the estimator's values came from
        :meth:`NegativeELBO.value_and_input_grad` (one shared backward pass), else by autograd —
@@ -330,7 +423,7 @@ def train_step(
     """
     model.zero_grad(set_to_none=True)
     logits = model.encode(x)  # [B, D]
-    f = NegativeELBO(model, x, logits)
+    f = NegativeELBO(model, x, logits, prior_temperature=prior_temperature, kl=kl)
     estimate = estimator(logits, f, k, generator)
     values = estimate.values  # [E, B]
 

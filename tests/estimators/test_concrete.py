@@ -1,4 +1,5 @@
-"""The Binary Concrete estimators: the pathwise gradient they claim, and a bias that shrinks with λ."""
+"""The Binary Concrete estimators: the pathwise gradient they claim, the relaxed-objective dispatch, and a
+bias that shrinks with λ."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from scipy.stats import norm
 from torch.testing import assert_close
 
 from dcvbench.estimators import get_estimator
+from dcvbench.estimators.concrete import relaxed_objective
+from dcvbench.estimators.sampling import logistic_from_uniform
 from dcvbench.measure.variance import draw_estimates
 from dcvbench.problems.toy import OBJECTIVES, exact_gradient, make_objective
 
@@ -33,6 +36,61 @@ def test_concrete_is_the_autograd_gradient_of_the_relaxed_objective(objective: s
     (expected,) = torch.autograd.grad(f(z).mean(0).sum(), eta)  # rows are independent
     assert_close(estimate.grad, expected, rtol=1e-12, atol=1e-15)
     assert_close(estimate.values.detach(), f(z).detach(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("temperature", [2.0 / 3.0, 0.25])
+def test_concrete_on_the_toy_is_the_closed_form_pathwise_gradient(objective: str, temperature: float):
+    """Without a ``relaxed`` method the relaxed objective is ``f(σ(y))``, and autograd through it
+    gives ``(1/K) Σ_k ∇f(z_k) ⊙ z_k(1 − z_k)/λ`` with ``∇f`` the objective's own closed form."""
+    logits, f = _logits(), make_objective(objective, DIM)
+    estimator = get_estimator("concrete", temperature=temperature)
+    noise = estimator.sample(logits, 4, torch.Generator().manual_seed(9))  # [K, B, D]
+    estimate = estimator.estimate(logits, f, noise)
+
+    z = torch.sigmoid((logits + logistic_from_uniform(noise)) / temperature)  # [K, B, D]
+    values, input_grad = f.value_and_input_grad(z)
+    assert_close(estimate.grad, (input_grad * z * (1 - z)).mean(0) / temperature, rtol=1e-12, atol=1e-15)
+    assert_close(estimate.values.detach(), values, rtol=1e-12, atol=1e-15)
+
+
+class _WithRelaxation:
+    """An objective whose relaxed model is not ``f(σ(y))``: records what it was given."""
+
+    def __call__(self, b):
+        raise AssertionError("the relaxed path must not evaluate f itself")
+
+    def relaxed(self, y, logits, temperature):
+        self.seen = (y, logits, temperature)
+        return (y * logits).sum(-1) / temperature  # depends on η through y and directly: [K, B]
+
+
+def test_relaxed_objective_prefers_the_objectives_own_relaxation():
+    logits, temperature = _logits(), 0.5
+    noise = torch.rand(2, *logits.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = (logits + logistic_from_uniform(noise)) / temperature
+    toy = make_objective("sum-square", DIM)
+    assert_close(relaxed_objective(toy, y, logits, temperature), toy(torch.sigmoid(y)))
+
+    f = _WithRelaxation()
+    estimate = get_estimator("concrete", temperature=temperature).estimate(logits, f, noise)
+    seen_y, seen_logits, seen_temperature = f.seen
+    assert seen_temperature == temperature and seen_logits.requires_grad
+    assert_close(seen_y.detach(), y)
+    # d/dη of (1/K) Σ_k Σ_d y_kd η_d / λ, y = (η + L)/λ: (y + η/λ)/λ averaged over k.
+    assert_close(estimate.grad, (y + logits / temperature).mean(0) / temperature, rtol=1e-12, atol=1e-15)
+
+
+def test_temperature_can_change_between_estimates():
+    """Annealing sets the attribute between steps; the next estimate uses it."""
+    logits, f = _logits(), make_objective("separable", DIM)
+    noise = get_estimator("concrete").sample(logits, 2, torch.Generator().manual_seed(1))
+    annealed = get_estimator("concrete", temperature=1.0)
+    annealed.temperature = 0.3
+    assert_close(
+        annealed.estimate(logits, f, noise).grad,
+        get_estimator("concrete", temperature=0.3).estimate(logits, f, noise).grad,
+    )
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

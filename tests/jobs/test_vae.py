@@ -127,3 +127,70 @@ def test_divergence_stops_only_that_run(tmp_path, poison_estimator):
     trace = read_trace(finished.path)
     assert list(trace["step"]) == [0, 5, 10, 15, 20]
     assert trace["train_elbo"].iloc[1:].notna().all()
+
+
+# Short runs of the relaxed estimators: evaluation at the start and the end only.
+RELAXED = replace(TINY, steps=30, var_every=30, eval_every=30, checkpoint_every=10)
+FAST_ANNEAL = {"anneal": "exp", "anneal_rate": 0.01, "anneal_floor": 0.3}  # 2/3 → 0.49 in 30 steps
+
+
+def _finite_bounds(trace: pd.DataFrame) -> bool:
+    bounds = trace.dropna(subset=["test_bound"])
+    return list(bounds["step"]) == [0, 30] and bool(bounds["test_bound"].between(-1e4, 0).all())
+
+
+def test_relaxed_runs_anneal_and_record_their_relaxation(tmp_path):
+    config = replace(
+        RELAXED, estimators=("concrete", "st-concrete", "rloo"), out=str(tmp_path), **FAST_ANNEAL
+    )
+    concrete, straight_through, rloo = run_vae(config)
+    schedule = [config.temperatures(step)[0] for step in (0, 10, 20, 30)]
+    assert schedule[0] == 2 / 3 and schedule[-1] < 0.5  # the posterior's default start, annealed
+    for summary, objective in (
+        (concrete, "relaxed ELBO (Concrete densities)"),
+        (straight_through, "discrete ELBO at hard samples, gradient through the relaxed sample"),
+    ):
+        relaxation = read_manifest(summary.path)["relaxation"]
+        assert relaxation["objective"] == objective
+        assert relaxation["posterior_temperature"] == 2 / 3
+        assert (relaxation["anneal"], relaxation["anneal_rate"], relaxation["anneal_floor"]) == (
+            "exp",
+            0.01,
+            0.3,
+        )
+        trace = read_trace(summary.path)
+        assert trace["temperature"].tolist() == schedule  # strictly decreasing, logged at every row
+        assert _finite_bounds(trace)
+    assert read_manifest(concrete.path)["relaxation"]["prior_temperature"] == 0.5
+    assert read_manifest(straight_through.path)["relaxation"]["prior_temperature"] is None  # not used
+    assert "relaxation" not in read_manifest(rloo.path)
+    assert read_trace(rloo.path)["temperature"].isna().all()
+
+
+def test_concrete_at_two_temperatures_and_with_the_analytic_kl(tmp_path):
+    hot = replace(RELAXED, estimators=("concrete",), out=str(tmp_path / "hot"))
+    cold = replace(hot, estimator_settings=replace(hot.estimator_settings, temperature=0.5), kl="analytic")
+    for config, temperature, objective, prior in (
+        (hot, 2 / 3, "relaxed ELBO (Concrete densities)", 0.5),
+        (replace(cold, out=str(tmp_path / "cold")), 0.5, "relaxed reconstruction + analytic KL", None),
+    ):
+        (summary,) = run_vae(config)
+        relaxation = read_manifest(summary.path)["relaxation"]
+        assert (relaxation["objective"], relaxation["prior_temperature"]) == (objective, prior)
+        assert (relaxation["anneal"], relaxation["anneal_rate"]) == ("none", None)
+        trace = read_trace(summary.path)
+        assert (trace["temperature"] == temperature).all()
+        assert _finite_bounds(trace)
+
+
+def test_annealed_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_at):
+    config = replace(RELAXED, estimators=("concrete",), **FAST_ANNEAL)
+    (full,) = run_vae(replace(config, out=str(tmp_path / "full")))
+    with pytest.raises(KeyboardInterrupt):
+        run_vae(replace(config, out=str(tmp_path / "cut")), progress=interrupt_at(25))
+    (cut_dir,) = (tmp_path / "cut").iterdir()
+    assert load_checkpoint(cut_dir / CHECKPOINT, torch.device("cpu"))["step"] == 20
+    assert resume_vae(cut_dir).status == "finished"
+    pd.testing.assert_frame_equal(
+        read_trace(full.path).drop(columns=TIMING_COLUMNS), read_trace(cut_dir).drop(columns=TIMING_COLUMNS)
+    )

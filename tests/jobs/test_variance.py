@@ -114,3 +114,71 @@ def test_vae_study_refuses_toy_only_estimators_and_bad_checkpoints(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"junk")
     with pytest.raises(ResultsError, match=r"run\.json is missing"):
         run_variance(VarianceConfig(checkpoint=str(tmp_path / "checkpoint.pt"), device="cpu"))
+
+
+def test_learned_controls_are_measured_fresh_on_the_toy(tmp_path):
+    config = VarianceConfig(
+        problem=ToyProblem(dim=10),
+        theta="0.7",
+        estimators=("relax", "rebar"),
+        ks=(1, 2),
+        samples=1000,
+        device="cpu",
+        out=str(tmp_path),
+    )
+    table = run_variance(config).table
+    assert list(zip(table["estimator"], table["k"], strict=True)) == [
+        ("relax", 1),
+        ("rebar", 1),
+        ("relax", 2),
+        ("rebar", 2),
+    ]
+    assert table["evals"].tolist() == [3, 3, 6, 6]
+    assert set(table["estimator_state"]) == {"fresh"}
+    assert (table["variance"] > 0).all() and table["alpha_source"].isna().all()
+    # A fresh relax has rebar's control exactly (r_ψ's output starts at zero): same draws, same numbers.
+    relax, rebar = table[table.estimator == "relax"], table[table.estimator == "rebar"]
+    assert relax["variance"].tolist() == rebar["variance"].tolist()
+    # rloo, the reference of K = 2, has no state to load; K = 1 has no reference (rloo needs K ≥ 2).
+    assert table.loc[table.k == 1, "variance_ratio"].isna().all()
+    assert table.loc[table.k == 2, "variance_ratio"].notna().all()
+
+
+def test_vae_checkpoint_study_loads_the_runs_trained_control(tmp_path):
+    import torch
+
+    from dcvbench.checkpoints import load_checkpoint
+    from dcvbench.config import VaeConfig
+    from dcvbench.estimators import ProblemShape, build_estimator
+    from dcvbench.jobs.vae import run_vae
+    from dcvbench.jobs.variance import VaePoint
+
+    vae = VaeConfig.for_protocol(
+        "dcv", latent=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
+        device="cpu", estimators=("relax",), out=str(tmp_path / "runs"),
+        estimator_settings=EstimatorSettings(control_lr=1e-2),
+    )  # fmt: skip
+    (run,) = run_vae(vae)
+    config = VarianceConfig(
+        checkpoint=str(run.path),
+        estimators=("relax", "rebar"),
+        ks=(2,),
+        samples=100,
+        device="cpu",
+        out=str(tmp_path / "study"),
+    )
+    table = run_variance(config).table
+    assert table["estimator"].tolist() == ["relax", "rebar"]
+    assert table["estimator_state"].tolist() == ["checkpoint", "fresh"]
+    assert (table["variance"] > 0).all() and table["variance_ratio"].notna().all()
+    # What was loaded is the run's control after its 20 steps, not the initial one.
+    saved = load_checkpoint(run.path / "checkpoint.pt", torch.device("cpu"))["estimator"]
+    point = VaePoint(config, torch.device("cpu"))
+    assert point.shape == ProblemShape(8, context=784)
+    relax, rebar = (build_estimator(name, EstimatorSettings(), point.shape) for name in ("relax", "rebar"))
+    fresh = float(relax.log_temperature.detach())
+    assert point.restore("relax", relax) and not point.restore("rebar", rebar)
+    assert float(relax.log_temperature.detach()) == float(saved["log_temperature"]) != fresh
+    for key, value in relax.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, saved[key]), key

@@ -12,12 +12,31 @@ import math
 
 import pytest
 import torch
+from scipy.stats import norm
 from torch import Tensor
 from torch.distributions import Bernoulli
 
-from dcvbench.estimators import Estimate, Estimator, estimator_info, estimator_names, get_estimator
-from dcvbench.estimators.sampling import bernoulli_from_uniform, uniform_noise
-from dcvbench.problems.vae import BinaryVAE, NegativeELBO, elbo, iwae_bound, train_step
+from dcvbench.estimators import (
+    Estimate,
+    Estimator,
+    EstimatorSettings,
+    ProblemShape,
+    build_estimator,
+    estimator_info,
+    estimator_names,
+    get_estimator,
+)
+from dcvbench.estimators.sampling import bernoulli_from_uniform, logistic_from_uniform, uniform_noise
+from dcvbench.problems.vae import (
+    KL_VARIANTS,
+    BinaryVAE,
+    NegativeELBO,
+    bernoulli_kl,
+    binary_concrete_log_density,
+    elbo,
+    iwae_bound,
+    train_step,
+)
 
 F64 = torch.float64
 VAE_ESTIMATORS = [name for name in estimator_names() if "vae" in estimator_info(name).problems]
@@ -174,7 +193,8 @@ def test_stored_gradients_belong_only_to_their_values():
 def test_every_estimator_trains_the_vae(name, arch):
     model = make_model(arch=arch, latent=6)
     before = copy.deepcopy(model)
-    estimator = get_estimator(name)
+    # As the VAE job builds it: estimators with networks (relax, nvil) need the shape and x's width.
+    estimator = build_estimator(name, EstimatorSettings(), ProblemShape(model.latent, context=model.pixels))
     encoder_optimizer, decoder_optimizer = optimizers(model)
     x = binary_images(4)
     generator = torch.Generator().manual_seed(0)
@@ -269,6 +289,202 @@ def test_values_without_graph_or_stored_grads_are_an_error():
             model, _Graphless(), binary_images(4), 2, torch.Generator().manual_seed(0),
             encoder_optimizer, decoder_optimizer,
         )  # fmt: skip
+
+
+# -- the relaxed objective (Concrete) -----------------------------------------------------------
+
+# (prior logit a, temperature λ): Bernoulli(½) at the posterior's default temperature, a skewed
+# variable at the prior's, and a strongly skewed one hotter than both.
+CONCRETE_CASES = [(0.0, 2.0 / 3.0), (1.5, 0.5), (-2.0, 1.0)]
+
+
+def bin_concrete_log_density_in_probability_space(x: Tensor, a: float, temperature: float) -> Tensor:
+    """Maddison et al. (2017): X ~ BinConcrete(α = e^a, λ) has density
+    ``p(x) = λ α x^{−λ−1} (1−x)^{−λ−1} / (α x^{−λ} + (1−x)^{−λ})²``, here in logs."""
+    alpha = math.exp(a)
+    scale = math.log(temperature * alpha) - (temperature + 1) * (torch.log(x) + torch.log1p(-x))
+    return scale - 2 * torch.log(alpha * x.pow(-temperature) + (1 - x).pow(-temperature))
+
+
+@pytest.mark.parametrize(("a", "temperature"), CONCRETE_CASES)
+def test_concrete_log_density_is_the_binary_concrete_density_in_logit_space(a, temperature):
+    y = torch.linspace(-12.0, 12.0, 481, dtype=F64)  # [N]
+    x = torch.sigmoid(y)
+    # Change of variables y = logit(x): p_Y(y) = p_X(σ(y)) · σ(y)(1 − σ(y)).
+    expected = bin_concrete_log_density_in_probability_space(x, a, temperature) + torch.log(x * (1 - x))
+    logits = torch.tensor([a], dtype=F64)
+    got = binary_concrete_log_density(y.unsqueeze(-1), logits, temperature)  # [N]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
+    # Independent coordinates: the log-density of a vector is the sum over its last dimension.
+    columns = torch.stack([y, y.flip(0), 0.5 * y], dim=-1)  # [N, 3]
+    prior = torch.tensor([a, -a, 0.3], dtype=F64)
+    per_column = [
+        binary_concrete_log_density(columns[:, d : d + 1], prior[d : d + 1], temperature) for d in range(3)
+    ]
+    torch.testing.assert_close(binary_concrete_log_density(columns, prior, temperature), sum(per_column))
+
+
+HISTOGRAM_SAMPLES = 200_000
+HISTOGRAM_BINS = 40
+SUBDIVISIONS = 100  # trapezoid intervals per bin for the expected bin probabilities
+# Two-sided z per bin, Bonferroni over the bins of every case at a family-wise level of 1e-3.
+HISTOGRAM_Z = float(norm.isf(1e-3 / (2 * HISTOGRAM_BINS * len(CONCRETE_CASES))))
+
+
+@pytest.mark.parametrize(("a", "temperature"), CONCRETE_CASES)
+def test_concrete_sampler_has_the_log_density(a, temperature):
+    """The concrete estimator's relaxed samples ``y = (a + L)/λ`` against the density, integrated
+    numerically over each bin; counts are binomial, so each bin's z uses the binomial s.e."""
+    estimator = get_estimator("concrete", temperature=temperature)
+    logits = torch.tensor([[a]], dtype=F64)  # [B = 1, D = 1]
+    noise = estimator.sample(logits, HISTOGRAM_SAMPLES, torch.Generator().manual_seed(11))  # [N, 1, 1]
+    y = estimator.relaxed_logits(logits, noise).flatten()  # [N]
+    spread = math.log(99.0)  # the central 98% of the standard logistic
+    grid = torch.linspace(
+        (a - spread) / temperature, (a + spread) / temperature, HISTOGRAM_BINS * SUBDIVISIONS + 1, dtype=F64
+    )
+    density = binary_concrete_log_density(grid.unsqueeze(-1), logits[0], temperature).exp()
+    mass = torch.cat([torch.zeros(1, dtype=F64), torch.cumulative_trapezoid(density, grid)])
+    edges, probs = grid[::SUBDIVISIONS], mass[::SUBDIVISIONS].diff()  # [bins + 1], [bins]
+    counts = torch.histogram(y, bins=edges).hist  # [bins]
+    z = (counts - HISTOGRAM_SAMPLES * probs) / (HISTOGRAM_SAMPLES * probs * (1 - probs)).sqrt()
+    assert z.abs().max() < HISTOGRAM_Z, z
+    # And the density integrates to 1 over the line (the tails beyond ±40/λ hold < e^{−40}).
+    line = torch.linspace((a - 40) / temperature, (a + 40) / temperature, 200_001, dtype=F64)
+    total = torch.trapezoid(
+        binary_concrete_log_density(line.unsqueeze(-1), logits[0], temperature).exp(), line
+    )
+    assert abs(float(total) - 1.0) < 1e-8
+
+
+def test_posterior_density_at_its_own_reparameterised_sample_does_not_depend_on_eta():
+    """At ``y = (η + L)/λ``, ``log q_λ(y; η) = log λ − L − 2·softplus(−L)``: the logistic noise's
+    log-density and the Jacobian. So the relaxed KL reaches η only through the prior's density at y —
+    and the pathwise gradient must differentiate both arguments of log q for that to hold."""
+    generator = torch.Generator().manual_seed(4)
+    eta = (2 * torch.randn(3, 5, generator=generator, dtype=F64)).requires_grad_(True)
+    noise = logistic_from_uniform(uniform_noise((4, 3, 5), eta, generator))  # L: [K, B, D]
+    temperature = 0.6
+    log_q = binary_concrete_log_density((eta + noise) / temperature, eta, temperature)  # [K, B]
+    expected = (math.log(temperature) - noise - 2 * torch.nn.functional.softplus(-noise)).sum(-1)
+    torch.testing.assert_close(log_q, expected, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(log_q.sum(), eta)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0.0, atol=1e-12)
+
+
+def test_analytic_kl_is_the_sum_over_both_states():
+    generator = torch.Generator().manual_seed(8)
+    eta = 3 * torch.randn(4, 6, generator=generator, dtype=F64)
+    eta[0] = torch.tensor([20.0, -20.0, 0.0, 35.0, -35.0, 1e-3])  # near-certain bits stay finite
+    prior = torch.randn(6, generator=generator, dtype=F64)
+    states = torch.tensor([0.0, 1.0], dtype=F64).view(2, 1, 1)  # each bit's two values
+    log_q = Bernoulli(logits=eta).log_prob(states)  # [2, B, D]
+    log_p = Bernoulli(logits=prior).log_prob(states)  # [2, 1, D]
+    expected = (log_q.exp() * (log_q - log_p)).sum(0).sum(-1)  # Σ_d Σ_{b ∈ {0,1}} q(b)(log q − log p)
+    torch.testing.assert_close(bernoulli_kl(eta, prior), expected, rtol=1e-12, atol=1e-12)
+    assert (bernoulli_kl(eta, prior) >= 0).all()
+
+
+def relaxed_problem(seed: int = 2) -> tuple[BinaryVAE, Tensor, Tensor]:
+    """A small float64 VAE with a learned, non-uniform prior, images and posterior logits ``[3, 5]``."""
+    model = make_model(latent=5, learn_prior=True, seed=seed)
+    with torch.no_grad():
+        model.prior_logits.normal_(generator=torch.Generator().manual_seed(seed))
+    x = binary_images(3)
+    return model, x, model.encode(x).detach()
+
+
+@pytest.mark.parametrize("kl", KL_VARIANTS)
+def test_concrete_gradient_is_the_finite_difference_of_the_relaxed_objective(kl):
+    """``g = ∇_η (1/K) Σ_k f̃((η + L_k)/λ; η)`` with the noise fixed, through ``y`` and the density
+    (or KL) alike: checked by central differences of the relaxed objective written out here."""
+    model, x, eta = relaxed_problem()
+    temperature, prior_temperature = 0.7, 0.4
+    f = NegativeELBO(model, x, eta, prior_temperature=prior_temperature, kl=kl)
+    estimator = get_estimator("concrete", temperature=temperature)
+    noise = estimator.sample(eta, 4, torch.Generator().manual_seed(3))  # [K, B, D]
+    estimate = estimator.estimate(eta, f, noise)
+
+    @torch.no_grad()
+    def relaxed_values(logits: Tensor) -> Tensor:  # [K, B]
+        y = (logits + logistic_from_uniform(noise)) / temperature  # [K, B, D]
+        reconstruction = model.log_likelihood(x, torch.sigmoid(y))
+        if kl == "analytic":
+            return bernoulli_kl(logits, model.prior_logits) - reconstruction
+        log_prior = binary_concrete_log_density(y, model.prior_logits, prior_temperature)
+        return -(reconstruction + log_prior - binary_concrete_log_density(y, logits, temperature))
+
+    torch.testing.assert_close(estimate.values.detach(), relaxed_values(eta), rtol=1e-12, atol=1e-12)
+    step = 1e-6
+    columns = []
+    for d in range(eta.shape[1]):  # rows are independent: shift one coordinate of every row at once
+        shift = torch.zeros_like(eta)
+        shift[:, d] = step
+        difference = relaxed_values(eta + shift) - relaxed_values(eta - shift)  # [K, B]
+        columns.append(difference.mean(0) / (2 * step))
+    torch.testing.assert_close(estimate.grad, torch.stack(columns, dim=1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kl", KL_VARIANTS)
+def test_concrete_step_trains_the_generative_model_on_the_relaxed_objective(kl):
+    """The decoder and the learned prior get ∇ of the mean relaxed objective over the estimator's
+    samples; the encoder gets J_ηᵀ g / B; the logged training ELBO is the relaxed one."""
+    k, temperature, prior_temperature = 3, 0.6, 0.45
+    reference, x, _ = relaxed_problem()
+    logits = reference.encode(x)
+    eta = logits.detach()
+    noise = uniform_noise((k, *eta.shape), eta, torch.Generator().manual_seed(7))  # as the estimator draws
+    y = (eta + logistic_from_uniform(noise)) / temperature
+    f = NegativeELBO(reference, x, logits, prior_temperature=prior_temperature, kl=kl)
+    values = f.relaxed(y, eta, temperature)  # [K, B]
+    params = reference.generative_parameters()
+    expected = torch.autograd.grad(values.mean(), params)
+
+    model = copy.deepcopy(reference)
+    estimator = get_estimator("concrete", temperature=temperature)
+    encoder_optimizer, decoder_optimizer = optimizers(model)
+    out = train_step(
+        model, estimator, x, k, torch.Generator().manual_seed(7), encoder_optimizer, decoder_optimizer,
+        prior_temperature=prior_temperature, kl=kl,
+    )  # fmt: skip
+    assert model.generative_parameters()[-1] is model.prior_logits  # the prior's gradient is checked
+    for got, want in zip(model.generative_parameters(), expected, strict=True):
+        torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.train_elbo, -values.mean().detach(), rtol=1e-12, atol=1e-12)
+    surrogate = (reference.encode(x) * out.estimate.grad.detach()).sum() / x.shape[0]
+    for got, want in zip(
+        model.encoder_parameters(),
+        torch.autograd.grad(surrogate, reference.encoder_parameters()),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
+
+
+def test_relaxation_settings_are_checked_and_survive_tiling():
+    model, x, eta = relaxed_problem()
+    with pytest.raises(ValueError, match=r"prior_temperature must be > 0, got 0\.0"):
+        NegativeELBO(model, x, eta, prior_temperature=0.0)
+    with pytest.raises(ValueError, match="unknown kl 'exact'; choose from: relaxed, analytic"):
+        NegativeELBO(model, x, eta, kl="exact")
+    for kl in KL_VARIANTS:
+        f = NegativeELBO(model, x, eta, prior_temperature=0.3, kl=kl)
+        tiled = f.tile(2)
+        assert (tiled.prior_temperature, tiled.kl) == (0.3, kl)
+        y = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0), dtype=F64)  # [K, B, D]
+        with torch.no_grad():
+            torch.testing.assert_close(
+                tiled.relaxed(y.repeat(1, 2, 1), eta.repeat(2, 1), 0.5), f.relaxed(y, eta, 0.5).repeat(1, 2)
+            )
+
+
+def test_bounds_never_use_the_relaxed_objective(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation reached the relaxed objective")
+
+    monkeypatch.setattr(NegativeELBO, "relaxed", refuse)
+    model, x, _ = tiny_problem()
+    assert torch.isfinite(iwae_bound(model, x, torch.Generator().manual_seed(0), samples=4)).all()
+    assert torch.isfinite(elbo(model, x, torch.Generator().manual_seed(0))).all()
 
 
 # -- bounds -------------------------------------------------------------------------------------

@@ -1,0 +1,281 @@
+"""REBAR and RELAX: score function with a learned control on conditional relaxations (``rebar``, ``relax``).
+
+Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein, *REBAR: Low-variance, unbiased gradient estimates
+for discrete latent variable models*, NeurIPS 2017. Grathwohl, Choi, Wu, Roeder & Duvenaud,
+*Backpropagation through the Void: Optimizing control variates for black-box gradient estimation*
+(RELAX), ICLR 2018. DESIGN §3.4.
+
+One sample per estimate: logistic noise ``L`` (from ``u``) gives ``z = η + L`` and ``b = H(z) ~ q``;
+a second uniform ``v`` gives ``z̃ ~ p(z | b)``, a relaxed sample conditioned on the same ``b``. With
+a control ``c`` differentiable in ``z``::
+
+    g = (f(b) − c(z̃)) (b − θ) + ∇_η c(z) − ∇_η c(z̃)
+
+is unbiased for any ``c``: ``E[c(z̃)(b − θ)] = E[∇_η c(z)] − E[∇_η c(z̃)]`` (Tucker et al., §3).
+Here ``c(z) = s·f(σ(z/λ)) + r_ψ(σ(z/λ))`` with a learned temperature ``λ`` and scale ``s``; REBAR
+has ``r ≡ 0``, RELAX adds a small network ``r_ψ`` (Grathwohl et al. call the combination
+"relaxed-REBAR" and use it for their VAEs). K samples average K independent such estimates.
+
+``z̃`` depends on ``η`` directly and through ``θ = σ(η)`` inside the conditional noise
+``v' = b(vθ + 1 − θ) + (1 − b)v(1 − θ)``, ``z̃ = η + log v' − log(1 − v')``; ``∇_η c(z̃)`` must
+follow both (a published PyTorch port dropped the second and was biased). Simplified, the two are
+one expression of ``η`` (:func:`conditional_logistic`), which autograd differentiates whole.
+
+λ, s and ψ are trained to minimise the variance of ``g``: ``g`` is unbiased for every value of
+them, so ``∇ E‖g‖² = ∇ Var(g)``, and ``‖g‖²`` of the current estimate is an unbiased sample of it
+(Grathwohl et al., §3.3). That needs ``∇_η c`` with its own graph (second order), built only in
+training mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcvbench.estimators.base import (
+    Estimate,
+    Estimator,
+    EstimatorError,
+    EstimatorInfo,
+    EstimatorSettings,
+    Objective,
+    ProblemShape,
+    context_of,
+    evaluate,
+)
+from dcvbench.estimators.registry import register
+from dcvbench.estimators.reinforce import score_function_gradient
+from dcvbench.estimators.sampling import logistic_from_uniform, uniform_noise
+
+INITIAL_TEMPERATURE = 0.5  # λ: REBAR's relaxation starts sharp, close to the hard b
+HIDDEN = 50  # ReLU units of RELAX's control network: a small net, our choice (one hidden layer)
+
+
+def conditional_logistic(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    """``z̃ ~ p(z | H(z) = b)`` for ``z = η + L``, from uniforms ``v``: ``[K, B, D]``.
+
+    With ``v' = b(vθ + 1 − θ) + (1 − b)v(1 − θ)`` and ``z̃ = η + log v' − log(1 − v')`` (DESIGN §3.4)::
+
+        b = 1:  z̃ = softplus(η + log v) − log(1 − v)          > 0
+        b = 0:  z̃ = log v − softplus(log(1 − v) − η)          < 0
+
+    (for ``b = 1``, ``(1 − v')/θ = 1 − v`` and ``v'/θ = e^{−η} + v``; ``b = 0`` is its mirror). Both
+    ways ``η`` enters ``z̃`` — directly and through ``θ`` — are in this one expression, and both
+    branches stay finite for every ``η`` and ``v ∈ (0, 1)`` (where ``θ`` rounds to 1, ``1 − v'``
+    computed from ``v'`` would be 0). ``logits`` ``[B, D]``, ``b`` and ``v`` ``[K, B, D]``.
+    """
+    log_v, log_rest = torch.log(v), torch.log1p(-v)  # [K, B, D]
+    above = F.softplus(logits + log_v) - log_rest
+    below = log_v - F.softplus(log_rest - logits)
+    return torch.where(b > 0, above, below)
+
+
+class ControlNetwork(nn.Module):
+    """RELAX's ``r_ψ``: ``w₂ᵀ relu(W_z ζ + W_x x + c₁) + c₂`` on the relaxed sample ``ζ = σ(z/λ)``
+    and, where the objective has one, its per-row input ``x`` (the VAE's image).
+
+    A function of ``z`` through the bounded ``ζ``, as in the authors' reference code, rather than of
+    the unbounded logistic ``z``. ``x`` enters the hidden layer through its own weights, computed
+    once per row rather than once per sample. The hidden weights are Glorot-uniform from a fixed
+    seed (no global random state); the output layer starts at zero, so a fresh ``relax`` has exactly
+    ``rebar``'s control and learns only what that leaves.
+    """
+
+    def __init__(self, latent: int, context: int, hidden: int, generator: torch.Generator):
+        super().__init__()
+        self.latent_layer = nn.utils.skip_init(nn.Linear, latent, hidden)
+        self.context_layer = nn.utils.skip_init(nn.Linear, context, hidden, bias=False) if context else None
+        self.output_layer = nn.utils.skip_init(nn.Linear, hidden, 1)
+        for layer in (self.latent_layer, self.context_layer):
+            if layer is not None:
+                nn.init.xavier_uniform_(layer.weight, generator=generator)
+        for tensor in (self.latent_layer.bias, self.output_layer.weight, self.output_layer.bias):
+            nn.init.zeros_(tensor)
+
+    def forward(self, relaxed: Tensor, context: Tensor | None) -> Tensor:
+        """``relaxed [..., B, D]``, ``context [B, C]`` (or ``None``) → ``[..., B]`` in ``relaxed``'s dtype."""
+        dtype = self.output_layer.weight.dtype  # the network keeps its own precision
+        hidden = self.latent_layer(relaxed.to(dtype))  # [..., B, H]
+        if self.context_layer is not None:
+            hidden = hidden + self.context_layer(context.to(dtype))  # [B, H], broadcast over samples
+        return self.output_layer(torch.relu(hidden)).squeeze(-1).to(relaxed.dtype)
+
+
+class ConditionalRelaxation(Estimator):
+    """``g = (f(b) − c(z̃))(b − θ) + ∇_η c(z) − ∇_η c(z̃)``, ``c(z) = s·f(σ(z/λ)) + r_ψ``, learned.
+
+    Args:
+        network: RELAX's ``r_ψ``; ``None`` for REBAR's control, ``s·f(σ(z/λ))`` alone.
+        lr: Adam learning rate of λ, s and ψ (minimising ``mean_B ‖g‖²``).
+        temperature: initial ``λ`` (learned as ``log λ``, so it stays positive).
+        scale: initial ``s``.
+    """
+
+    def __init__(
+        self,
+        network: ControlNetwork | None,
+        lr: float = 1e-3,
+        temperature: float = INITIAL_TEMPERATURE,
+        scale: float = 1.0,
+    ):
+        super().__init__()
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not lr > 0.0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.network = network
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+    @property
+    def temperature(self) -> Tensor:
+        """``λ = exp(log λ)``, 0-d, attached to the parameter."""
+        return self.log_temperature.exp()
+
+    def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """``[2, K, B, D]``: uniforms ``u`` for ``z`` (first, so ``z`` is the ``concrete`` estimator's
+        at the same generator state) and ``v`` for ``z̃``."""
+        return uniform_noise((2, k, *logits.shape), logits, generator)
+
+    def control(self, z: Tensor, f: Objective, context: Tensor | None) -> Tensor:
+        """``c(z) = s·f(σ(z/λ)) + r_ψ(σ(z/λ), x)``: ``z [..., B, D]`` → ``[..., B]``."""
+        relaxed = torch.sigmoid(z / self.temperature)  # [..., B, D]
+        value = self.scale * f(relaxed)
+        return value if self.network is None else value + self.network(relaxed, context)
+
+    def conditional(self, logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
+        """``z̃ ~ p(z | b)`` (:func:`conditional_logistic`), as a function of the leaf ``logits``."""
+        return conditional_logistic(logits, b, v)
+
+    def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
+        u, v = noise.unbind(0)  # [K, B, D] each
+        k = u.shape[0]
+        context = self._context(f)
+        probs = torch.sigmoid(logits)  # [B, D]
+        with torch.enable_grad():  # ∇_η c is needed even when the caller has autograd off
+            eta = logits.detach().clone().requires_grad_(True)  # our own leaf: [B, D]
+            z = eta + logistic_from_uniform(u)  # [K, B, D]
+            b = (z.detach() > 0).to(logits.dtype)  # H(z) ~ Bernoulli(θ)
+            z_tilde = self.conditional(eta, b, v)  # [K, B, D]
+            control_z, control_tilde = self.control(torch.stack([z, z_tilde]), f, context).unbind(0)  # [K, B]
+            # Rows are independent, so one backward pass gives every row's Σ_k ∇_η (c(z_k) − c(z̃_k)).
+            # In training it keeps its graph: ‖g‖² is then differentiated through it.
+            (pathwise,) = torch.autograd.grad(
+                (control_z - control_tilde).sum(), eta, create_graph=self.training
+            )  # [B, D]
+        values, _ = evaluate(f, b, with_input_grad=False)  # [K, B]: the decoder trains on these only
+        with torch.enable_grad():
+            grad = score_function_gradient(values.detach() - control_tilde, b, probs) + pathwise / k  # [B, D]
+            learning = self._variance_loss(grad) if self.training else None
+        stats = {"temperature": self.temperature.detach().clone(), "scale": self.scale.detach().clone()}
+        return Estimate(grad=grad.detach(), values=values, stats=stats, learning=learning)
+
+    def _context(self, f: Objective) -> Tensor | None:
+        """The objective's per-row input for ``r_ψ`` (``None`` without a network or context)."""
+        if self.network is None:
+            return None
+        context = context_of(f)
+        expected = 0 if self.network.context_layer is None else self.network.context_layer.in_features
+        width = 0 if context is None else context.shape[-1]
+        if width != expected:
+            raise EstimatorError(
+                f"{self.info.name} was built for a context of width {expected}; the objective has "
+                + ("none" if context is None else f"width {width}")
+            )
+        return None if context is None else context.detach()
+
+    def _variance_loss(self, grad: Tensor) -> Tensor:
+        """``mean_B ‖g‖²`` as a loss over λ, s, ψ only, its gradient taken now.
+
+        The loss's own graph runs through ``f`` — a VAE's decoder — whose weights a training step
+        updates in place before :meth:`update` runs; autograd would then refuse it, and the
+        gradient wanted is the one at the weights that gave ``g``. So the gradient is taken here
+        and returned as a first-order stand-in, ``loss + Σ ⟨∇loss, p − p⟩``: the loss's value, and
+        exactly its gradient with respect to the estimator's parameters ``p``, reaching nothing else.
+        """
+        loss = grad.pow(2).sum(-1).mean()
+        params = list(self.parameters())
+        gradients = torch.autograd.grad(loss, params)
+        pairs = zip(gradients, params, strict=True)
+        return loss.detach() + sum((gradient * (param - param.detach())).sum() for gradient, param in pairs)
+
+    def update(self, estimate: Estimate) -> None:
+        if estimate.learning is None:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        estimate.learning.backward(inputs=list(self.parameters()))
+        self.optimizer.step()
+
+    def get_extra_state(self) -> dict:
+        # A copy, as in rloo-dcv: state_dict() shares the live Adam moments.
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@register(
+    EstimatorInfo(
+        name="rebar",
+        summary="REBAR: score function − s·f(σ(z̃/λ)) + reparameterised correction; λ, s learned",
+        unbiased=True,
+        needs_input_grad=True,
+        evals_per_sample=3,
+    )
+)
+class Rebar(ConditionalRelaxation):
+    """REBAR (Tucker et al. 2017): the control ``c(z) = s·f(σ(z/λ))``, λ and s learned."""
+
+    def __init__(self, lr: float = 1e-3, temperature: float = INITIAL_TEMPERATURE, scale: float = 1.0):
+        super().__init__(None, lr, temperature, scale)
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Rebar:
+        return cls(lr=settings.control_lr)
+
+
+@register(
+    EstimatorInfo(
+        name="relax",
+        summary="RELAX: REBAR's control + a learned network r_ψ(z, x); λ, s, ψ learned",
+        unbiased=True,
+        needs_input_grad=True,
+        evals_per_sample=3,
+    )
+)
+class Relax(ConditionalRelaxation):
+    """RELAX (Grathwohl et al. 2018): ``c(z) = s·f(σ(z/λ)) + r_ψ(σ(z/λ), x)``, λ, s and ψ learned.
+
+    Args:
+        latent: ``D``, the latents per row (the network's input width).
+        context: width of the objective's per-row input ``x`` the network also reads; 0 (the toy)
+            for a network on the relaxed sample alone.
+        lr, temperature, scale: as :class:`ConditionalRelaxation`.
+        hidden: hidden units of ``r_ψ``.
+        seed: seed of ``r_ψ``'s initial hidden weights. Fixed by default: the initial network is
+            part of the estimator's definition, the same in every run.
+    """
+
+    def __init__(
+        self,
+        latent: int,
+        context: int = 0,
+        lr: float = 1e-3,
+        temperature: float = INITIAL_TEMPERATURE,
+        scale: float = 1.0,
+        hidden: int = HIDDEN,
+        seed: int = 0,
+    ):
+        if latent < 1 or context < 0 or hidden < 1:
+            raise ValueError(f"need latent ≥ 1, context ≥ 0, hidden ≥ 1; got {latent}, {context}, {hidden}")
+        network = ControlNetwork(latent, context, hidden, torch.Generator().manual_seed(seed))
+        super().__init__(network, lr, temperature, scale)
+
+    @classmethod
+    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Relax:
+        return cls(shape.latent, context=shape.context, lr=settings.control_lr)
