@@ -16,8 +16,10 @@ from rich.table import Table
 
 from dcvbench.config import (
     TOY_ALPHA,
+    TOY_CLASSES,
     TOY_DEFAULT_ESTIMATORS,
     VAE_ALPHA,
+    VARIANCE_DEFAULT_ESTIMATORS,
     ToyConfig,
     ToyProblem,
     VaeConfig,
@@ -31,6 +33,9 @@ from dcvbench.estimators import (
     estimator_info,
     estimator_names,
 )
+from dcvbench.estimators.base import LATENT_TYPES
+from dcvbench.problems.categorical_vae import CLASSES, VARIABLES
+from dcvbench.problems.vae import LATENT_BITS
 from dcvbench.results import ResultsError
 from dcvbench.runtime import ConfigError
 
@@ -131,13 +136,23 @@ class RichProgress:
 # ---------------------------------------------------------------------------------------------
 # Options shared by several subcommands.
 
-Dim = Annotated[int, typer.Option(help="Number of binary latent variables D.")]
-Target = Annotated[float, typer.Option(help="Target t of the toy objective.")]
+Latent = Annotated[str, typer.Option(help="Latent type: binary, or categorical (one-hot, C classes each).")]
+Dim = Annotated[int, typer.Option(help="Latent variables: D bits, or N categorical variables.")]
+ToyClasses = Annotated[
+    int | None, typer.Option(help=f"Categorical latents: classes per variable C (default {TOY_CLASSES}).")
+]
+Target = Annotated[float, typer.Option(help="Target t of the binary toy objectives.")]
 Objective = Annotated[
-    str, typer.Option(help="Toy objective: separable (published), sum-square or quadratic-form.")
+    str,
+    typer.Option(
+        help="Toy objective: separable (published), sum-square or quadratic-form; "
+        "categorical: separable or quadratic-form."
+    ),
 ]
 WScale = Annotated[float, typer.Option(help="quadratic-form: scale of the Gaussian matrix W.")]
-WSeed = Annotated[int, typer.Option(help="quadratic-form: seed of W (same W for every run).")]
+WSeed = Annotated[
+    int, typer.Option(help="quadratic-form's W and the categorical targets: their seed (same for every run).")
+]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")]
 Dtype = Annotated[
     str, typer.Option(help="float64 (default for the toy: its gradients are ~1e-5) or float32.")
@@ -197,6 +212,23 @@ def _refuse_options_with_resume(ctx: typer.Context) -> None:
             )
 
 
+def _refuse_target_with_categorical(ctx: typer.Context, problem: ToyProblem) -> None:
+    """The categorical objectives draw their targets (from ``--w-seed``): a ``--target`` would be ignored."""
+    source = ctx.get_parameter_source("target")
+    if problem.latent == "categorical" and source is not None and source.name == "COMMANDLINE":
+        raise ConfigError(
+            "--target applies to binary latents only: the categorical objectives draw their targets "
+            "from --w-seed; drop --target"
+        )
+
+
+def _toy_latents(problem: ToyProblem) -> str:
+    """``D=200, t=0.499`` or ``N=50 categorical, C=4``: the latents of a toy, for titles."""
+    if problem.latent == "binary":
+        return f"D={problem.dim}, t={problem.target}"
+    return f"N={problem.dim} categorical, C={problem.classes}"
+
+
 def _number(value: float | None, digits: int = 4) -> str:
     if value is None or pd.isna(value):
         return "–"
@@ -208,17 +240,29 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 
 @app.command()
-def estimators() -> None:
-    """List the registered estimators and what each needs."""
-    table = Table(title="dcvbench estimators")
-    for column in ("name", "f evals", "unbiased", "K", "needs ∇_b f", "problems", "description"):
+@reports_user_errors
+def estimators(
+    latent: Annotated[
+        str | None,
+        typer.Option(help="Only the estimators for this latent type, binary or categorical (default: all)."),
+    ] = None,
+) -> None:
+    """List the registered estimators, the latent types each has a version for, and what each needs."""
+    if latent is not None and latent not in LATENT_TYPES:
+        raise ConfigError(f"unknown --latent {latent!r}; choose from: {', '.join(LATENT_TYPES)}")
+    kinds = LATENT_TYPES if latent is None else (latent,)
+    table = Table(title="dcvbench estimators" + ("" if latent is None else f" for {latent} latents"))
+    for column in ("name", "latents", "f evals", "unbiased", "K", "needs ∇_b f", "problems", "description"):
         table.add_column(column)
-    for name in estimator_names():
-        info = estimator_info(name)
-        evals = info.evals_rule()
+    names = {kind: estimator_names(kind) for kind in LATENT_TYPES}
+    for name in dict.fromkeys(name for kind in kinds for name in names[kind]):
+        latents = [kind for kind in LATENT_TYPES if name in names[kind]]
+        # Cost, bias and K rule do not depend on the latent type; the description does (its version).
+        info = estimator_info(name, kinds[0] if latent else latents[0])
         table.add_row(
             name,
-            evals,
+            ", ".join(latents),
+            info.evals_rule(),
             "yes" if info.unbiased else "no",
             info.k_rule(),
             "yes" if info.needs_input_grad else "no",
@@ -232,7 +276,9 @@ def estimators() -> None:
 @reports_user_errors
 def toy(
     ctx: typer.Context,
+    latent: Latent = "binary",
     dim: Dim = 200,
+    classes: ToyClasses = None,
     target: Target = 0.499,
     objective: Objective = "separable",
     w_scale: WScale = 1.0,
@@ -240,7 +286,10 @@ def toy(
     k: Annotated[int, typer.Option("--k", help="Samples per estimate K.")] = 2,
     estimator: Annotated[
         list[str] | None,
-        typer.Option(help=f"Estimator (repeatable). Default: {', '.join(TOY_DEFAULT_ESTIMATORS)}."),
+        typer.Option(
+            help=f"Estimator (repeatable). Default: {', '.join(TOY_DEFAULT_ESTIMATORS['binary'])}; "
+            f"categorical: {', '.join(TOY_DEFAULT_ESTIMATORS['categorical'])}."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 2000,
     lr: Annotated[float, typer.Option(help="RMSprop learning rate for the logits.")] = 0.01,
@@ -274,9 +323,19 @@ def toy(
             summaries = [resume_toy(resume, progress)]
         title = f"toy: resumed {summaries[0].run_id}"
     else:
+        problem = ToyProblem(
+            dim=dim,
+            target=target,
+            objective=objective,
+            w_scale=w_scale,
+            w_seed=w_seed,
+            latent=latent,
+            classes=classes,
+        )
+        _refuse_target_with_categorical(ctx, problem)
         config = ToyConfig(
-            problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
-            estimators=tuple(estimator or TOY_DEFAULT_ESTIMATORS),
+            problem=problem,
+            estimators=tuple(estimator or TOY_DEFAULT_ESTIMATORS[latent]),
             k=k,
             steps=steps,
             lr=lr,
@@ -295,7 +354,7 @@ def toy(
         )
         with RichProgress(quiet) as progress:
             summaries = run_toy(config, progress)
-        title = f"toy: D={dim}, t={target}, {objective}, K={k}, {steps} steps"
+        title = f"toy: {_toy_latents(problem)}, {objective}, K={k}, {steps} steps"
     if quiet:
         for summary in summaries:
             print(summary.path)
@@ -335,7 +394,17 @@ def vae(
     ] = "mnist-subset",
     data_dir: Annotated[str | None, typer.Option(help="Directory of the data set's files.")] = None,
     arch: Annotated[str, typer.Option(help="linear or nonlinear (DESIGN §4.2).")] = "linear",
-    latent: Annotated[int, typer.Option(help="Binary latent variables.")] = 200,
+    latent: Latent = "binary",
+    latent_vars: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Latent variables: D bits or N categorical ones (default {LATENT_BITS} or {VARIABLES})."
+        ),
+    ] = None,
+    classes: Annotated[
+        int | None,
+        typer.Option(help=f"Categorical latents: classes per variable C (default {CLASSES}); uniform prior."),
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="Samples per datum K.")] = 2,
     protocol: Annotated[
         str, typer.Option(help="dcv (batch 100, Adam 1e-3, fixed prior) or disarm (batch 50, Adam 1e-4, …).")
@@ -403,7 +472,7 @@ def vae(
     out: Out = "results",
     quiet: Quiet = False,
 ) -> None:
-    """Train a binary-latent VAE with each estimator: ELBO, held-out bound, gradient variance, time."""
+    """Train a VAE (binary or categorical latents) with each estimator: ELBO, bound, variance, time."""
     from dcvbench.jobs.vae import resume_vae, run_vae
 
     if resume is not None:
@@ -418,6 +487,8 @@ def vae(
                 data_dir=data_dir,
                 arch=arch,
                 latent=latent,
+                latent_vars=latent_vars,
+                classes=classes,
                 k=k,
                 estimators=tuple(estimator or ("rloo-dcv",)),
                 steps=steps,
@@ -477,25 +548,39 @@ def vae(
 @app.command()
 @reports_user_errors
 def variance(
+    ctx: typer.Context,
     problem: Annotated[str, typer.Option(help="Problem: toy (or give --checkpoint for a VAE).")] = "toy",
     checkpoint: Annotated[
         str | None,
-        typer.Option(help="A VAE run directory or its checkpoint.pt: measure there, on its snapshot batch."),
+        typer.Option(
+            help="A VAE run directory or its checkpoint.pt: measure there, on its snapshot batch, with "
+            "its latents and relaxation settings."
+        ),
     ] = None,
+    latent: Latent = "binary",
     dim: Dim = 200,
+    classes: ToyClasses = None,
     target: Target = 0.499,
     objective: Objective = "separable",
     w_scale: WScale = 1.0,
     w_seed: WSeed = 0,
     theta: Annotated[
-        str, typer.Option(help="θ for every coordinate, in (0, 1), or 'random' (seeded).")
-    ] = "0.5",
+        str | None,
+        typer.Option(
+            help="θ for every coordinate, in (0, 1), or 'random' (seeded); default 0.5. Categorical: "
+            "'random' (seeded logits away from uniform) or 'uniform' (the default)."
+        ),
+    ] = None,
     k: Annotated[list[int] | None, typer.Option("--k", help="Samples per estimate K (repeatable).")] = None,
     estimator: Annotated[
-        list[str] | None, typer.Option(help="Estimator (repeatable). Default: rloo, rloo-dcv, disarm.")
+        list[str] | None,
+        typer.Option(
+            help=f"Estimator (repeatable). Default: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['binary'])}; "
+            f"categorical: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['categorical'])}."
+        ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Independent estimates per (estimator, K) [toy: 20000, VAE: 1000].")
+        int | None, typer.Option(help="Independent estimates per (estimator, K): toy 20000, VAE 1000.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Device = "auto",
@@ -504,7 +589,12 @@ def variance(
         float | None,
         typer.Option(help="rloo-dcv: fix α (default: the variance-optimal α at θ, from separate draws)."),
     ] = None,
-    temperature: Temperature = TOY_ALPHA.temperature,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            help="concrete, st-concrete: relaxation temperature λ on the toy (a checkpoint: its run's)."
+        ),
+    ] = TOY_ALPHA.temperature,
     baseline_decay: BaselineDecay = TOY_ALPHA.baseline_decay,
     out: Out = "results",
     quiet: Quiet = False,
@@ -516,11 +606,27 @@ def variance(
         raise ConfigError(f"unknown problem {problem!r}; choose from: toy, vae (with --checkpoint)")
     if problem == "vae" and checkpoint is None:
         raise ConfigError("--problem vae needs --checkpoint: a VAE run directory or its checkpoint.pt")
+    if checkpoint is not None:
+        for name in ("latent", "classes"):
+            source = ctx.get_parameter_source(name)
+            if source is not None and source.name == "COMMANDLINE":
+                raise ConfigError(f"--checkpoint measures with its run's own latents; drop --{name}")
+    toy_problem = ToyProblem(
+        dim=dim,
+        target=target,
+        objective=objective,
+        w_scale=w_scale,
+        w_seed=w_seed,
+        latent=latent,
+        classes=classes,
+    )
+    if checkpoint is None:
+        _refuse_target_with_categorical(ctx, toy_problem)
     config = VarianceConfig(
-        problem=ToyProblem(dim=dim, target=target, objective=objective, w_scale=w_scale, w_seed=w_seed),
+        problem=toy_problem,
         theta=theta,
         checkpoint=checkpoint,
-        estimators=tuple(estimator or VarianceConfig.estimators),
+        estimators=tuple(estimator or VARIANCE_DEFAULT_ESTIMATORS[latent]),
         ks=tuple(k or (2,)),
         samples=(1000 if checkpoint else 20000) if samples is None else samples,
         seed=seed,
@@ -540,7 +646,8 @@ def variance(
         title = f"encoder-gradient variance at {checkpoint}, {config.samples} draws"
         extra = {"logit variance": "logit_variance", "logit vs rloo": "logit_variance_ratio"}
     else:
-        title = f"variance at θ={theta}: D={dim}, t={target}, {objective}, {config.samples} draws"
+        where = f"{'θ' if latent == 'binary' else 'π'}={config.theta}"
+        title = f"variance at {where}: {_toy_latents(toy_problem)}, {objective}, {config.samples} draws"
         extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z"}
     columns = {"variance": "variance", "vs rloo": "variance_ratio", "variance×evals": "cost_variance"}
     columns.update(extra)

@@ -2,6 +2,9 @@
 
 Validation happens here, at construction, so that bad input is refused before anything is written;
 each error names the bad value and, where there is a choice, the valid ones.
+
+A setting whose default depends on another (the latent type's sizes, ``--theta``) is ``None`` when
+not given and is filled in at construction, so a manifest records the values a run really used.
 """
 
 from __future__ import annotations
@@ -10,13 +13,36 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from dcvbench.data import dataset_names
-from dcvbench.estimators import EstimatorError, EstimatorSettings, estimator_info, estimator_names
+from dcvbench.estimators import (
+    EstimatorError,
+    EstimatorInfo,
+    EstimatorSettings,
+    ProblemShape,
+    estimator_info,
+    estimator_names,
+)
+from dcvbench.estimators.base import LATENT_TYPES
+from dcvbench.problems.categorical_toy import CATEGORICAL_OBJECTIVES
+from dcvbench.problems.categorical_vae import CLASSES, VARIABLES
 from dcvbench.problems.toy import OBJECTIVES
-from dcvbench.problems.vae import KL_VARIANTS, PRIOR_TEMPERATURE
+from dcvbench.problems.vae import KL_VARIANTS, LATENT_BITS, PRIOR_TEMPERATURE
 from dcvbench.runtime import DEVICES, DTYPES, ConfigError
 
-# The default estimators of `dcvbench toy`: the paper's comparison plus the oracle baseline.
-TOY_DEFAULT_ESTIMATORS = ("rloo", "rloo-dcv", "disarm", "exact-baseline")
+# The default estimators of `dcvbench toy` per latent type: the paper's comparison plus the oracle
+# baseline; for categorical latents the Gumbel-softmax relaxation stands in for DisARM, which has no
+# categorical form.
+TOY_DEFAULT_ESTIMATORS = {
+    "binary": ("rloo", "rloo-dcv", "disarm", "exact-baseline"),
+    "categorical": ("rloo", "rloo-dcv", "concrete", "exact-baseline"),
+}
+VARIANCE_DEFAULT_ESTIMATORS = {
+    "binary": ("rloo", "rloo-dcv", "disarm"),
+    "categorical": ("rloo", "rloo-dcv", "concrete"),
+}
+TOY_OBJECTIVES = {"binary": OBJECTIVES, "categorical": CATEGORICAL_OBJECTIVES}
+TOY_CLASSES = 4  # the categorical toy's classes when not given (the example of issue #8)
+# Where a variance study puts categorical latents: seeded random logits (away from uniform), or uniform.
+CATEGORICAL_THETAS = ("random", "uniform")
 # The published toy tuned α with RMSprop at lr 5e-4 (DESIGN §4.1), the VAE with Adam at 1e-3.
 TOY_ALPHA = EstimatorSettings(alpha_optimizer="rmsprop", alpha_lr=5e-4)
 VAE_ALPHA = EstimatorSettings(alpha_optimizer="adam", alpha_lr=1e-3)
@@ -24,20 +50,33 @@ VAE_ALPHA = EstimatorSettings(alpha_optimizer="adam", alpha_lr=1e-3)
 
 @dataclass(frozen=True)
 class ToyProblem:
-    """The toy objective (DESIGN §4.1) and the latent dimension."""
+    """The toy objective and its latents: ``dim`` bits (DESIGN §4.1), or ``dim`` categorical
+    variables of ``classes`` classes (§3.6; objectives of :mod:`dcvbench.problems.categorical_toy`)."""
 
     dim: int = 200
-    target: float = 0.499
+    target: float = 0.499  # binary objectives only: the categorical ones draw their targets
     objective: str = "separable"
     w_scale: float = 1.0  # quadratic-form: scale of the Gaussian W
-    w_seed: int = 0  # quadratic-form: W is the same for every run with this seed
+    w_seed: int = 0  # quadratic-form's W and the categorical separable's targets: the same per seed
+    latent: str = "binary"
+    classes: int | None = None  # categorical: C (None: TOY_CLASSES); binary: none
 
     def __post_init__(self):
         _positive("--dim", self.dim)
         _finite("--target", self.target)
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose from: {', '.join(OBJECTIVES)}")
+        _fill(self, "classes", latent_classes(self.latent, self.classes, TOY_CLASSES))
+        objectives = TOY_OBJECTIVES[self.latent]
+        if self.objective not in objectives:
+            raise ConfigError(
+                f"unknown objective {self.objective!r}{_for_latent(self.latent)}; "
+                f"choose from: {', '.join(objectives)}"
+            )
         _finite("--w-scale", self.w_scale)
+
+    @property
+    def shape(self) -> ProblemShape:
+        """What the toy's estimators are built for: ``dim`` bits or categorical variables."""
+        return ProblemShape(self.dim, classes=self.classes)
 
 
 @dataclass(frozen=True)
@@ -45,7 +84,7 @@ class ToyConfig:
     """``dcvbench toy``: train the toy logits with each estimator, measuring variance as it goes."""
 
     problem: ToyProblem = field(default_factory=ToyProblem)
-    estimators: tuple[str, ...] = TOY_DEFAULT_ESTIMATORS
+    estimators: tuple[str, ...] = TOY_DEFAULT_ESTIMATORS["binary"]
     k: int = 2
     steps: int = 2000
     lr: float = 0.01  # RMSprop(decay 0.9, ε 1e-7 outside the root), the published toy's optimiser
@@ -61,7 +100,7 @@ class ToyConfig:
     checkpoint_every: int = 500  # a toy checkpoint is tiny; this bounds the work lost to a kill
 
     def __post_init__(self):
-        _check_estimators(self.estimators, self.k, problem="toy")
+        check_estimators(self.estimators, self.k, "toy", self.problem.latent)
         _positive("--steps", self.steps)
         _positive("--lr", self.lr)
         _positive("--log-every", self.log_every)
@@ -79,9 +118,11 @@ class VarianceConfig:
     """``dcvbench variance``: every estimator's variance and bias at one fixed point, side by side."""
 
     problem: ToyProblem = field(default_factory=ToyProblem)
-    theta: str = "0.5"  # one probability for every coordinate, or "random" (seeded)
+    # Binary: one probability for every coordinate, or "random" (seeded); None: "0.5".
+    # Categorical: "random" (seeded logits away from uniform) or "uniform"; None: "uniform".
+    theta: str | None = None
     checkpoint: str | None = None  # a VAE run's checkpoint (or run directory): the point instead
-    estimators: tuple[str, ...] = ("rloo", "rloo-dcv", "disarm")
+    estimators: tuple[str, ...] = VARIANCE_DEFAULT_ESTIMATORS["binary"]
     ks: tuple[int, ...] = (2,)
     samples: int = 20000
     seed: int = 0
@@ -93,10 +134,22 @@ class VarianceConfig:
     def __post_init__(self):
         if not self.ks:
             raise ConfigError("give at least one --k")
+        # At a checkpoint the latent type is the run's, known once its manifest is read (the job
+        # checks the estimators again then); here they need only exist for some latent type.
+        latent = self.problem.latent if self.checkpoint is None else None
         for k in self.ks:
-            _check_estimators(self.estimators, k, problem="toy" if self.checkpoint is None else "vae")
+            check_estimators(self.estimators, k, "toy" if self.checkpoint is None else "vae", latent)
         _at_least("--samples", self.samples, 2)
-        theta_probability(self.theta)
+        if self.problem.latent == "binary":
+            _fill(self, "theta", "0.5" if self.theta is None else self.theta)
+            theta_probability(self.theta)
+        else:
+            _fill(self, "theta", "uniform" if self.theta is None else self.theta)
+            if self.theta not in CATEGORICAL_THETAS:
+                raise ConfigError(
+                    f"--theta {self.theta!r}: categorical latents take {' or '.join(CATEGORICAL_THETAS)}, "
+                    "not a probability"
+                )
         _check_runtime(self.device, self.dtype)
         _check_estimator_settings(self.estimator_settings)
 
@@ -133,12 +186,15 @@ ANNEAL_SCHEDULES = ("none", "exp")
 
 @dataclass(frozen=True)
 class VaeConfig:
-    """``dcvbench vae``: train a binary-latent VAE with each estimator (DESIGN §4.2)."""
+    """``dcvbench vae``: train a VAE with binary (DESIGN §4.2) or categorical (§3.6) latents with each
+    estimator."""
 
     dataset: str = "mnist-subset"
     data_dir: str | None = None
     arch: str = "linear"
-    latent: int = 200
+    latent: str = "binary"
+    latent_vars: int | None = None  # D bits or N categorical variables; None: 200 bits, 20 variables
+    classes: int | None = None  # categorical: C (None: 10, as the Gumbel-softmax paper); binary: none
     k: int = 2
     estimators: tuple[str, ...] = ("rloo-dcv",)
     protocol: str = "dcv"
@@ -184,9 +240,12 @@ class VaeConfig:
             raise ConfigError(f"unknown arch {self.arch!r}; choose from: {', '.join(VAE_ARCHS)}")
         if self.protocol not in VAE_PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose from: {', '.join(VAE_PROTOCOLS)}")
-        _check_estimators(self.estimators, self.k, problem="vae")
+        _fill(self, "classes", latent_classes(self.latent, self.classes, CLASSES))
+        if self.latent_vars is None:
+            _fill(self, "latent_vars", LATENT_BITS if self.latent == "binary" else VARIABLES)
+        check_estimators(self.estimators, self.k, "vae", self.latent)
         for option, value in (
-            ("--latent", self.latent),
+            ("--latent-vars", self.latent_vars),
             ("--steps", self.steps),
             ("--batch-size", self.batch_size),
             ("--encoder-lr", self.encoder_lr),
@@ -250,7 +309,13 @@ def toy_config_from_dict(values: dict) -> ToyConfig:
 
 
 def vae_config_from_dict(values: dict) -> VaeConfig:
-    """Rebuild a :class:`VaeConfig` from its manifest form (``asdict``), validating it again."""
+    """Rebuild a :class:`VaeConfig` from its manifest form (``asdict``), validating it again.
+
+    Manifests written before categorical latents hold the number of latent bits as ``latent``.
+    """
+    values = dict(values)
+    if isinstance(values.get("latent"), int):
+        values.update(latent="binary", latent_vars=values["latent"])
     return _config_from_dict(VaeConfig, values)
 
 
@@ -283,20 +348,57 @@ def theta_probability(theta: str) -> float | None:
     return value
 
 
-def _check_estimators(names: tuple[str, ...], k: int, problem: str) -> None:
+def latent_classes(latent: str, classes: int | None, default: int) -> int | None:
+    """The classes of a ``latent`` type: ``None`` for binary latents, ``classes`` (``default`` when
+    not given) for categorical ones, at least 2."""
+    if latent not in LATENT_TYPES:
+        raise ConfigError(f"unknown --latent {latent!r}; choose from: {', '.join(LATENT_TYPES)}")
+    if latent == "binary":
+        if classes is not None:
+            raise ConfigError(
+                f"--classes {classes} applies to categorical latents only; add --latent categorical "
+                "or drop --classes"
+            )
+        return None
+    classes = default if classes is None else classes
+    _at_least("--classes", classes, 2)
+    return classes
+
+
+def check_estimators(names: tuple[str, ...], k: int, problem: str, latent: str | None) -> None:
+    """Refuse estimators that are not registered for ``latent`` latents (``None``: for any latent
+    type), whose rule on K excludes ``k``, or that do not run on ``problem``."""
     if not names:
         raise ConfigError("give at least one --estimator")
-    valid = estimator_names()
     for name in names:
-        if name not in valid:
-            raise ConfigError(f"unknown estimator {name!r}; choose from: {', '.join(valid)}")
-        info = estimator_info(name)
+        info = _estimator_info(name, latent)
         try:
             info.check_k(k)
         except EstimatorError as error:
             raise ConfigError(f"--k {k}: {error}") from None
         if problem not in info.problems:
             raise ConfigError(f"{name} runs on the {' and '.join(info.problems)} problem only, not {problem}")
+
+
+def _estimator_info(name: str, latent: str | None) -> EstimatorInfo:
+    latents = LATENT_TYPES if latent is None else (latent,)
+    for candidate in latents:
+        if name in estimator_names(candidate):
+            return estimator_info(name, candidate)
+    valid = ", ".join(estimator_names(latent or "binary"))
+    if latent is not None and any(name in estimator_names(other) for other in LATENT_TYPES):
+        raise ConfigError(f"{name} has no {latent} version; for {latent} latents choose from: {valid}")
+    raise ConfigError(f"unknown estimator {name!r}{_for_latent(latent)}; choose from: {valid}")
+
+
+def _for_latent(latent: str | None) -> str:
+    """`` for categorical latents`` in messages; nothing for binary latents, the default."""
+    return "" if latent in (None, "binary") else f" for {latent} latents"
+
+
+def _fill(config, name: str, value) -> None:
+    """Set a frozen dataclass's field at construction: a default that depends on another field."""
+    object.__setattr__(config, name, value)
 
 
 def _check_runtime(device: str, dtype: str) -> None:

@@ -9,11 +9,14 @@ Two halves, so what a figure shows can be tested without looking at pixels:
 - **drawing** (:func:`draw_curves`, :func:`draw_time`, :func:`draw_variance_ratio`,
   :func:`draw_cost_variance`) turns those frames into matplotlib figures.
 
-Runs are grouped into *panel groups* — problem, toy objective and dimension or VAE data set and
-architecture, and K — named by a file stem such as ``toy-separable-d200-k2`` or
+Runs are grouped into *panel groups* — problem, latent type, toy objective and dimension or VAE data
+set and architecture, and K — named by a file stem such as ``toy-separable-d200-k2`` or
 ``vae-mnist-subset-linear-k2``; settings that differ from the published defaults are appended
-(``-t0.3``, ``-disarm`` for the DisARM protocol, ``-l64`` for 64 latent bits). Within a group,
-every estimator is one series, averaged over seeds. Each estimator has the same colour in every
+(``-t0.3``, ``-disarm`` for the DisARM protocol, ``-l64`` for 64 latent bits). Categorical runs are
+never averaged with binary ones: their groups say so and name their sizes
+(``toy-categorical-separable-n50-c4-k2``, ``vae-categorical-mnist-subset-linear-n20-c10-k2``).
+Runs written before categorical latents existed are binary. Within a group, every estimator is one
+series, averaged over seeds. Each estimator has the same colour in every
 figure: a fixed mapping from the registry order to a qualitative palette.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas, never through
@@ -278,21 +281,32 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
     k = int(manifest["k"])
     if job == "toy":
         problem = config["problem"]
-        objective, dim, target = problem["objective"], int(problem["dim"]), float(problem["target"])
-        suffix = "" if math.isclose(target, DEFAULT_TARGET) else f"-t{target:g}"
-        group = f"toy-{objective}-d{dim}{suffix}-k{k}"
-        title = f"toy {objective}, D={dim}{'' if not suffix else f', t={target:g}'}, K={k}"
+        objective, dim = problem["objective"], int(problem["dim"])
+        if problem.get("latent", "binary") == "categorical":
+            classes = int(problem["classes"])
+            group = f"toy-categorical-{objective}-n{dim}-c{classes}-k{k}"
+            title = f"toy {objective}, {_categorical(dim, classes)}, K={k}"
+        else:
+            target = float(problem["target"])
+            suffix = "" if math.isclose(target, DEFAULT_TARGET) else f"-t{target:g}"
+            group = f"toy-{objective}-d{dim}{suffix}-k{k}"
+            title = f"toy {objective}, D={dim}{'' if not suffix else f', t={target:g}'}, K={k}"
     else:
         dataset, arch = manifest["dataset"], manifest["arch"]
         protocol = config.get("protocol", DEFAULT_PROTOCOL)
-        latent = int(config.get("latent", DEFAULT_LATENT))
         suffix = "" if protocol == DEFAULT_PROTOCOL else f"-{protocol}"
-        suffix += "" if latent == DEFAULT_LATENT else f"-l{latent}"
-        group = f"vae-{dataset}-{arch}{suffix}-k{k}"
-        extra = ("" if protocol == DEFAULT_PROTOCOL else f", {protocol} protocol") + (
-            "" if latent == DEFAULT_LATENT else f", {latent} latents"
-        )
-        title = f"VAE {dataset}, {arch}{extra}, K={k}"
+        extra = "" if protocol == DEFAULT_PROTOCOL else f", {protocol} protocol"
+        if config.get("latent") == "categorical":
+            variables, classes = int(config["latent_vars"]), int(config["classes"])
+            group = f"vae-categorical-{dataset}-{arch}{suffix}-n{variables}-c{classes}-k{k}"
+            title = f"VAE {dataset}, {arch}{extra}, {_categorical(variables, classes)}, K={k}"
+        else:
+            # Written before categorical latents, "latent" was the number of bits.
+            bits = int(config.get("latent_vars", config.get("latent", DEFAULT_LATENT)))
+            suffix += "" if bits == DEFAULT_LATENT else f"-l{bits}"
+            extra += "" if bits == DEFAULT_LATENT else f", {bits} latents"
+            group = f"vae-{dataset}-{arch}{suffix}-k{k}"
+            title = f"VAE {dataset}, {arch}{extra}, K={k}"
     settings = {key: value for key, value in config.items() if key not in FINGERPRINT_IGNORES}
     return {
         "source": source,
@@ -346,18 +360,36 @@ def _read_variance(path: Path, manifest: dict[str, Any], skipped: list[Skipped])
 
 
 def _study_label(problem: str, row: dict[str, Any]) -> tuple[str, str]:
-    """File stem and title of the study a row of ``variance.parquet`` belongs to."""
+    """File stem and title of the study a row of ``variance.parquet`` belongs to.
+
+    Tables written before categorical latents have no ``latent`` column: they are binary.
+    """
+    categorical = row.get("latent") == "categorical"
     if problem == "vae":
-        where = f"{row['dataset']}-{row['arch']}-step{int(row['checkpoint_step'])}"
+        step = int(row["checkpoint_step"])
+        where, latents = f"{row['dataset']}-{row['arch']}", ""
+        if categorical:
+            variables, classes = int(row["latent_vars"]), int(row["classes"])
+            where = f"categorical-{where}-n{variables}-c{classes}"
+            latents = f", {_categorical(variables, classes)}"
         return (
-            f"variance-vae-{where}",
-            f"variance at step {int(row['checkpoint_step'])}: VAE {row['dataset']}, {row['arch']}",
+            f"variance-vae-{where}-step{step}",
+            f"variance at step {step}: VAE {row['dataset']}, {row['arch']}{latents}",
         )
+    objective, dim, theta = row["objective"], int(row["dim"]), row["theta"]
+    if categorical:
+        classes = int(row["classes"])
+        title = f"variance at π={theta}: toy {objective}, {_categorical(dim, classes)}"
+        return f"variance-toy-categorical-{objective}-n{dim}-c{classes}-{theta}", title
     target = float(row.get("target", DEFAULT_TARGET))
     suffix = "" if math.isclose(target, DEFAULT_TARGET) else f"-t{target:g}"
-    objective, dim, theta = row["objective"], int(row["dim"]), row["theta"]
     title = f"variance at θ={theta}: toy {objective}, D={dim}" + (suffix and f", t={target:g}")
     return f"variance-toy-{objective}-d{dim}{suffix}-theta{theta}", title
+
+
+def _categorical(variables: int, classes: int) -> str:
+    """``20×10 categorical``: N variables of C classes, for titles."""
+    return f"{variables}×{classes} categorical"
 
 
 def _deduplicate(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

@@ -24,7 +24,7 @@ from dcvbench.results import MANIFEST
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 TINY_VAE = VaeConfig.for_protocol(
-    "dcv", latent=8, batch_size=20, steps=2, var_samples=4, eval_samples=2, device="cpu"
+    "dcv", latent_vars=8, batch_size=20, steps=2, var_samples=4, eval_samples=2, device="cpu"
 )
 
 
@@ -49,7 +49,9 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (linear,) = run_vae(replace(TINY_VAE, out=str(root / "runs")))
     (nonlinear,) = run_vae(replace(TINY_VAE, arch="nonlinear", out=str(root / "runs")))
     (toy,) = run_toy(ToyConfig(ToyProblem(dim=4), ("rloo",), steps=2, device="cpu", out=str(root / "runs")))
-    places.update(linear=linear.path, toy_run=toy.path)
+    categorical = replace(TINY_VAE, latent="categorical", latent_vars=4, classes=3, out=str(root / "runs"))
+    (categorical,) = run_vae(categorical)
+    places.update(linear=linear.path, toy_run=toy.path, categorical=categorical.path)
 
     def damaged_copy(name: str, checkpoint: bytes | None) -> Path:
         """A copy of the linear run, marked interrupted (so resumable), with another checkpoint."""
@@ -103,12 +105,36 @@ CASES = [
     (["toy", "--resume", "{linear}"], "is not a toy run (its job is 'vae')"),
     (["toy", "--resume", "{toy_run}"], "has no checkpoint.pt to resume from"),
     (["toy", "--resume", "{toy_run}", "--steps", "10"], "drop --steps"),
+    # toy, categorical latents
+    (
+        ["toy", "--latent", "foo", "--out", "{out}"],
+        "unknown --latent 'foo'; choose from: binary, categorical",
+    ),
+    (
+        ["toy", "--latent", "categorical", "--classes", "1", "--out", "{out}"],
+        "--classes must be at least 2, got 1",
+    ),
+    (["toy", "--classes", "3", "--out", "{out}"], "--classes 3 applies to categorical latents only"),
+    (
+        ["toy", "--latent", "categorical", "--estimator", "disarm", "--out", "{out}"],
+        "disarm has no categorical version; for categorical latents choose from: reinforce, rloo,",
+    ),
+    (
+        ["toy", "--latent", "categorical", "--estimator", "nope", "--out", "{out}"],
+        "unknown estimator 'nope' for categorical latents; choose from:",
+    ),
+    (
+        ["toy", "--latent", "categorical", "--objective", "sum-square", "--out", "{out}"],
+        "unknown objective 'sum-square' for categorical latents; choose from: separable, quadratic-form",
+    ),
+    (["toy", "--latent", "categorical", "--target", "0.3", "--out", "{out}"], "--target applies to binary"),
+    (["toy", "--resume", "{toy_run}", "--latent", "categorical"], "drop --latent"),
     # vae
     (["vae", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
     (["vae", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
     (["vae", "--estimator", "arm", "--k", "3", "--out", "{out}"], "K must be even for arm, got 3"),
     (["vae", "--estimator", "exact-baseline", "--out", "{out}"], "runs on the toy problem only"),
-    (["vae", "--latent", "0", "--out", "{out}"], "--latent must be positive, got 0"),
+    (["vae", "--latent-vars", "0", "--out", "{out}"], "--latent-vars must be positive, got 0"),
     (["vae", "--batch-size", "0", "--out", "{out}"], "--batch-size must be positive, got 0"),
     (["vae", "--steps", "-3", "--out", "{out}"], "--steps must be positive, got -3"),
     (["vae", "--eval-samples", "0", "--out", "{out}"], "--eval-samples must be positive, got 0"),
@@ -143,7 +169,29 @@ CASES = [
     (["vae", "--resume", "{corrupt_ckpt}"], "cannot load checkpoint"),
     (["vae", "--resume", "{pickled}"], "holds a pickled Python object (tests.test_bad_input.Arbitrary)"),
     (["vae", "--resume", "{mismatch}"], "does not fit its linear run: Unexpected key(s)"),
-    (["vae", "--resume", "{corrupt_ckpt}", "--latent", "16"], "drop --latent"),
+    (["vae", "--resume", "{corrupt_ckpt}", "--latent-vars", "16"], "drop --latent-vars"),
+    # vae, categorical latents
+    (
+        ["vae", "--latent", "foo", "--out", "{out}"],
+        "unknown --latent 'foo'; choose from: binary, categorical",
+    ),
+    (
+        ["vae", "--latent", "categorical", "--classes", "1", "--out", "{out}"],
+        "--classes must be at least 2, got 1",
+    ),
+    (["vae", "--classes", "10", "--out", "{out}"], "--classes 10 applies to categorical latents only"),
+    (
+        ["vae", "--latent", "categorical", "--latent-vars", "0", "--out", "{out}"],
+        "--latent-vars must be positive",
+    ),
+    (
+        ["vae", "--latent", "categorical", "--estimator", "disarm", "--out", "{out}"],
+        "disarm has no categorical version",
+    ),
+    (
+        ["vae", "--latent", "categorical", "--estimator", "exact-baseline", "--out", "{out}"],
+        "toy problem only",
+    ),
     # variance
     (["variance", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
     (["variance", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
@@ -162,9 +210,27 @@ CASES = [
         ["variance", "--checkpoint", "{linear}", "--estimator", "exact-baseline", "--out", "{out}"],
         "runs on the toy problem only",
     ),
+    (
+        ["variance", "--latent", "categorical", "--theta", "0.3", "--out", "{out}"],
+        "--theta '0.3': categorical latents take random or uniform, not a probability",
+    ),
+    (
+        ["variance", "--latent", "categorical", "--estimator", "disarm", "--out", "{out}"],
+        "no categorical version",
+    ),
+    (
+        ["variance", "--latent", "categorical", "--classes", "1", "--out", "{out}"],
+        "--classes must be at least 2",
+    ),
+    (["variance", "--checkpoint", "{linear}", "--latent", "categorical", "--out", "{out}"], "drop --latent"),
+    (
+        ["variance", "--checkpoint", "{categorical}", "--estimator", "disarm", "--out", "{out}"],
+        "disarm has no categorical version",
+    ),
     pytest.param(["variance", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
     (["variance", "--out", "{blocker}/below"], "cannot write to --out"),
     # data and plot
+    (["estimators", "--latent", "foo"], "unknown --latent 'foo'; choose from: binary, categorical"),
     (["data", "download", "cifar"], "unknown data set 'cifar'; choose from:"),
     (["data", "download"], "Missing argument"),
     (["plot", "{empty}"], "no dcvbench runs under"),

@@ -19,6 +19,16 @@ def test_estimators_lists_the_registry():
     assert result.exit_code == 0
     for name in estimator_names():
         assert name in result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 2}
+    assert "binary, categorical" in rows["rloo-dcv"] and "categorical" not in rows["disarm"]
+
+
+def test_estimators_of_one_latent_type():
+    result = runner.invoke(app, ["estimators", "--latent", "categorical"])
+    assert result.exit_code == 0
+    listed = [line.split("│")[1].strip() for line in result.output.splitlines() if line.count("│") > 2]
+    assert [name for name in listed if name] == estimator_names("categorical")
+    assert "Gumbel-softmax" in result.output  # the categorical version's own description
 
 
 def test_toy_end_to_end(tmp_path):
@@ -35,6 +45,36 @@ def test_toy_quiet_prints_only_run_directories(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(result.output.split()) == sorted(str(run) for run in find_runs(tmp_path))
+
+
+def test_categorical_toy_end_to_end(tmp_path):
+    args = ["toy", "--latent", "categorical", "--classes", "3", "--dim", "6", "--steps", "10"]
+    args += ["--var-every", "10", "--var-samples", "100", "--device", "cpu", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = find_runs(tmp_path)
+    estimators = sorted(read_manifest(run)["estimator"] for run in runs)
+    assert estimators == sorted(["rloo", "rloo-dcv", "concrete", "exact-baseline"])  # the default
+    assert {read_manifest(run)["latent"] for run in runs} == {"categorical"}
+    assert "N=6 categorical, C=3" in result.output and "vs rloo" in result.output
+
+
+def test_variance_categorical_call_from_the_issue(tmp_path):
+    args = "variance --problem toy --latent categorical --classes 4 --dim 50 --theta random --k 2 --k 4"
+    args += f" --estimator rloo --estimator rloo-dcv --samples 2000 --device cpu --out {tmp_path}"
+    result = runner.invoke(app, args.split())
+    assert result.exit_code == 0, result.output
+    (run,) = find_runs(tmp_path)
+    table = read_table(run / "variance.parquet")
+    assert list(zip(table["estimator"], table["k"], strict=True)) == [
+        ("rloo", 2),
+        ("rloo-dcv", 2),
+        ("rloo", 4),
+        ("rloo-dcv", 4),
+    ]
+    assert table["variance_ratio"].notna().all() and set(table["alpha_source"].dropna()) == {"optimal"}
+    assert (set(table["latent"]), set(table["classes"]), set(table["dim"])) == ({"categorical"}, {4}, {50})
+    assert "variance at π=random: N=50 categorical, C=4" in result.output
 
 
 def test_variance_exact_call_from_the_issue(tmp_path):
@@ -78,7 +118,7 @@ def test_data_download_failure_is_one_line(tmp_path, capsys):
 
 
 def test_vae_end_to_end_small(tmp_path):
-    args = "vae --estimator rloo --latent 8 --batch-size 20 --steps 10 --log-every 5 --eval-every 10"
+    args = "vae --estimator rloo --latent-vars 8 --batch-size 20 --steps 10 --log-every 5 --eval-every 10"
     args += f" --var-every 10 --var-samples 4 --eval-samples 2 --device cpu --out {tmp_path}"
     result = runner.invoke(app, args.split())
     assert result.exit_code == 0, result.output
@@ -88,8 +128,8 @@ def test_vae_end_to_end_small(tmp_path):
 
 
 def test_vae_relaxation_options_reach_the_run(tmp_path):
-    args = "vae --estimator concrete --latent 8 --batch-size 20 --steps 10 --log-every 5 --eval-every 10"
-    args += " --var-every 10 --var-samples 4 --eval-samples 2 --device cpu -q"
+    args = "vae --estimator concrete --latent-vars 8 --batch-size 20 --steps 10 --log-every 5"
+    args += " --eval-every 10 --var-every 10 --var-samples 4 --eval-samples 2 --device cpu -q"
     args += " --temperature 0.9 --prior-temperature 0.7 --kl analytic --anneal exp --anneal-rate 0.05"
     args += f" --anneal-floor 0.6 --out {tmp_path}"
     result = runner.invoke(app, args.split())

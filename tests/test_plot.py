@@ -61,14 +61,16 @@ def vae_values(estimator: str, seed: int, step: int) -> dict[str, float | None]:
     }
 
 
-def write_toy(root: Path, estimator: str, seed: int, steps=(0, 5, 10, 15, 20), status=None) -> Path:
+def write_toy(
+    root: Path, estimator: str, seed: int, steps=(0, 5, 10, 15, 20), status=None, latent: str | None = None
+) -> Path:
+    """A toy run; ``latent`` given: as written since categorical latents (else as before them)."""
     identity = {"problem": "toy", "estimator": estimator, "k": 2, "seed": seed, "grad_var_method": "resample"}
-    config = {
-        "problem": {"objective": "separable", "dim": 8, "target": 0.499},
-        "k": 2,
-        "steps": 20,
-        "lr": 0.01,
-    }
+    problem = {"objective": "separable", "dim": 8, "target": 0.499}
+    if latent is not None:
+        identity["latent"] = latent
+        problem |= {"latent": latent, "classes": 4 if latent == "categorical" else None}
+    config = {"problem": problem, "k": 2, "steps": 20, "lr": 0.01}
     manifest = {"job": "toy", "objective_direction": "maximize", "config": config}
     with Run.create(
         prepare_output_root(root), f"toy-{estimator}-k2-seed{seed}", identity, TOY_METRICS, manifest
@@ -81,9 +83,18 @@ def write_toy(root: Path, estimator: str, seed: int, steps=(0, 5, 10, 15, 20), s
     return run.path
 
 
-def write_vae(root: Path, estimator: str, seed: int) -> Path:
+def write_vae(root: Path, estimator: str, seed: int, latent: str | None = None) -> Path:
+    """A VAE run; ``latent`` given: as written since categorical latents (``latent`` was the bits)."""
     identity = {"problem": "vae", "estimator": estimator, "k": 2, "seed": seed}
     config = {"dataset": "mnist-subset", "arch": "linear", "protocol": "dcv", "latent": 200, "steps": 100}
+    if latent is not None:
+        identity["latent"] = latent
+        categorical = latent == "categorical"
+        config |= {
+            "latent": latent,
+            "latent_vars": 20 if categorical else 200,
+            "classes": 10 if categorical else None,
+        }
     manifest = {"job": "vae", "dataset": "mnist-subset", "arch": "linear", "config": config}
     with Run.create(
         prepare_output_root(root), f"vae-{estimator}-seed{seed}", identity, VAE_METRICS, manifest
@@ -229,6 +240,51 @@ def test_vae_variance_study_is_its_own_group(tmp_path):
     assert {path.name for path in report.figures} == {
         "variance-vae-mnist-subset-linear-step500-ratio.png",
         "variance-vae-mnist-subset-linear-step500-cost.png",
+    }
+
+
+def test_categorical_runs_are_never_averaged_with_binary_ones(runs, tmp_path):
+    for seed in (0, 1):
+        write_toy(runs / "categorical", "rloo", seed, latent="categorical")
+        write_vae(runs / "categorical", "rloo", seed, latent="categorical")
+    records = [
+        {"problem": "toy", "latent": "categorical", "classes": 4, "objective": "separable", "dim": 8,
+         "target": None, "theta": "random", "estimator": name, "k": 2, "evals": 2, "variance": v,
+         "variance_ratio": v / 4.0, "cost_variance": 2 * v, "seed": 0}
+        for name, v in (("rloo", 4.0), ("rloo-dcv", 1.0))
+    ]  # fmt: skip
+    manifest = {"job": "variance", "config": {"theta": "random"}}
+    study_root = runs / "categorical"
+    with Run.create(study_root, "variance-toy-seed0", {"problem": "toy", "seed": 0}, (), manifest) as run:
+        run.write_table("variance.parquet", table_from_records(records))
+    results = load_results(runs)
+    titles = dict(zip(results.runs["group"], results.runs["title"], strict=True))
+    assert titles["toy-categorical-separable-n8-c4-k2"] == "toy separable, 8×4 categorical, K=2"
+    assert titles["vae-categorical-mnist-subset-linear-n20-c10-k2"] == (
+        "VAE mnist-subset, linear, 20×10 categorical, K=2"
+    )
+    # The fixture's runs predate categorical latents: they are binary, in their groups as before.
+    assert {"toy-separable-d8-k2", "vae-mnist-subset-linear-k2"} <= set(titles)
+    curves = curve_frame(results, "grad_var")
+    for group in ("toy-separable-d8-k2", "toy-categorical-separable-n8-c4-k2"):
+        row = _row(curves, group=group, estimator="rloo", step=10)
+        assert (row["n"], row["seeds"]) == (2, 2)  # two seeds each, never four
+    variance = variance_frame(results)
+    study = _row(variance, estimator="rloo-dcv", k=2, group="variance-toy-categorical-separable-n8-c4-random")
+    assert study["title"] == "variance at π=random: toy separable, 8×4 categorical"
+    assert _row(variance, estimator="rloo-dcv", k=2, group="variance-toy-separable-d8-theta0.7")["n"] == 1
+    figures = {path.name for path in plot_results(study_root, tmp_path / "plots", fmt="svg").figures}
+    assert "toy-categorical-separable-n8-c4-k2-grad_var.svg" in figures
+    assert "vae-categorical-mnist-subset-linear-n20-c10-k2-test_bound.svg" in figures
+    assert "variance-toy-categorical-separable-n8-c4-random-ratio.svg" in figures
+
+
+def test_binary_runs_written_since_categorical_latents_join_the_old_groups(tmp_path):
+    write_toy(tmp_path / "new", "rloo", 0, latent="binary")
+    write_vae(tmp_path / "new", "rloo", 0, latent="binary")
+    assert set(load_results(tmp_path / "new").runs["group"]) == {
+        "toy-separable-d8-k2",
+        "vae-mnist-subset-linear-k2",
     }
 
 

@@ -19,7 +19,7 @@ from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trac
 LONG_TOY = ["toy", "--dim", "20", "--steps", "1000000", "--estimator", "rloo", "--var-samples", "50", "-q"]
 
 TINY_VAE = [
-    "vae", "--estimator", "rloo-dcv", "--latent", "8", "--batch-size", "20", "--steps", "60",
+    "vae", "--estimator", "rloo-dcv", "--latent-vars", "8", "--batch-size", "20", "--steps", "60",
     "--log-every", "5", "--checkpoint-every", "10", "--eval-every", "1000", "--var-every", "1000",
     "--var-samples", "4", "--eval-samples", "2", "--device", "cpu", "-q",
 ]  # fmt: skip

@@ -1,10 +1,12 @@
 """``dcvbench toy``: optimise the toy logits with each estimator, measuring variance and bias.
 
-DESIGN §4.1. One run per (estimator, seed). Every ``--log-every`` steps a row records the exact
-objective ``E_q[f]`` at the current ``θ``; every ``--var-every`` steps it also records the variance of
-the estimator at that ``θ`` from ``--var-samples`` independent estimates, and the bias of their mean
-against the exact gradient. Runs with the same seed see the same training noise stream, so
-estimators are compared on common random numbers where their noise has the same shape.
+DESIGN §4.1, and §3.6 for categorical latents (``η [1, N, C]``, class probabilities ``softmax(η)``;
+:class:`Toy` holds what differs between the latent types). One run per (estimator, seed). Every
+``--log-every`` steps a row records the exact objective ``E_q[f]`` at the current ``θ``; every
+``--var-every`` steps it also records the variance of the estimator at that ``θ`` from
+``--var-samples`` independent estimates, and the bias of their mean against the exact gradient. Runs
+with the same seed see the same training noise stream, so estimators are compared on common random
+numbers where their noise has the same shape.
 
 Every ``--checkpoint-every`` steps (always a row step) the trace is flushed and ``checkpoint.pt``
 saved; :func:`resume_toy` continues an interrupted run from it, writing the rows an uninterrupted
@@ -20,10 +22,11 @@ from pathlib import Path
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
-from dcvbench.config import ToyConfig, toy_config_from_dict
-from dcvbench.estimators import Estimator, ProblemShape, build_estimator
+from dcvbench.config import ToyConfig, ToyProblem, toy_config_from_dict
+from dcvbench.estimators import Estimator, build_estimator
 from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.variance import resample_variance
+from dcvbench.problems.categorical_toy import categorical_exact_gradient, make_categorical_objective
 from dcvbench.problems.toy import exact_gradient, make_objective
 from dcvbench.results import Run, prepare_output_root
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
@@ -31,11 +34,55 @@ from dcvbench.runtime import make_generator, provenance, resolve_device, resolve
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "alpha", "sec_per_step")
 
 
+@dataclass(frozen=True)
+class Toy:
+    """The toy objective of a problem and what the jobs compute from logits for its latent type.
+
+    Binary latents: logits ``η [B, D]``, probabilities ``θ = σ(η)``. Categorical latents: logits
+    ``η [B, N, C]``, class probabilities ``π = softmax(η)`` per variable.
+    """
+
+    problem: ToyProblem
+    objective: object  # f: samples [K, B, *latent] → [K, B], with a closed-form expectation
+
+    @property
+    def logit_shape(self) -> tuple[int, ...]:
+        """One row of logits: ``(D,)`` or ``(N, C)``."""
+        shape = self.problem.shape
+        return (shape.latent,) if shape.classes is None else (shape.latent, shape.classes)
+
+    def expectation(self, logits: torch.Tensor) -> torch.Tensor:
+        """The exact ``E_q[f]`` per row ``[B]`` at ``logits [B, *latent]``."""
+        if self.problem.latent == "binary":
+            return self.objective.expectation(torch.sigmoid(logits))
+        return self.objective.expectation(torch.softmax(logits, -1))
+
+    def exact_gradient(self, logits: torch.Tensor) -> torch.Tensor:
+        """The exact ``∇_η E_q[f]`` ``[B, *latent]``."""
+        if self.problem.latent == "binary":
+            return exact_gradient(self.objective, logits)
+        return categorical_exact_gradient(self.objective, logits)
+
+
+def make_toy(problem: ToyProblem, device: torch.device, dtype: torch.dtype) -> Toy:
+    """The toy of ``problem``: its objective's random parameters come from ``w_seed``, the same on
+    every device."""
+    if problem.latent == "binary":
+        objective = make_objective(
+            problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
+        )
+    else:
+        objective = make_categorical_objective(
+            problem.objective, problem.dim, problem.classes, problem.w_scale, problem.w_seed, device, dtype
+        )
+    return Toy(problem, objective)
+
+
 @dataclass
 class ToyTraining:
     """Everything a toy run carries from step to step: what a checkpoint saves and restores."""
 
-    logits: torch.Tensor  # η: [1, D], the parameters being optimised
+    logits: torch.Tensor  # η: [1, *latent], the parameters being optimised
     optimizer: torch.optim.Optimizer
     estimator: Estimator
     train_generator: torch.Generator  # the estimator's noise
@@ -63,17 +110,17 @@ class ToyTraining:
 
 
 def build_training(
-    config: ToyConfig, name: str, seed: int, device: torch.device, dtype: torch.dtype
+    config: ToyConfig, toy: Toy, name: str, seed: int, device: torch.device, dtype: torch.dtype
 ) -> ToyTraining:
-    """Fresh logits at 0, their optimiser, the estimator and the run's generators."""
-    logits = torch.zeros(1, config.problem.dim, device=device, dtype=dtype, requires_grad=True)  # η: [1, D]
+    """Fresh logits at 0 (θ = ½, or uniform class probabilities), their optimiser, the estimator and
+    the run's generators."""
+    # η: [1, *latent], the parameters being optimised
+    logits = torch.zeros(1, *toy.logit_shape, device=device, dtype=dtype, requires_grad=True)
     return ToyTraining(
         logits=logits,
         # The published toy's RMSprop: decay 0.9 and ε = 1e-7 outside the square root (DESIGN §4.1).
         optimizer=torch.optim.RMSprop([logits], lr=config.lr, alpha=0.9, eps=1e-7),
-        estimator=build_estimator(name, config.estimator_settings, ProblemShape(config.problem.dim)).to(
-            device
-        ),
+        estimator=build_estimator(name, config.estimator_settings, config.problem.shape).to(device),
         train_generator=make_generator(device, seed, "toy", "train"),
         measure_generator=make_generator(device, seed, "toy", "measure"),
     )
@@ -84,19 +131,21 @@ def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSumm
     progress = progress or NoProgress()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
-    objective = _objective(config, device, dtype)
+    toy = make_toy(config.problem, device, dtype)
     root = prepare_output_root(config.out)
+    latent = config.problem.latent
     summaries = []
     for seed in config.seeds:
         for name in config.estimators:
             progress.start(f"toy {name} K={config.k} seed={seed}", config.steps)
-            training = build_training(config, name, seed, device, dtype)
+            training = build_training(config, toy, name, seed, device, dtype)
             identity = {
                 "problem": "toy",
                 "estimator": name,
                 "k": config.k,
                 "seed": seed,
                 "grad_var_method": "resample",
+                "latent": latent,
             }
             manifest = {
                 "job": "toy",
@@ -105,9 +154,10 @@ def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSumm
                 "device": str(device),
                 "versions": provenance(device),
             }
-            name_hint = f"toy-{name}-k{config.k}-seed{seed}"
+            kind = "" if latent == "binary" else f"categorical{config.problem.classes}-"
+            name_hint = f"toy-{kind}{name}-k{config.k}-seed{seed}"
             with Run.create(root, name_hint, identity, TOY_METRICS, manifest) as run:
-                _train(config, training, objective, run, progress)
+                _train(config, training, toy, run, progress)
             summaries.append(run_summary(run.path, run.manifest, TOY_METRICS))
     return summaries
 
@@ -126,39 +176,32 @@ def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     config = toy_config_from_dict(manifest["config"])
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
-    objective = _objective(config, device, dtype)
-    training = build_training(config, manifest["estimator"], manifest["seed"], device, dtype)
+    toy = make_toy(config.problem, device, dtype)
+    training = build_training(config, toy, manifest["estimator"], manifest["seed"], device, dtype)
     load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
     progress.start(f"toy {manifest['estimator']} (resumed at {training.step})", config.steps)
     progress.advance(training.step)
     with Run.reopen(run_dir, TOY_METRICS, resumed_from=training.step) as run:
-        _train(config, training, objective, run, progress)
+        _train(config, training, toy, run, progress)
     return run_summary(run.path, run.manifest, TOY_METRICS)
 
 
-def _objective(config: ToyConfig, device: torch.device, dtype: torch.dtype):
-    problem = config.problem
-    return make_objective(
-        problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
-    )
-
-
-def _train(config: ToyConfig, training: ToyTraining, objective, run: Run, progress: Progress) -> None:
+def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progress: Progress) -> None:
     estimator, logits, k = training.estimator, training.logits, config.k
     direction = -1.0 if config.maximize else 1.0  # optimisers minimise
 
     def record(step: int, alpha: float | None, step_seconds: float | None) -> None:
         eta = logits.detach()
         metrics: dict[str, float | None] = {
-            "objective": float(objective.expectation(torch.sigmoid(eta))[0]),
+            "objective": float(toy.expectation(eta)[0]),
             "alpha": alpha,
             "sec_per_step": step_seconds,
         }
         if step % config.var_every == 0 or step == config.steps:
             measured = resample_variance(
-                estimator, eta, objective, k, config.var_samples, training.measure_generator
+                estimator, eta, toy.objective, k, config.var_samples, training.measure_generator
             )
-            z = measured.bias_z(exact_gradient(objective, eta))
+            z = measured.bias_z(toy.exact_gradient(eta))
             metrics.update(grad_var=measured.variance, bias_max_z=float(z.max()), bias_mean_z=float(z.mean()))
         run.log(step, **metrics)
 
@@ -167,7 +210,7 @@ def _train(config: ToyConfig, training: ToyTraining, objective, run: Run, progre
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
         start = time.perf_counter()
-        estimate = estimator(logits, objective, k, training.train_generator)
+        estimate = estimator(logits, toy.objective, k, training.train_generator)
         logits.grad = direction * estimate.grad
         training.optimizer.step()
         estimator.update(estimate)

@@ -1,6 +1,8 @@
-"""``dcvbench vae``: train a binary-latent VAE with each estimator and measure what it does to learning.
+"""``dcvbench vae``: train a VAE with each estimator and measure what it does to learning.
 
-DESIGN §4.2–§4.3. One run per (estimator, seed). Rows of the trace are written every
+DESIGN §4.2–§4.3; binary latents (:class:`~dcvbench.problems.vae.BinaryVAE`) or categorical ones
+(§3.6, :class:`~dcvbench.problems.categorical_vae.CategoricalVAE`, uniform prior), trained and
+scored the same way. One run per (estimator, seed). Rows of the trace are written every
 ``--log-every`` steps (training ELBO averaged since the last row, ``α``, seconds per step, the EMA
 gradient variance), every ``--var-every`` steps (the ``resample`` variance at a fixed snapshot
 minibatch), every ``--eval-every`` steps (the importance-weighted bound with ``--eval-samples``
@@ -26,11 +28,12 @@ import torch
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
 from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
-from dcvbench.estimators import Estimator, ProblemShape, build_estimator
+from dcvbench.estimators import Estimator, build_estimator
 from dcvbench.estimators.concrete import Concrete, RelaxedEstimator
 from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
-from dcvbench.problems.vae import BinaryVAE, iwae_bound, train_step
+from dcvbench.problems.categorical_vae import CategoricalVAE
+from dcvbench.problems.vae import VAE, BinaryVAE, iwae_bound, train_step
 from dcvbench.results import Run, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
 
@@ -54,7 +57,7 @@ EVAL_CHUNK = 100  # evaluation rows per IWAE call: bounds memory at eval_samples
 class Training:
     """Everything a VAE run carries from step to step: what a checkpoint saves and restores."""
 
-    model: BinaryVAE
+    model: VAE
     estimator: Estimator
     encoder_optimizer: torch.optim.Optimizer
     decoder_optimizer: torch.optim.Optimizer
@@ -116,18 +119,20 @@ def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> 
     return EvaluationData(test.to(device), valid.to(device), snapshot.to(device))
 
 
-def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> BinaryVAE:
+def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:
     """The run's model at initialisation (weights drawn from a generator seeded by the run seed)."""
     mean = dataset.mean_image()  # [P]
-    return BinaryVAE(
-        latent=config.latent,
-        arch=config.arch,
-        pixels=dataset.train.shape[1],
-        learn_prior=config.learn_prior,
-        input_mean=mean if config.center_inputs else None,
-        output_bias_mean=mean if config.init_output_bias else None,
-        generator=make_generator(torch.device("cpu"), seed, "vae", "init"),
-    ).to(device)
+    options = {
+        "arch": config.arch,
+        "pixels": dataset.train.shape[1],
+        "learn_prior": config.learn_prior,
+        "input_mean": mean if config.center_inputs else None,
+        "output_bias_mean": mean if config.init_output_bias else None,
+        "generator": make_generator(torch.device("cpu"), seed, "vae", "init"),
+    }
+    if config.latent == "binary":
+        return BinaryVAE(latent=config.latent_vars, **options).to(device)
+    return CategoricalVAE(variables=config.latent_vars, classes=config.classes, **options).to(device)
 
 
 def build_training(
@@ -138,9 +143,7 @@ def build_training(
     prior = model.prior_parameters()
     return Training(
         model=model,
-        estimator=build_estimator(
-            name, config.estimator_settings, ProblemShape(model.latent, context=model.pixels)
-        ).to(device),
+        estimator=build_estimator(name, config.estimator_settings, model.problem_shape).to(device),
         encoder_optimizer=torch.optim.Adam(model.encoder_parameters(), lr=config.encoder_lr),
         decoder_optimizer=torch.optim.Adam(model.decoder_parameters(), lr=config.decoder_lr),
         prior_optimizer=torch.optim.SGD(prior, lr=config.prior_lr) if prior else None,
@@ -170,7 +173,13 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
         for name in config.estimators:
             training = build_training(config, name, seed, dataset, device)
             progress.start(f"vae {name} K={config.k} seed={seed}", config.steps)
-            identity = {"problem": "vae", "estimator": name, "k": config.k, "seed": seed}
+            identity = {
+                "problem": "vae",
+                "estimator": name,
+                "k": config.k,
+                "seed": seed,
+                "latent": config.latent,
+            }
             manifest = {
                 "job": "vae",
                 "dataset": config.dataset,
@@ -184,7 +193,8 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
             relaxation = relaxation_record(config, training.estimator)
             if relaxation is not None:
                 manifest["relaxation"] = relaxation
-            name_hint = f"vae-{config.dataset}-{config.arch}-{name}-k{config.k}-seed{seed}"
+            kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
+            name_hint = f"vae-{config.dataset}-{config.arch}{kind}-{name}-k{config.k}-seed{seed}"
             with Run.create(root, name_hint, identity, VAE_METRICS, manifest) as run:
                 _train(config, training, evaluation, run, progress)
             summaries.append(run_summary(run.path, run.manifest, VAE_METRICS))
@@ -215,7 +225,7 @@ def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     return run_summary(run.path, run.manifest, VAE_METRICS)
 
 
-def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[BinaryVAE, VaeConfig, dict]:
+def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE, VaeConfig, dict]:
     """The model of a VAE checkpoint (a ``checkpoint.pt`` or its run directory), its run's config
     and manifest; the architecture comes from the run's manifest."""
     path = Path(path)
@@ -334,7 +344,8 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     if not isinstance(estimator, Concrete):
         objective, kl = "discrete ELBO at hard samples, gradient through the relaxed sample", None
     elif config.kl == "relaxed":
-        objective, kl = "relaxed ELBO (Concrete densities)", "relaxed"
+        densities = "Concrete" if config.latent == "binary" else "ExpConcrete"
+        objective, kl = f"relaxed ELBO ({densities} densities)", "relaxed"
     else:
         objective, kl = "relaxed reconstruction + analytic KL", "analytic"
     return {
@@ -349,7 +360,7 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     }
 
 
-def _bound(model: BinaryVAE, images: torch.Tensor, samples: int, generator: torch.Generator) -> float:
+def _bound(model: VAE, images: torch.Tensor, samples: int, generator: torch.Generator) -> float:
     """Mean IWAE bound over ``images`` with ``samples`` importance samples each."""
     total = sum(
         float(iwae_bound(model, chunk, generator, samples).sum()) for chunk in images.split(EVAL_CHUNK)

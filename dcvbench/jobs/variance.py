@@ -1,7 +1,9 @@
 """``dcvbench variance``: all chosen estimators at one fixed point, side by side.
 
-The point is either the toy at a fixed ``θ`` or a VAE checkpoint with a fixed minibatch (the run's
-variance snapshot batch). For each K and each estimator, ``--samples`` independent estimates are
+The point is either the toy at a fixed ``θ`` (for categorical latents: uniform class probabilities, or
+seeded random logits away from them) or a VAE checkpoint with a fixed minibatch (the run's variance
+snapshot batch), where the relaxed estimators use the run's own temperatures at that step and its KL
+variant. For each K and each estimator, ``--samples`` independent estimates are
 drawn there (vectorised, see :mod:`dcvbench.measure.variance`) and summarised in one row of
 ``variance.parquet``. Estimators at the same K draw from generators in the same state, so those
 whose noise has the same shape see the same random numbers (paired comparisons).
@@ -17,7 +19,7 @@ run's learned state is loaded from the checkpoint, so the variance is that of th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,22 +27,23 @@ import pandas as pd
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
-from dcvbench.config import VarianceConfig, theta_probability
+from dcvbench.config import VarianceConfig, check_estimators, theta_probability
 from dcvbench.estimators import (
     REFERENCE_ESTIMATOR,
     ControlVariateEstimator,
     Estimator,
+    EstimatorSettings,
     ProblemShape,
     build_estimator,
     estimator_info,
 )
 from dcvbench.jobs import NoProgress, Progress
+from dcvbench.jobs.toy import make_toy
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
-from dcvbench.problems.toy import exact_gradient, make_objective
-from dcvbench.problems.vae import NegativeELBO
+from dcvbench.problems.categorical_toy import random_categorical_logits
 from dcvbench.results import Run, prepare_output_root, table_from_records
-from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
+from dcvbench.runtime import derive_seed, make_generator, provenance, resolve_device, resolve_dtype
 
 WARMUP_DRAWS = 4  # one small call first, so one-off start-up costs stay out of the timings
 
@@ -56,6 +59,8 @@ class FixedPoint(Protocol):
     """Where a study measures: what it says about itself, α*, and one estimator's statistics."""
 
     problem: str
+    shape: ProblemShape  # what estimators are built for here
+    settings: EstimatorSettings  # what they are built with here
 
     def context(self) -> dict: ...
 
@@ -71,28 +76,31 @@ class FixedPoint(Protocol):
 
 
 class ToyPoint:
-    """The toy at ``η = logit(θ)`` ``[1, D]``, with its exact gradient for the bias."""
+    """The toy at its study logits ``[1, *latent]`` (:func:`study_logits`), with its exact gradient
+    for the bias."""
 
     problem = "toy"
 
     def __init__(self, config: VarianceConfig, device: torch.device):
         dtype = resolve_dtype(config.dtype)
-        problem = config.problem
         self.config = config
-        self.objective = make_objective(
-            problem.objective, problem.dim, problem.target, problem.w_scale, problem.w_seed, device, dtype
-        )
+        toy = make_toy(config.problem, device, dtype)
+        self.objective = toy.objective
         self.logits = study_logits(config, device, dtype)
-        self.shape = ProblemShape(problem.dim)
-        self.exact = exact_gradient(self.objective, self.logits)
+        self.shape = config.problem.shape
+        self.settings = config.estimator_settings
+        self.exact = toy.exact_gradient(self.logits)
 
     def context(self) -> dict:
         problem = self.config.problem
+        binary = problem.latent == "binary"
         return {
             "problem": "toy",
+            "latent": problem.latent,
+            "classes": problem.classes,
             "objective": problem.objective,
             "dim": problem.dim,
-            "target": problem.target,
+            "target": problem.target if binary else None,  # the categorical objectives draw theirs
             "theta": self.config.theta,
         }
 
@@ -132,12 +140,19 @@ class VaePoint:
         self.run_config = run_config
         self.x = evaluation_data(dataset, run_config.batch_size, device).snapshot  # [B, P]
         with torch.no_grad():
-            self.logits = self.model.encode(self.x)  # [B, D]
-        self.shape = ProblemShape(self.model.latent, context=self.model.pixels)
+            self.logits = self.model.encode(self.x)  # [B, *latent]
+        self.shape = self.model.problem_shape
+        # The relaxation as the run trained it at this step: its temperatures (annealed or not), its KL.
+        posterior, prior = run_config.temperatures(self.manifest["checkpoint_step"])
+        self.settings = replace(config.estimator_settings, temperature=posterior)
+        self.relaxation = {"prior_temperature": prior, "kl": run_config.kl}
 
     def context(self) -> dict:
         return {
             "problem": "vae",
+            "latent": self.run_config.latent,
+            "latent_vars": self.run_config.latent_vars,
+            "classes": self.run_config.classes,
             "dataset": self.run_config.dataset,
             "arch": self.run_config.arch,
             "checkpoint_run": self.manifest["run_id"],
@@ -145,12 +160,13 @@ class VaePoint:
         }
 
     def optimal_alpha(self, estimator, k, draws, generator) -> float:
-        objective = NegativeELBO(self.model, self.x, self.logits, generative_grads=False)
+        objective = self.model.objective(self.x, self.logits, generative_grads=False, **self.relaxation)
         return optimal_alpha(estimator, self.logits, objective, k, draws, generator)
 
     def measure(self, estimator, k, draws, generator) -> dict:
-        resample_encoder_variance(self.model, estimator, self.x, k, WARMUP_DRAWS, _warmup(self.x))
-        result = resample_encoder_variance(self.model, estimator, self.x, k, draws, generator)
+        model, x = self.model, self.x
+        resample_encoder_variance(model, estimator, x, k, WARMUP_DRAWS, _warmup(x), **self.relaxation)
+        result = resample_encoder_variance(model, estimator, x, k, draws, generator, **self.relaxation)
         return {
             "variance": result.param_variance,
             "logit_variance": result.logit_variance,
@@ -165,8 +181,16 @@ class VaePoint:
 
 
 def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The toy's point: ``η = logit(θ)`` ``[1, D]``, θ constant or seeded-random in (0.05, 0.95)."""
+    """The toy's point: ``η = logit(θ)`` ``[1, D]``, θ constant or seeded-random in (0.05, 0.95);
+    for categorical latents ``[1, N, C]``, zero (uniform) or seeded random logits in ``[−3, 3]``
+    (:func:`~dcvbench.problems.categorical_toy.random_categorical_logits`)."""
     dim = config.problem.dim
+    if config.problem.latent == "categorical":
+        classes = config.problem.classes
+        if config.theta == "uniform":
+            return torch.zeros(1, dim, classes, device=device, dtype=dtype)
+        seed = derive_seed(config.seed, "variance", "theta")
+        return random_categorical_logits(dim, classes, seed=seed, device=device, dtype=dtype)
     theta = theta_probability(config.theta)
     if theta is None:
         generator = make_generator(torch.device("cpu"), config.seed, "variance", "theta")
@@ -181,6 +205,9 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
     progress = progress or NoProgress()
     device = resolve_device(config.device)
     point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
+    if config.checkpoint:  # the run's latent type is known only now
+        for k in config.ks:
+            check_estimators(config.estimators, k, "vae", point.shape.latent_type)
     root = prepare_output_root(config.out)
     manifest = {
         "job": "variance",
@@ -190,7 +217,8 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
         "versions": provenance(device),
     }
     identity = {"problem": point.problem, "seed": config.seed}
-    with Run.create(root, f"variance-{point.problem}-seed{config.seed}", identity, (), manifest) as run:
+    kind = "" if point.shape.latent_type == "binary" else "-categorical"
+    with Run.create(root, f"variance-{point.problem}{kind}-seed{config.seed}", identity, (), manifest) as run:
         records = []
         for k in config.ks:
             progress.start(f"variance K={k}", len(config.estimators))
@@ -219,8 +247,8 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
 
 
 def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
-    info = estimator_info(name)
-    estimator = build_estimator(name, config.estimator_settings, point.shape).to(device)
+    info = estimator_info(name, point.shape.latent_type)
+    estimator = build_estimator(name, point.settings, point.shape).to(device)
     restored = point.restore(name, estimator)
     alpha_source = None
     if isinstance(estimator, ControlVariateEstimator):

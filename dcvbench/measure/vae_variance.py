@@ -11,9 +11,9 @@ code took the batch sum and divided its variance by ``B²``, which is the same),
 number is the variance per scalar parameter averaged over all encoder parameters.
 
 The resample path never runs M backward passes through the encoder. The encoder gradient is a
-linear map of the logit gradient ``g [B, D]``: ``∇_φ = J_φᵀ g / B`` with ``J_φ = ∂η/∂φ`` at the
-snapshot, so one forward pass gives the vector–Jacobian product function and ``torch.func.vmap``
-applies it to a whole chunk of draws at once.
+linear map of the logit gradient ``g [B, *latent]`` (``[B, D]`` bits, ``[B, N, C]`` categorical):
+``∇_φ = J_φᵀ g / B`` with ``J_φ = ∂η/∂φ`` at the snapshot, so one forward pass gives the
+vector–Jacobian product function and ``torch.func.vmap`` applies it to a whole chunk of draws at once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dcvbench.estimators import Estimator
 from dcvbench.measure.variance import CHUNK_ELEMENTS, Moments, draw_estimates
-from dcvbench.problems.vae import PRIOR_TEMPERATURE, BinaryVAE, NegativeELBO
+from dcvbench.problems.vae import PRIOR_TEMPERATURE, VAE
 
 
 class EMAVariance:
@@ -108,8 +108,8 @@ class EncoderVarianceResult:
     """Moments of M estimates at one snapshot, and the seconds spent drawing and mapping them.
 
     ``param_moments``: per encoder parameter (``[P]``, flattened in
-    :meth:`BinaryVAE.encoder_parameters` order); ``logit_moments``: per logit coordinate of ``g/B``
-    (``[B, D]``).
+    :meth:`~dcvbench.problems.vae.VAE.encoder_parameters` order); ``logit_moments``: per logit
+    coordinate of ``g/B`` (``[B, *latent]``).
     """
 
     param_moments: Moments
@@ -131,14 +131,14 @@ class EncoderVarianceResult:
 
     @property
     def logit_variance(self) -> float:
-        """Mean over ``[B, D]`` coordinates of the per-coordinate variance of ``g / B``."""
+        """Mean over ``[B, *latent]`` coordinates of the per-coordinate variance of ``g / B``."""
         return float(self.logit_moments.variance.mean())
 
 
-def encoder_vjp(model: BinaryVAE, x: Tensor) -> Callable[[Tensor], Tensor]:
+def encoder_vjp(model: VAE, x: Tensor) -> Callable[[Tensor], Tensor]:
     """The linear map from logit gradients to encoder-parameter gradients at ``x [B, P]``.
 
-    Returns ``vjp(g [M, B, D]) -> [M, P]``: row ``m`` is ``J_φᵀ g_m / B``, the gradient of the
+    Returns ``vjp(g [M, B, *latent]) -> [M, P]``: row ``m`` is ``J_φᵀ g_m / B``, the gradient of the
     batch-mean objective with respect to the flattened encoder parameters when ``g_m`` is the
     per-row logit gradient. One forward pass here; each call is one batched (vmapped) VJP.
     """
@@ -160,7 +160,7 @@ def encoder_vjp(model: BinaryVAE, x: Tensor) -> Callable[[Tensor], Tensor]:
 
 
 def resample_encoder_variance(
-    model: BinaryVAE,
+    model: VAE,
     estimator: Estimator,
     x: Tensor,
     k: int,
@@ -174,7 +174,7 @@ def resample_encoder_variance(
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
     ``prior_temperature`` and ``kl`` configure the relaxed objective as in training
-    (:func:`~dcvbench.problems.vae.train_step`). Each draw is a fresh estimate ``g`` ``[B, D]`` at
+    (:func:`~dcvbench.problems.vae.train_step`). Each draw is a fresh estimate ``g`` ``[B, *latent]`` at
     the same logits; its encoder gradient
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds
@@ -191,11 +191,11 @@ def resample_encoder_variance(
     start = time.perf_counter()
     vjp = encoder_vjp(model, x)
     with torch.no_grad():
-        logits = model.encode(x)  # [B, D]
-    f = NegativeELBO(model, x, logits, generative_grads=False, prior_temperature=prior_temperature, kl=kl)
+        logits = model.encode(x)  # [B, *latent]
+    f = model.objective(x, logits, generative_grads=False, prior_temperature=prior_temperature, kl=kl)
     params: Moments | None = None
     logit_moments: Moments | None = None
-    for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, D]
+    for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, *latent]
         chunk_params, chunk_logits = Moments.of(vjp(grads)), Moments.of(grads / rows)
         params = chunk_params if params is None else params.merge(chunk_params)
         logit_moments = chunk_logits if logit_moments is None else logit_moments.merge(chunk_logits)

@@ -210,7 +210,7 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
 
 def test_vae_run_with_nvil(tmp_path):
     config = VaeConfig.for_protocol(
-        "dcv", estimators=("nvil",), latent=8, batch_size=20, steps=40, log_every=10, var_every=20,
+        "dcv", estimators=("nvil",), latent_vars=8, batch_size=20, steps=40, log_every=10, var_every=20,
         eval_every=20, checkpoint_every=20, var_samples=8, eval_samples=5, device="cpu", out=str(tmp_path),
     )  # fmt: skip
     (summary,) = run_vae(config)

@@ -140,7 +140,7 @@ def test_toy_run_with_vimco_is_a_usage_error(tmp_path, capsys, monkeypatch):
 
 def test_vae_run_records_the_k_sample_bound_above_the_elbo(tmp_path):
     config = VaeConfig.for_protocol(
-        "dcv", estimators=("vimco",), k=2, latent=8, batch_size=20, steps=40, log_every=5,
+        "dcv", estimators=("vimco",), k=2, latent_vars=8, batch_size=20, steps=40, log_every=5,
         var_every=20, eval_every=20, checkpoint_every=20, var_samples=8, eval_samples=5,
         device="cpu", out=str(tmp_path),
     )  # fmt: skip
@@ -160,7 +160,7 @@ def test_vae_run_records_the_k_sample_bound_above_the_elbo(tmp_path):
 
 def test_other_runs_leave_the_bound_column_empty(tmp_path):
     config = replace(
-        VaeConfig.for_protocol("dcv", latent=8, batch_size=20, steps=10, log_every=5, eval_every=10,
+        VaeConfig.for_protocol("dcv", latent_vars=8, batch_size=20, steps=10, log_every=5, eval_every=10,
                                var_every=10, var_samples=4, eval_samples=2, device="cpu"),
         estimators=("rloo",), out=str(tmp_path),
     )  # fmt: skip

@@ -40,13 +40,14 @@ def test_toy_writes_one_finished_run_per_estimator_and_seed(tmp_path):
         assert manifest["status"] == "finished"
         assert manifest["objective_direction"] == "maximize"
         assert manifest["config"]["problem"]["dim"] == 10
+        assert (manifest["latent"], manifest["config"]["problem"]["classes"]) == ("binary", None)
         assert {"torch", "python", "dcvbench"} <= set(manifest["versions"])
         trace = read_trace(summary.path)
         assert list(trace["step"]) == [0, 5, 10, 15, 20, 25, 30]
         measured = trace.dropna(subset=["grad_var"])
         assert list(measured["step"]) == [0, 10, 20, 30]
         assert (measured["grad_var"] > 0).all()
-        assert set(trace["grad_var_method"]) == {"resample"}
+        assert set(trace["grad_var_method"]) == {"resample"} and set(trace["latent"]) == {"binary"}
     dcv = read_trace(summaries[1].path)
     assert dcv["alpha"].notna().all()
     assert read_trace(summaries[0].path)["alpha"].isna().all()

@@ -1,5 +1,6 @@
 """The VAE job end to end on the embedded data, with a tiny model."""
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -9,13 +10,14 @@ import torch
 import dcvbench.jobs.vae
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import VaeConfig
-from dcvbench.jobs.vae import VAE_METRICS, resume_vae, run_vae
+from dcvbench.jobs.vae import VAE_METRICS, load_checkpointed_model, resume_vae, run_vae
+from dcvbench.problems.vae import BinaryVAE
 from dcvbench.results import TIMING_COLUMNS, ResultsError, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
 TINY = VaeConfig.for_protocol(
     "dcv",
-    latent=8,
+    latent_vars=8,
     batch_size=20,
     steps=40,
     log_every=10,
@@ -35,7 +37,8 @@ def test_vae_run_writes_every_metric(tmp_path):
     for summary in summaries:
         manifest = read_manifest(summary.path)
         assert manifest["dataset"] == "mnist-subset"
-        assert manifest["config"]["latent"] == 8
+        assert (manifest["config"]["latent"], manifest["config"]["latent_vars"]) == ("binary", 8)
+        assert manifest["latent"] == "binary" and manifest["config"]["classes"] is None
         trace = read_trace(summary.path)
         assert set(VAE_METRICS) <= set(trace.columns)
         assert list(trace["step"]) == [0, 10, 20, 30, 40]
@@ -79,7 +82,7 @@ def test_same_seed_same_trace(tmp_path):
 
 def test_disarm_protocol_settings(tmp_path):
     config = VaeConfig.for_protocol(
-        "disarm", steps=5, latent=8, eval_samples=2, var_samples=4, out=str(tmp_path), device="cpu"
+        "disarm", steps=5, latent_vars=8, eval_samples=2, var_samples=4, out=str(tmp_path), device="cpu"
     )
     assert (config.batch_size, config.encoder_lr, config.learn_prior) == (50, 1e-4, True)
     assert VaeConfig.for_protocol("disarm", batch_size=7).batch_size == 7  # explicit wins
@@ -102,6 +105,18 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path, interrupt_at):
     (run_dir / CHECKPOINT).unlink()
     with pytest.raises(ConfigError, match=r"no checkpoint\.pt"):
         resume_vae(run_dir)
+
+
+def test_a_run_written_before_categorical_latents_still_loads(tmp_path):
+    config = replace(TINY, estimators=("rloo",), steps=10, checkpoint_every=10, out=str(tmp_path))
+    (summary,) = run_vae(config)
+    # Its manifest as dcvbench wrote it then: "latent" was the number of bits, and nothing else said so.
+    manifest = read_manifest(summary.path)
+    old = {key: value for key, value in manifest["config"].items() if key not in ("latent_vars", "classes")}
+    (summary.path / "run.json").write_text(json.dumps({**manifest, "config": {**old, "latent": 8}}))
+    model, loaded, _ = load_checkpointed_model(summary.path, torch.device("cpu"))
+    assert isinstance(model, BinaryVAE) and model.latent == 8
+    assert loaded == config
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path):

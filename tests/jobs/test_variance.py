@@ -83,7 +83,7 @@ def test_vae_checkpoint_study_pairs_estimators_at_the_snapshot(tmp_path):
     from dcvbench.jobs.vae import run_vae
 
     vae = VaeConfig.for_protocol(
-        "dcv", latent=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
+        "dcv", latent_vars=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
         device="cpu", estimators=("rloo",), out=str(tmp_path / "runs"),
     )  # fmt: skip
     (run,) = run_vae(vae)
@@ -154,7 +154,7 @@ def test_vae_checkpoint_study_loads_the_runs_trained_control(tmp_path):
     from dcvbench.jobs.variance import VaePoint
 
     vae = VaeConfig.for_protocol(
-        "dcv", latent=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
+        "dcv", latent_vars=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
         device="cpu", estimators=("relax",), out=str(tmp_path / "runs"),
         estimator_settings=EstimatorSettings(control_lr=1e-2),
     )  # fmt: skip

@@ -126,6 +126,23 @@ def test_mean_image_takes_the_models_dtype():
     assert model.encode(binary_images(2).float()).dtype == torch.float32
 
 
+def test_what_training_and_the_bounds_ask_of_the_model():
+    model = make_model(arch="nonlinear")
+    assert model.problem_shape == ProblemShape(8, context=784)
+    x = binary_images(3)
+    logits = model.encode(x)
+    f = model.objective(x, logits, generative_grads=False, prior_temperature=0.3, kl="analytic")
+    assert isinstance(f, NegativeELBO) and (f.generative_grads, f.prior_temperature, f.kl) == (
+        False,
+        0.3,
+        "analytic",
+    )
+    # Posterior samples come from the bounds' stream as they always did: thresholded uniforms.
+    b = model.sample_posterior(logits, 4, torch.Generator().manual_seed(2))
+    noise = uniform_noise((4, *logits.shape), logits, torch.Generator().manual_seed(2))
+    assert torch.equal(b, bernoulli_from_uniform(noise, torch.sigmoid(logits)))
+
+
 def test_fixed_prior_is_a_buffer_and_learned_prior_a_parameter():
     fixed, learned = make_model(), make_model(learn_prior=True)
     assert not fixed.learn_prior and fixed.prior_parameters() == []
