@@ -23,8 +23,13 @@ from dcvbench.estimators.sampling import bernoulli_from_uniform
 
 
 def score_function_gradient(signal: Tensor, b: Tensor, probs: Tensor) -> Tensor:
-    """``(1/K) Σ_k signal_k (b_k − θ)``: signal ``[K, B]``, b ``[K, B, D]``, probs ``[B, D]``."""
-    return (signal.unsqueeze(-1) * (b - probs)).mean(0)  # [B, D]
+    """``(1/K) Σ_k signal_k (b_k − θ)``: signal ``[K, B]``, b ``[K, B, *event]``, probs ``[B, *event]``.
+
+    ``b − θ`` is the score of a factorised Bernoulli (event ``[D]``) and of one-hot categoricals
+    (event ``[N, C]``, ``θ`` the class probabilities) alike.
+    """
+    event = (1,) * (probs.dim() - 1)
+    return (signal.reshape(*signal.shape, *event) * (b - probs)).mean(0)  # [B, *event]
 
 
 @register(

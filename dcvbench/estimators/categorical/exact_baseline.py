@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Objective, evaluate
-from dcvbench.estimators.categorical.reinforce import score_function_gradient
 from dcvbench.estimators.registry import register
+from dcvbench.estimators.reinforce import score_function_gradient
 from dcvbench.estimators.sampling import categorical_from_uniform
 
 

@@ -12,12 +12,8 @@ from torch import Tensor
 
 from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo, Objective, evaluate
 from dcvbench.estimators.registry import register
+from dcvbench.estimators.reinforce import score_function_gradient
 from dcvbench.estimators.sampling import categorical_from_uniform
-
-
-def score_function_gradient(signal: Tensor, b: Tensor, probs: Tensor) -> Tensor:
-    """``(1/K) Σ_k signal_k (b_k − π)``: signal ``[K, B]``, b ``[K, B, N, C]``, probs ``[B, N, C]``."""
-    return (signal[..., None, None] * (b - probs)).mean(0)  # [B, N, C]
 
 
 @register(

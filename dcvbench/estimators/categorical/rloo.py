@@ -16,8 +16,8 @@ from dcvbench.estimators.base import (
     evaluate,
     leave_one_out_centre,
 )
-from dcvbench.estimators.categorical.reinforce import score_function_gradient
 from dcvbench.estimators.registry import register
+from dcvbench.estimators.reinforce import score_function_gradient
 from dcvbench.estimators.sampling import categorical_from_uniform
 
 
