@@ -13,8 +13,9 @@ Runs, through the command line (what users run), with one torch thread and fixed
   and one at the binary VAE's checkpoint with every VAE estimator.
 
 Rows are keyed by (case, estimator, k, step); timing columns (``wall_s``, ``sec_per_step``,
-``seconds_per_estimate``) and run ids are left out. A column that a newer tree adds is ignored; a
-reference column or row that is missing, or a value that differs, is reported. ``check`` exits 1 on
+``seconds_per_estimate``) and run ids are left out. A column that a newer tree adds, or a value where
+the reference recorded none, is new information and is ignored; a reference column or row that is
+missing, or a recorded value that differs or is gone, is reported. ``check`` exits 1 on
 any difference and prints, per column, how many values differ and by how much (relative).
 """
 
@@ -147,7 +148,9 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
         a, b = ref[column], cur[column]
         if a.dtype.kind in "fiu" and b.dtype.kind in "fiu":
             x, y = a.to_numpy(float), b.to_numpy(float)
-            same = (x == y) | (np.isnan(x) & np.isnan(y))
+            # A value where the reference recorded none is new information (a statistic an
+            # estimator now reports), not a change.
+            same = (x == y) | np.isnan(x)
             if not same.all():
                 scale = np.maximum(np.abs(x), np.abs(y))
                 relative = np.where(same, 0.0, np.abs(x - y) / np.where(scale > 0, scale, 1.0))

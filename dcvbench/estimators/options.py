@@ -1,0 +1,73 @@
+"""Estimator options, declared by the estimator that owns them.
+
+An estimator class lists its hyperparameters as :class:`Option`\\ s (``options = (ALPHA, ...)``).
+Everything else follows from that declaration: the CLI option ``--alpha-lr`` of every job the
+estimator runs in, its validation (one line naming the bad value, exit 2), its default per job, its
+line in ``dcvbench estimators``, and its place in a run's manifest (``estimator_settings``), from
+which ``--resume`` rebuilds the estimator. Several estimators may share an option by declaring the
+same object (``concrete`` and ``st-concrete`` share ``temperature``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Jobs an option's default may differ in.
+JOBS = ("toy", "vae", "variance")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One hyperparameter of one or more estimators.
+
+    Attributes:
+        name: a Python identifier; the CLI spells it ``--name-with-dashes``.
+        default: the value when not given (for every job not in ``job_defaults``).
+        help: one line for ``--help`` (the estimators that use it are added by the CLI).
+        kind: ``float``, ``int`` or ``str``.
+        optional: ``None`` is a valid value (``alpha``: ``None`` learns it).
+        choices: the valid values of a ``str`` option.
+        check: ``value → message`` for a bad value, ``None`` for a good one (see :func:`positive`).
+        job_defaults: defaults that differ by job (``{"toy": 5e-4}``: the published toy's α rate).
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: type = float
+    optional: bool = False
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+    job_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default_for(self, job: str) -> Any:
+        return self.job_defaults.get(job, self.default)
+
+    def validate(self, value: Any) -> str | None:
+        """A one-line message if ``value`` is not valid for this option, else ``None``."""
+        if value is None:
+            return None if self.optional else f"{self.flag} needs a value"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.kind is float and isinstance(value, int | float) and not math.isfinite(value):
+            return f"{self.flag} must be finite, got {value}"
+        if self.check is not None:
+            problem = self.check(value)
+            if problem is not None:
+                return f"{self.flag} {problem}"
+        return None
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def decay(value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else f"must be in [0, 1), got {value}"
