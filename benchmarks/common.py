@@ -28,8 +28,9 @@ from dcvbench.estimators import Estimator, get_estimator
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import Moments, resample_variance
 from dcvbench.problems.toy import make_objective
-from dcvbench.problems.vae import HIDDEN, PIXELS, BinaryVAE, NegativeELBO, train_step
+from dcvbench.problems.vae import HIDDEN, PIXELS, VAE, NegativeELBO
 from dcvbench.runtime import provenance
+from dcvbench.training import train_step
 
 # The protocol of the double-CV VAE experiments (DESIGN §4.2): batch 100, 200 latent bits.
 BATCH, LATENT = 100, 200
@@ -170,10 +171,10 @@ def binary_images(batch: int = BATCH, seed: int = 0) -> Tensor:
     return (torch.rand(batch, PIXELS, generator=generator) < PIXEL_DENSITY).float()
 
 
-def vae_model(arch: str, latent: int = LATENT, compile_modules: bool = False) -> BinaryVAE:
+def vae_model(arch: str, latent: int = LATENT, compile_modules: bool = False) -> VAE:
     """A freshly initialised VAE, the same weights each call; optionally its encoder and decoder
     wrapped in ``torch.compile`` (parameters and the model's methods stay as they are)."""
-    model = BinaryVAE(latent=latent, arch=arch, generator=torch.Generator().manual_seed(1))
+    model = VAE(latent, arch=arch, generator=torch.Generator().manual_seed(1))
     if compile_modules:
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
@@ -184,7 +185,7 @@ def vae_model(arch: str, latent: int = LATENT, compile_modules: bool = False) ->
 class VaeTrainer:
     """One estimator's own model copy, optimisers (Adam lr 1e-3, as the jobs) and noise stream."""
 
-    model: BinaryVAE
+    model: VAE
     estimator: Estimator
     k: int
     encoder_optimizer: torch.optim.Optimizer
@@ -224,7 +225,7 @@ def time_vae_steps(trainers: dict[str, VaeTrainer], steps: int, warmup: int, x: 
 
 
 def encoder_variance_by_backward(
-    model: BinaryVAE, estimator: Estimator, x: Tensor, k: int, draws: int, generator: torch.Generator
+    model: VAE, estimator: Estimator, x: Tensor, k: int, draws: int, generator: torch.Generator
 ) -> Moments:
     """The reference for :func:`resample_encoder_variance`: what one writes without it — per draw,
     one estimate on the minibatch and one backward pass through the encoder (its graph kept).
@@ -249,7 +250,7 @@ def encoder_variance_by_backward(
 
 
 def encoder_variance_resampled(
-    model: BinaryVAE, estimator: Estimator, x: Tensor, k: int, draws: int, generator: torch.Generator
+    model: VAE, estimator: Estimator, x: Tensor, k: int, draws: int, generator: torch.Generator
 ) -> Moments:
     """The library's path: chunks of draws in one estimator call each, one vmapped VJP per chunk."""
     return resample_encoder_variance(model, estimator, x, k, draws, generator).param_moments

@@ -15,7 +15,8 @@ Runs, through the command line (what users run), with one torch thread and fixed
 Rows are keyed by (case, estimator, k, step); timing columns (``wall_s``, ``sec_per_step``,
 ``seconds_per_estimate``) and run ids are left out. A column that a newer tree adds, or a value where
 the reference recorded none, is new information and is ignored; a reference column or row that is
-missing, or a recorded value that differs or is gone, is reported. ``check`` exits 1 on
+missing, or a recorded value that differs or is gone, is reported. Equality is exact, except for the
+rows in :data:`ROUNDING` (one, justified there). ``check`` exits 1 on
 any difference and prints, per column, how many values differ and by how much (relative).
 """
 
@@ -33,6 +34,13 @@ import torch
 
 REFERENCE = Path(__file__).resolve().parent / "regression" / "reference.parquet"
 KEY = ["case", "estimator", "k", "step"]
+# Rows allowed to differ by rounding, with the relative tolerance: the categorical VAE's relaxed ELBO
+# takes its ExpConcrete density from torch.distributions since the rebuild (issue #13). It is the same
+# function (float64 agreement to 4e-15, tests/latent/test_family.py) computed in another order: torch
+# normalises the logits first. In float32 that moves a density by a few units in the last place
+# (u = 2⁻²⁴), and six training steps carry it into the trace: the largest relative difference seen is
+# 2.3e-7 ≈ 4u. The tolerance is 32u, eight times that; every other row must be bit-identical.
+ROUNDING = {("vae-categorical", "concrete"): 32 * 2.0**-24}
 IGNORED = {"run_id", "wall_s", "sec_per_step", "seconds_per_estimate", "checkpoint_run"}
 
 TOY_BINARY = [
@@ -140,6 +148,8 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
         problems.append(f"{len(missing_rows)} reference rows missing, e.g. {list(missing_rows[:3])}")
     common = ref.index.intersection(cur.index)
     ref, cur = ref.loc[common], cur.loc[common]
+    cases = zip(common.get_level_values("case"), common.get_level_values("estimator"), strict=True)
+    tolerance = np.array([ROUNDING.get(case, 0.0) for case in cases])  # relative, per row
     for column in ref.columns:
         if column not in cur.columns:
             if ref[column].notna().any():
@@ -151,9 +161,10 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
             # A value where the reference recorded none is new information (a statistic an
             # estimator now reports), not a change.
             same = (x == y) | np.isnan(x)
+            scale = np.maximum(np.abs(x), np.abs(y))
+            relative = np.where(same, 0.0, np.abs(x - y) / np.where(scale > 0, scale, 1.0))
+            same |= relative <= tolerance
             if not same.all():
-                scale = np.maximum(np.abs(x), np.abs(y))
-                relative = np.where(same, 0.0, np.abs(x - y) / np.where(scale > 0, scale, 1.0))
                 worst = int(np.nanargmax(relative))
                 problems.append(
                     f"{column}: {int((~same).sum())} of {len(x)} values differ, largest relative "

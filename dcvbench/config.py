@@ -10,22 +10,24 @@ not given and is filled in at construction, so a manifest records the values a r
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from dcvbench.data import dataset_names
 from dcvbench.estimators import (
     EstimatorError,
     EstimatorInfo,
-    EstimatorSettings,
-    ProblemShape,
+    check_settings,
+    default_settings,
     estimator_info,
     estimator_names,
 )
-from dcvbench.estimators.base import LATENT_TYPES
+from dcvbench.latent import LATENT_TYPES
+from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import CATEGORICAL_OBJECTIVES
-from dcvbench.problems.categorical_vae import CLASSES, VARIABLES
 from dcvbench.problems.toy import OBJECTIVES
-from dcvbench.problems.vae import KL_VARIANTS, LATENT_BITS, PRIOR_TEMPERATURE
+from dcvbench.problems.vae import CLASSES, KL_VARIANTS, LATENT_BITS, PRIOR_TEMPERATURE, VARIABLES
 from dcvbench.runtime import DEVICES, DTYPES, ConfigError
 
 # The default estimators of `dcvbench toy` per latent type: the paper's comparison plus the oracle
@@ -43,9 +45,6 @@ TOY_OBJECTIVES = {"binary": OBJECTIVES, "categorical": CATEGORICAL_OBJECTIVES}
 TOY_CLASSES = 4  # the categorical toy's classes when not given (the example of issue #8)
 # Where a variance study puts categorical latents: seeded random logits (away from uniform), or uniform.
 CATEGORICAL_THETAS = ("random", "uniform")
-# The published toy tuned α with RMSprop at lr 5e-4 (DESIGN §4.1), the VAE with Adam at 1e-3.
-TOY_ALPHA = EstimatorSettings(alpha_optimizer="rmsprop", alpha_lr=5e-4)
-VAE_ALPHA = EstimatorSettings(alpha_optimizer="adam", alpha_lr=1e-3)
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,9 @@ class ToyConfig:
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
     dtype: str = "float64"  # the toy's gradients are ~1e-5: float64 keeps the variance exact
-    estimator_settings: EstimatorSettings = TOY_ALPHA
+    # Every estimator option by name (dcvbench.estimators.estimator_options); not given: the toy's
+    # defaults (the published toy's α optimiser, RMSprop at lr 5e-4).
+    estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("toy"))
     out: str = "results"
     checkpoint_every: int = 500  # a toy checkpoint is tiny; this bounds the work lost to a kill
 
@@ -110,7 +111,7 @@ class ToyConfig:
         if not self.seeds:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, self.dtype)
-        _check_estimator_settings(self.estimator_settings)
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "toy"))
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class VarianceConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float64"  # the toy's; a VAE checkpoint is measured in its own precision
-    estimator_settings: EstimatorSettings = TOY_ALPHA
+    estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("variance"))
     out: str = "results"
 
     def __post_init__(self):
@@ -151,7 +152,7 @@ class VarianceConfig:
                     "not a probability"
                 )
         _check_runtime(self.device, self.dtype)
-        _check_estimator_settings(self.estimator_settings)
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "variance"))
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,9 @@ class VaeConfig:
     checkpoint_every: int = 500
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
-    estimator_settings: EstimatorSettings = VAE_ALPHA  # its temperature is the posterior's (concrete)
+    # Every estimator option (not given: the VAE's defaults, α by Adam at 1e-3); its temperature is
+    # the posterior's (concrete, st-concrete).
+    estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("vae"))
     # The relaxation (concrete, st-concrete; DESIGN §3.3); the prior's temperature, as the posterior's,
     # is the commonly used default.
     prior_temperature: float = PRIOR_TEMPERATURE
@@ -266,7 +269,7 @@ class VaeConfig:
         if not self.seeds:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, "float32")
-        _check_estimator_settings(self.estimator_settings)
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "vae"))
         self._check_relaxation()
 
     def _check_relaxation(self) -> None:
@@ -281,7 +284,7 @@ class VaeConfig:
         if self.anneal == "exp":
             # max(floor, λ_0·exp(−rate·t)) would *raise* a temperature that starts below the floor.
             for option, start in (
-                ("--temperature", self.estimator_settings.temperature),
+                ("--temperature", self.estimator_settings["temperature"]),
                 ("--prior-temperature", self.prior_temperature),
             ):
                 if self.anneal_floor > start:
@@ -296,7 +299,7 @@ class VaeConfig:
         Constant without annealing; with ``anneal="exp"`` each is ``max(floor, λ_0·exp(−rate·step))``,
         a function of the step alone, so a resumed run anneals exactly as an uninterrupted one.
         """
-        start = (self.estimator_settings.temperature, self.prior_temperature)
+        start = (self.estimator_settings["temperature"], self.prior_temperature)
         if self.anneal == "none":
             return start
         decay = math.exp(-self.anneal_rate * step)
@@ -322,11 +325,14 @@ def vae_config_from_dict(values: dict) -> VaeConfig:
 def _config_from_dict(cls, values: dict, **nested):
     """``cls`` from ``asdict`` output: nested dataclasses rebuilt, JSON lists back to tuples.
 
-    A manifest edited by hand or written by another version is a :class:`ConfigError`, not a crash.
+    ``estimator_settings`` is taken as saved; an option the manifest does not hold (one added since)
+    takes the job's default at construction. A manifest edited by hand or written by another
+    version is a :class:`ConfigError`, not a crash.
     """
     try:
         values = dict(values)
-        for name, kind in {"estimator_settings": EstimatorSettings, **nested}.items():
+        values["estimator_settings"] = dict(values["estimator_settings"])
+        for name, kind in nested.items():
             values[name] = kind(**values[name])
         for name in ("estimators", "seeds"):
             values[name] = tuple(values[name])
@@ -408,18 +414,14 @@ def _check_runtime(device: str, dtype: str) -> None:
         raise ConfigError(f"unknown dtype {dtype!r}; choose from: {', '.join(DTYPES)}")
 
 
-def _check_estimator_settings(settings: EstimatorSettings) -> None:
-    if settings.alpha is not None:
-        _finite("--alpha", settings.alpha)
-    if settings.alpha_learning not in ("sgd", "optimal"):
-        raise ConfigError(f"--alpha-learning must be sgd or optimal, got {settings.alpha_learning!r}")
-    if settings.alpha_optimizer not in ("adam", "rmsprop", "sgd"):
-        raise ConfigError(f"--alpha-optimizer must be adam, rmsprop or sgd, got {settings.alpha_optimizer!r}")
-    _positive("--alpha-lr", settings.alpha_lr)
-    _positive("--temperature", settings.temperature)
-    _positive("--control-lr", settings.control_lr)
-    if not 0.0 <= settings.baseline_decay < 1.0:
-        raise ConfigError(f"--baseline-decay must be in [0, 1), got {settings.baseline_decay}")
+def estimator_settings(given: Mapping[str, Any], job: str) -> dict[str, Any]:
+    """Every estimator option's value for ``job``: ``given`` over the job's defaults, validated by
+    the options themselves (an unknown option or a bad value is a one-line :class:`ConfigError`)."""
+    try:
+        check_settings(given)
+    except EstimatorError as error:
+        raise ConfigError(str(error)) from None
+    return {**default_settings(job), **given}
 
 
 def _finite(option: str, value: float) -> None:

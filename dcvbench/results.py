@@ -21,7 +21,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,9 @@ IDENTITY_SCHEMA = pa.schema(
 TIMING_COLUMNS = ["run_id", "wall_s", "sec_per_step"]
 # Flush a trace after this many seconds of work even if no log step asks for it.
 FLUSH_SECONDS = 5.0
+# Fields of a job's configuration that say how it was invoked, not what one of its runs computes:
+# where runs go, and the estimators and seeds it ran one by one (each run's manifest names its own).
+INVOCATION_FIELDS = ("out", "estimators", "seeds")
 
 
 class ResultsError(ValueError):
@@ -279,6 +282,17 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "run_id" not in manifest:
         raise ResultsError(f"{path} is not a dcvbench manifest")
     return manifest
+
+
+def config_key(config: Mapping[str, Any], ignore: Iterable[str] = INVOCATION_FIELDS) -> str:
+    """A run's configuration (a manifest's ``config``) as canonical JSON, without the fields ``ignore``.
+
+    Two runs with the same key computed the same thing: ``plot`` averages them as seeds of one series
+    and ``sweep`` recognises a run it has already made.
+    """
+    ignored = set(ignore)
+    kept = {name: value for name, value in config.items() if name not in ignored}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def read_trace(run_dir: Path | str, on_unreadable: Callable[[Path, str], None] | None = None) -> pd.DataFrame:

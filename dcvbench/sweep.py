@@ -1,18 +1,539 @@
-"""Starting one run of a sweep: ``dcvbench ARGS`` in a fresh Python process, here or on a Dask worker.
+"""``dcvbench sweep``: a grid of runs, each exactly one ``dcvbench toy|vae|variance`` invocation.
 
-Kept apart from the sweep job (:mod:`dcvbench.jobs.sweep`) and free of dcvbench's heavy imports: a
-Dask worker unpickling a task imports this module, and should not load torch or pandas for a run
-that loads them itself, in its own process.
+A spec is a TOML file::
+
+    job = "toy"                      # toy, vae or variance
+
+    [options]                        # the same for every run: the command's option names
+    dim = 200                        # (dashes or underscores), values as TOML values
+    steps = 500
+
+    [grid]                           # crossed: one run per combination, last axis fastest
+    estimator = ["rloo", "rloo-dcv"]
+    seed = [1, 2, 3, 4]
+
+Each run is the invocation a user could type (``dcvbench toy --dim 200 --steps 500 --estimator rloo
+--seed 1 --out OUT -q``), started in a fresh Python process, so a sweep's runs are indistinguishable
+from hand-made ones. A toy or VAE run names one estimator and one seed (one run directory each), so
+that every run can be skipped or resumed on its own.
+
+The sweep knows a job's command line only through the :class:`JobCommand` the CLI hands it (its
+option names and a parser to the job's configuration): this module never imports the CLI.
+
+**Idempotence.** A run's *identity* is its configuration, as saved in its manifest (``config``),
+without the fields that only say how it was invoked (:data:`~dcvbench.results.INVOCATION_FIELDS`),
+and, for a toy or VAE run, its own ``estimator`` and ``seed``: so ``dcvbench toy --estimator rloo
+--estimator disarm --seed 1 --seed 2`` typed by hand covers four runs of a sweep, and renaming an
+option changes no identity. A sweep's run is configured by the job's own parser, without running it.
+
+On a re-launch a run with a ``finished`` directory is skipped; an ``interrupted`` toy or VAE run is
+resumed (``--resume RUN_DIR``); a ``failed`` or ``diverged`` one is reported and left alone unless
+``retry_failed`` (a new run directory is made; the old one stays); one still ``running`` is left to
+whatever runs it. An invocation that failed before making a directory (a usage error) leaves no
+trace and is simply tried again.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import logging
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from dcvbench.config import toy_config_from_dict, vae_config_from_dict
+from dcvbench.results import ResultsError, config_key, find_runs, prepare_output_root, read_manifest
+from dcvbench.runtime import ConfigError
+
+JOBS = ("toy", "vae", "variance")
+BACKENDS = ("local", "dask")
+# Set by the sweep for every run, never by a spec: where runs go, and how they report.
+SWEEP_OPTIONS = ("out", "quiet", "resume")
+# Jobs whose runs can be resumed, and whose invocation makes one run directory per (estimator, seed):
+# a sweep gives them one of each per run, so each run directory is skipped or resumed on its own.
+RESUMABLE = ("toy", "vae")
+ONE_PER_RUN = ("estimator", "seed")
+# Exit codes of a run stopped by SIGINT or SIGTERM: it marked itself interrupted (see cli.main).
+INTERRUPTED_CODES = (130, 143)
+# A manifest's config back to the job's configuration (older forms migrated, defaults filled in);
+# a variance study is never resumed, and its manifest's config is compared as written.
+CONFIG_FROM_DICT: dict[str, Callable[[dict], Any]] = {
+    "toy": toy_config_from_dict,
+    "vae": vae_config_from_dict,
+}
+
+Value = bool | int | float | str | list
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """What a sweep needs of one job's command line; the CLI supplies it.
+
+    ``params``: each parameter by name, as the command's parser describes it (``opts`` and
+    ``secondary_opts``: its spellings; ``is_flag``; ``multiple``: repeatable). ``parse``: the
+    arguments after the job's name, parsed (a :class:`ConfigError` if they cannot be). ``configure``:
+    the job's configuration for parsed arguments, without running anything (a :class:`ConfigError`
+    for a bad one).
+    """
+
+    params: Mapping[str, Any]
+    parse: Callable[[Sequence[str]], Any]
+    configure: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated spec: the job, its fixed options and its grid axes, in file order."""
+
+    job: str
+    options: dict[str, Value]
+    grid: dict[str, list[Value]]
+    command: JobCommand = field(repr=False, compare=False)
+    source: str = "<spec>"
+
+    @property
+    def title(self) -> str:
+        """The job and its fixed options: what every run of the sweep shares."""
+        return " ".join([self.job, *(f"{name}={_show(value)}" for name, value in self.options.items())])
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: one invocation of the job, with one value of each grid axis."""
+
+    job: str
+    args: tuple[str, ...]  # the command line after the job name, without --out and -q
+    key: str  # job and every option given, sorted by name: deterministic, readable
+    label: str  # the grid values alone: what tells this run from the others of its sweep
+    # See the module docstring; None when the job refuses its configuration: the run then fails as
+    # any bad invocation does, and is reported.
+    identity: tuple | None = field(repr=False)
+
+    def argv(self, out: Path | str) -> list[str]:
+        """The arguments of ``dcvbench`` that start this run, writing under ``out``."""
+        return [self.job, *self.args, "--out", os.path.abspath(out), "-q"]
+
+    def command(self, out: Path | str) -> str:
+        """The invocation a user could type for this run (what ``--dry-run`` prints)."""
+        return shlex.join(["dcvbench", *self.argv(out)])
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run of the sweep ended, this time or (skipped, failed earlier) before."""
+
+    run: SweepRun
+    status: str  # finished, resumed, skipped, failed, diverged, interrupted or running
+    run_dir: Path | None
+    exit_code: int | None = None
+    note: str = ""  # the last line a failed run wrote on stderr, or why the run was not started
+
+
+@dataclass(frozen=True)
+class SweepCounts:
+    """Where a sweep stands, for a progress display."""
+
+    total: int
+    done: int
+    running: int
+    failed: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs.
+
+
+def load_spec(path: Path | str, commands: Mapping[str, JobCommand]) -> SweepSpec:
+    """Read and validate a spec; anything wrong is a one-line :class:`ConfigError`, found here."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"cannot read sweep spec {path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"sweep spec {path} is not valid TOML: {error}") from None
+    return parse_spec(data, commands, str(path))
+
+
+def parse_spec(data: dict[str, Any], commands: Mapping[str, JobCommand], source: str = "<spec>") -> SweepSpec:
+    """Validate a spec already read from TOML (see the module docstring for its form)."""
+    unknown = set(data) - {"job", "options", "grid"}
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {sorted(unknown)[0]!r}; a spec holds job, [options], [grid]"
+        )
+    job = data.get("job")
+    if job not in JOBS:
+        what = "names no job" if job is None else f"has unknown job {job!r}"
+        raise ConfigError(f"{source} {what}; choose from: {', '.join(JOBS)}")
+    params = commands[job].params
+    options = _named(data.get("options", {}), "[options]", job, params, source)
+    grid = _named(data.get("grid", {}), "[grid]", job, params, source)
+    both = set(options) & set(grid)
+    if both:
+        raise ConfigError(f"{source}: {sorted(both)[0]} is in both [options] and [grid]; keep one")
+    for name, value in options.items():
+        _check_value(job, params[name], value, source)
+    for name, values in grid.items():
+        if not isinstance(values, list):
+            raise ConfigError(f"{source}: [grid] {name} must be a list of values, got {values!r}")
+        if not values:
+            raise ConfigError(f"{source}: [grid] {name} is empty; give at least one value")
+        repeated = [value for i, value in enumerate(values) if value in values[:i]]
+        if repeated:
+            raise ConfigError(f"{source}: [grid] {name} repeats {repeated[0]!r}")
+        for value in values:
+            _check_value(job, params[name], value, source)
+    if job in RESUMABLE:
+        missing = [name for name in ONE_PER_RUN if name not in options and name not in grid]
+        if missing:
+            raise ConfigError(
+                f"{source}: a {job} sweep names one estimator and one seed per run; "
+                f"add {' and '.join(missing)} to [options] or [grid]"
+            )
+    return SweepSpec(job, options, grid, commands[job], source)
+
+
+def expand(spec: SweepSpec) -> list[SweepRun]:
+    """Every combination of the grid axes, as runs; each is parsed here, so bad values fail early."""
+    runs = []
+    axes = list(spec.grid)
+    for values in itertools.product(*spec.grid.values()):
+        point = dict(zip(axes, values, strict=True))
+        chosen = {**spec.options, **point}
+        params = spec.command.params
+        args = tuple(arg for name, value in chosen.items() for arg in _arguments(params[name], value))
+        try:
+            parsed = spec.command.parse(args)
+        except ConfigError as error:
+            raise ConfigError(f"{spec.source}: {error}") from None
+        try:
+            identity = _configured_identity(spec.job, spec.command.configure(parsed))
+        except ConfigError:
+            identity = None
+        runs.append(
+            SweepRun(
+                job=spec.job,
+                args=args,
+                key=" ".join([spec.job, *(f"{name}={_show(chosen[name])}" for name in sorted(chosen))]),
+                label=" ".join(f"{name}={_show(value)}" for name, value in point.items()) or spec.job,
+                identity=identity,
+            )
+        )
+    return runs
+
+
+def _named(table: Any, section: str, job: str, params: Mapping[str, Any], source: str) -> dict[str, Value]:
+    """A spec table with its names checked against the job's options and spelled as parameters."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {section} must be a table of option = value")
+    named: dict[str, Value] = {}
+    for raw, value in table.items():
+        name = raw.replace("-", "_")
+        if name in SWEEP_OPTIONS:
+            owner = "give --out to dcvbench sweep" if name == "out" else "the sweep sets it for every run"
+            raise ConfigError(f"{source}: {section} {raw} is not a spec option ({owner})")
+        if name not in params:
+            valid = ", ".join(p.replace("_", "-") for p in params if p not in SWEEP_OPTIONS)
+            raise ConfigError(f"{source}: unknown {job} option {raw!r} in {section}; choose from: {valid}")
+        if name in named:
+            raise ConfigError(f"{source}: {section} gives {raw} twice (dashes and underscores are the same)")
+        named[name] = value
+    return named
+
+
+def _check_value(job: str, param: Any, value: Any, source: str) -> None:
+    """One run's value of an option: a TOML scalar, or a list of them for a repeatable option."""
+    # A toy or VAE run names one estimator and one seed, though the command repeats them.
+    many = param.multiple and not (job in RESUMABLE and param.name in ONE_PER_RUN)
+    for item in value if isinstance(value, list) and many else [value]:
+        if isinstance(item, list):
+            raise ConfigError(f"{source}: {param.name} takes one value per run; list several in [grid]")
+        if not isinstance(item, bool | int | float | str):
+            raise ConfigError(f"{source}: {param.name}: {item!r} is not a number, string or boolean")
+
+
+def _arguments(param: Any, value: Value) -> list[str]:
+    """The command-line arguments that set ``param`` to ``value``."""
+    if param.is_flag and isinstance(value, bool):
+        if value:
+            return [param.opts[0]]
+        return [param.secondary_opts[0]] if param.secondary_opts else []
+    values = value if isinstance(value, list) else [value]
+    return [arg for item in values for arg in (param.opts[0], _show(item))]
+
+
+def _show(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(_show, value))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity: what makes two runs the same run (see the module docstring).
+
+
+def identity(job: str, config: Mapping[str, Any], estimator: str | None, seed: int | None) -> tuple:
+    """A run's identity from its configuration (a manifest's ``config``) and, for a toy or VAE run,
+    its own estimator and seed."""
+    if job in RESUMABLE:
+        return (job, estimator, seed, config_key(config))
+    return (job, config_key(config))
+
+
+def _configured_identity(job: str, config: Any) -> tuple:
+    """The identity of the one run of a sweep's configuration (one estimator and seed, if any)."""
+    values = asdict(config)
+    if job in RESUMABLE:
+        return identity(job, values, config.estimators[0], config.seeds[0])
+    return identity(job, values, None, None)
+
+
+def _manifest_identity(job: str, manifest: dict[str, Any]) -> tuple:
+    """The identity of a run directory, from its manifest; ConfigError if its config is not valid."""
+    config = manifest["config"]
+    if job in CONFIG_FROM_DICT:
+        config = asdict(CONFIG_FROM_DICT[job](config))
+    return identity(job, config, manifest.get("estimator"), manifest.get("seed"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is already there, and what to do about it.
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What a sweep does for one run: start it (``argv``), or report it as it is (``result``)."""
+
+    run: SweepRun
+    argv: list[str] | None = None
+    resuming: Path | None = None
+    result: RunResult | None = None
+
+
+def existing_runs(root: Path, job: str) -> dict[tuple, list[tuple[Path, dict]]]:
+    """The run directories below ``root`` made by ``dcvbench JOB``, by identity, oldest first."""
+    found: dict[tuple, list[tuple[Path, dict]]] = {}
+    for path in find_runs(root):
+        try:
+            manifest = read_manifest(path)
+        except ResultsError:
+            continue  # not a run this sweep could have made; `dcvbench plot` reports it
+        if manifest.get("job") != job or not isinstance(manifest.get("config"), dict):
+            continue
+        try:
+            key = _manifest_identity(job, manifest)
+        except ConfigError:
+            continue  # made by a dcvbench whose configurations differ from this one's
+        found.setdefault(key, []).append((path, manifest))
+    for runs in found.values():
+        runs.sort(key=lambda run: str(run[1].get("started")))
+    return found
+
+
+def _plan(run: SweepRun, matches: list[tuple[Path, dict]], out: Path, retry_failed: bool) -> _Step:
+    """Skip, resume, report or start ``run``, given the run directories that are the same run."""
+    newest: dict[str, Path] = {manifest.get("status"): path for path, manifest in matches}
+    if "finished" in newest:
+        return _Step(run, result=RunResult(run, "skipped", newest["finished"]))
+    if "running" in newest:
+        note = "its run.json says running: another process may be running it (resume or delete it if not)"
+        return _Step(run, result=RunResult(run, "running", newest["running"], note=note))
+    if "interrupted" in newest and run.job in RESUMABLE:
+        path = newest["interrupted"]
+        return _Step(run, argv=[run.job, "--resume", str(path), "-q"], resuming=path)
+    if not retry_failed:
+        for status in ("failed", "diverged"):
+            if status in newest:
+                note = f"{status} earlier; --retry-failed starts it again"
+                return _Step(run, result=RunResult(run, status, newest[status], note=note))
+    return _Step(run, argv=run.argv(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+
+def run_sweep(
+    runs: Sequence[SweepRun],
+    out: Path | str,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    on_progress: Callable[[SweepCounts], None] | None = None,
+) -> list[RunResult]:
+    """Run every run of a sweep that is not done yet; return one result per run, in order.
+
+    ``backend="local"`` runs ``workers`` runs at a time on this machine (default: one per usable
+    core); ``"dask"`` runs them on a Dask ``LocalCluster`` of ``workers`` single-threaded worker
+    processes on 127.0.0.1, or, given ``scheduler`` (``tcp://HOST:8786``), on that existing
+    cluster, whose workers must see ``out`` at the same path. A failed run does not stop the others.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if scheduler is not None and workers is not None:
+        raise ConfigError(
+            "--workers sizes a local pool or cluster; an existing cluster (--scheduler) has its own"
+        )
+    if backend == "dask" or scheduler is not None:
+        _dask()  # a missing dask is a usage error, found before anything is written
+    root = prepare_output_root(os.path.abspath(out))  # absolute: workers may start elsewhere
+    found = existing_runs(root, runs[0].job) if runs else {}
+    steps = [_plan(run, found.get(run.identity, []), root, retry_failed) for run in runs]
+    results = [step.result for step in steps]
+    todo = [i for i, step in enumerate(steps) if step.argv is not None]
+    report = on_progress or (lambda counts: None)
+    with _executor(backend, workers or usable_cores(), scheduler) as (executor, slots, task):
+        futures = {executor.submit(task, steps[i].argv): i for i in todo}
+        failed = 0
+        report(SweepCounts(len(runs), len(runs) - len(todo), min(slots, len(todo)), 0))
+        for done, future in enumerate(as_completed(futures), start=1):
+            i = futures[future]
+            try:
+                launched = future.result()
+            except Exception as error:  # the worker running it died or could not start it
+                launched = Launched(code=-1, run_dirs=(), error=f"{type(error).__name__}: {error}")
+            results[i] = _outcome(steps[i], launched)
+            failed += results[i].status == "failed"
+            waiting = len(todo) - done
+            report(SweepCounts(len(runs), len(runs) - waiting, min(slots, waiting), failed))
+    if any(result.run_dir is None for result in results):
+        # A run that failed after making its directory did not print it: find it by identity.
+        found = existing_runs(root, runs[0].job)
+        for i, result in enumerate(results):
+            if result.run_dir is None and found.get(result.run.identity):
+                results[i] = replace(result, run_dir=found[result.run.identity][-1][0])
+    return results
+
+
+def _outcome(step: _Step, launched: Launched) -> RunResult:
+    """The result of a started run, from its exit code and the manifest of the run it printed."""
+    run_dir = Path(launched.run_dirs[-1]) if launched.run_dirs else step.resuming
+    if launched.code == 0:
+        status = read_manifest(run_dir)["status"] if run_dir else "finished"
+        if status == "finished" and step.resuming:
+            status = "resumed"
+        return RunResult(step.run, status, run_dir)
+    status = "interrupted" if launched.code in INTERRUPTED_CODES else "failed"
+    return RunResult(step.run, status, run_dir, exit_code=launched.code, note=launched.error)
+
+
+@contextmanager
+def _executor(backend: str, workers: int, scheduler: str | None) -> Iterator[tuple[Executor, int, Callable]]:
+    """An executor, how many runs it runs at once, and the task that runs one ``argv`` on it."""
+    if backend == "dask" or scheduler is not None:
+        with _dask_executor(workers, scheduler) as started:
+            yield started
+        return
+    processes = RunProcesses()
+    # Threads suffice to drive the runs: each only waits on its run's process.
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dcvbench-sweep")
+    task = functools.partial(launch, threads=max(1, usable_cores() // workers), processes=processes)
+    try:
+        yield pool, workers, task
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        processes.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+@contextmanager
+def _dask_executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, int, Callable]]:
+    """A Dask client's executor: on a new ``LocalCluster`` on 127.0.0.1, or on ``scheduler``'s cluster."""
+    distributed = _dask()
+    cluster = None
+    if scheduler is None:
+        # One single-threaded worker process per slot: a worker never takes a second run while one
+        # of its runs is going, and the runs share the cores as the local backend's do.
+        with _sigint_ignored():
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+    try:
+        client = distributed.Client(cluster if cluster is not None else scheduler, timeout="10s")
+    except (OSError, ValueError) as error:
+        if cluster is not None:
+            cluster.close()
+        raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    try:
+        slots: dict[str, int] = {}
+        for address, nthreads in client.nthreads().items():
+            host = distributed.comm.get_address_host(address)
+            slots[host] = slots.get(host, 0) + nthreads
+        executor = client.get_executor(pure=False)  # pure=False: a run is never a cached result
+        sweep = uuid.uuid4().hex  # names this sweep's runs on the workers, to stop them
+        task = functools.partial(launch_on_dask_worker, slots=slots, sweep=sweep)
+        try:
+            yield executor, max(1, sum(slots.values())), task
+        except BaseException:
+            executor.shutdown(wait=False)  # cancels the runs not started yet
+            # The running ones mark themselves interrupted. A worker already gone cannot be asked: its
+            # runs (own sessions) go on to their end, and a re-launch then finds them finished.
+            with suppress(Exception):
+                client.run(stop_dask_runs, sweep)
+            raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while a LocalCluster starts: its worker processes inherit that, so a Ctrl-C at the
+    terminal stops the sweep alone, which then stops the runs through the workers (stop_dask_runs),
+    instead of killing the workers and leaving their runs going."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _dask():
+    """The ``distributed`` package, imported only for the Dask backend (an optional extra)."""
+    try:
+        import distributed
+        import distributed.comm
+    except ImportError:
+        raise ConfigError("the dask backend needs dask.distributed: pip install 'dcvbench[dask]'") from None
+    return distributed
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting one run: ``dcvbench ARGS`` in a fresh Python process, here or on a Dask worker.
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ CASES = [
     (["toy", "--classes", "3", "--out", "{out}"], "--classes 3 applies to categorical latents only"),
     (
         ["toy", "--latent", "categorical", "--estimator", "disarm", "--out", "{out}"],
-        "disarm has no categorical version; for categorical latents choose from: reinforce, rloo,",
+        "disarm has no categorical version; for categorical latents choose from: reinforce, reinforce-ema,",
     ),
     (
         ["toy", "--latent", "categorical", "--estimator", "nope", "--out", "{out}"],

@@ -1,13 +1,18 @@
 """The command line, end to end: Typer's test runner for normal use, ``main`` for usage errors."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
+import typer
 from typer.testing import CliRunner
 
-from dcvbench.cli import app, main
-from dcvbench.estimators import estimator_names
+from dcvbench.cli import app, main, options
+from dcvbench.config import ToyConfig, ToyProblem, VaeConfig
+from dcvbench.estimators import default_settings, estimator_names, estimator_options
+from dcvbench.estimators.options import Option, positive
 from dcvbench.results import find_runs, read_manifest, read_table, read_trace
 
 runner = CliRunner()
@@ -158,3 +163,62 @@ def test_concurrent_invocations_into_one_out_write_separate_complete_runs(tmp_pa
     first, second = (read_trace(run).drop(columns=["run_id", "wall_s", "sec_per_step"]) for run in runs)
     assert len(first) == 21  # steps 0, 10, …, 200
     pd.testing.assert_frame_equal(first, second)
+
+
+def job_params(job: str) -> dict:
+    return {param.name: param for param in typer.main.get_command(app).commands[job].params}
+
+
+@pytest.mark.parametrize(("job", "configs"), [("toy", (ToyConfig, ToyProblem)), ("vae", (VaeConfig,))])
+def test_defaults_are_the_configurations(job, configs):
+    # None: not given, the configuration decides (the VAE protocol's batch size, a latent type's classes).
+    params = {name: param for name, param in job_params(job).items() if param.default is not None}
+    compared = 0
+    for config in configs:
+        for spec in dataclasses.fields(config):
+            if spec.name in params and spec.default is not dataclasses.MISSING:
+                assert params[spec.name].default == spec.default, spec.name
+                compared += 1
+    assert compared >= 10
+
+
+@pytest.mark.parametrize("job", ["toy", "vae", "variance"])
+def test_every_estimator_option_is_an_option_of_every_job(job):
+    params = job_params(job)
+    for name, option in estimator_options().items():
+        assert params[name].opts == [option.flag]
+        assert params[name].default == default_settings(job)[name]
+        assert params[name].help.endswith(option.help)
+    assert "rloo-dcv: " in params["alpha"].help
+
+
+def test_a_new_estimator_option_needs_no_cli_edit(monkeypatch):
+    # An option that only a new estimator declares: the decorator alone makes it a typed option.
+    declared = Option("step_size", 0.5, help="a new estimator's step.", check=positive)
+    monkeypatch.setattr(options, "estimator_options", lambda: {"step_size": declared})
+    monkeypatch.setattr(options, "default_settings", lambda job: {"step_size": 0.25})
+    monkeypatch.setattr(options, "option_users", lambda name: ["newcomer"])
+    received = []
+    demo = typer.Typer()
+
+    @demo.command()
+    @options.with_estimator_options("toy")
+    def job(ctx: typer.Context, steps: int = 1) -> None:
+        received.append((steps, options.estimator_settings(ctx.params)))
+
+    assert runner.invoke(demo, ["--steps", "3", "--step-size", "0.125"]).exit_code == 0
+    assert runner.invoke(demo, []).exit_code == 0
+    assert received == [(3, {"step_size": 0.125}), (1, {"step_size": 0.25})]
+    help_text = runner.invoke(demo, ["--help"]).output
+    assert "--step-size" in help_text and "newcomer: a new estimator's step." in help_text
+
+
+def test_estimators_lists_each_estimators_options():
+    result = runner.invoke(app, ["estimators"])
+    lines = [line.replace("┃", "│") for line in result.output.splitlines()]  # the header's rule is bold
+    rows = [[cell.strip() for cell in line.split("│")] for line in lines if "│" in line]
+    column = next(row for row in rows if "options" in row).index("options")
+    first = {row[1]: row[column] for row in rows if row[1]}
+    assert first["rloo-dcv"].startswith("--alpha") and first["rloo"] == "–"
+    for option in estimator_options().values():
+        assert option.flag in result.output

@@ -12,9 +12,10 @@ from dcvbench.config import (
     VaeConfig,
     VarianceConfig,
     theta_probability,
+    toy_config_from_dict,
     vae_config_from_dict,
 )
-from dcvbench.estimators import EstimatorSettings
+from dcvbench.estimators import default_settings
 from dcvbench.runtime import ConfigError
 
 
@@ -31,8 +32,21 @@ from dcvbench.runtime import ConfigError
         (lambda: ToyConfig(var_samples=1), "--var-samples must be at least 2"),
         (lambda: ToyConfig(seeds=()), "at least one --seed"),
         (lambda: ToyConfig(device="tpu"), "unknown device"),
-        (lambda: ToyConfig(estimator_settings=EstimatorSettings(temperature=0.0)), "--temperature"),
-        (lambda: ToyConfig(estimator_settings=EstimatorSettings(alpha=float("nan"))), "--alpha"),
+        (
+            lambda: ToyConfig(estimator_settings={"temperature": 0.0}),
+            "--temperature must be positive, got 0.0",
+        ),
+        (lambda: ToyConfig(estimator_settings={"alpha": float("nan")}), "--alpha must be finite, got nan"),
+        (
+            lambda: ToyConfig(estimator_settings={"alpha_learning": "newton"}),
+            "--alpha-learning must be sgd or",
+        ),
+        (
+            lambda: VaeConfig(estimator_settings={"baseline_decay": 1.0}),
+            "--baseline-decay must be in",
+        ),
+        (lambda: VarianceConfig(estimator_settings={"control_lr": 0.0}), "--control-lr must be positive"),
+        (lambda: ToyConfig(estimator_settings={"alpha_rate": 0.1}), "unknown estimator option 'alpha_rate'"),
         (lambda: VarianceConfig(theta="1.5"), "--theta must be in"),
         (lambda: VarianceConfig(theta="half"), "--theta must be a probability"),
         (lambda: VarianceConfig(ks=(2, 3), estimators=("disarm",)), "K must be even for disarm, got 3"),
@@ -43,7 +57,7 @@ from dcvbench.runtime import ConfigError
         (lambda: VaeConfig(anneal_rate=math.inf), "--anneal-rate must be ≥ 0, got inf"),
         (lambda: VaeConfig(anneal_floor=0.0), "--anneal-floor must be positive, got 0.0"),
         (
-            lambda: VaeConfig(anneal="exp", estimator_settings=EstimatorSettings(temperature=0.4)),
+            lambda: VaeConfig(anneal="exp", estimator_settings={"temperature": 0.4}),
             "--anneal-floor 0.5 is above --temperature 0.4: annealing only lowers a temperature",
         ),
         (
@@ -65,7 +79,7 @@ def test_theta():
 def test_vae_relaxation_settings_round_trip_and_old_manifests_load():
     config = VaeConfig(
         estimators=("concrete", "st-concrete"),
-        estimator_settings=EstimatorSettings(temperature=0.9),
+        estimator_settings={"temperature": 0.9},
         prior_temperature=0.6,
         kl="analytic",
         anneal="exp",
@@ -81,7 +95,7 @@ def test_vae_relaxation_settings_round_trip_and_old_manifests_load():
 
 
 def test_temperatures_anneal_exponentially_to_the_floor():
-    settings = EstimatorSettings(temperature=1.0)
+    settings = {"temperature": 1.0}
     assert VaeConfig(estimator_settings=settings).temperatures(10_000) == (1.0, 0.5)  # no annealing
     config = VaeConfig(estimator_settings=settings, anneal="exp", anneal_rate=0.01, anneal_floor=0.2)
     assert config.temperatures(0) == (1.0, 0.5)
@@ -90,3 +104,29 @@ def test_temperatures_anneal_exponentially_to_the_floor():
     assert config.temperatures(10_000) == (0.2, 0.2)  # both held at the floor
     steps = [config.temperatures(step)[0] for step in range(0, 300, 10)]
     assert all(later <= earlier for earlier, later in itertools.pairwise(steps))
+
+
+def test_estimator_settings_hold_every_option_with_the_job_s_defaults():
+    # The published toy tuned α with RMSprop at 5e-4, the VAE with Adam at 1e-3; a variance study
+    # takes the toy's.
+    assert ToyConfig().estimator_settings == default_settings("toy")
+    assert ToyConfig().estimator_settings["alpha_optimizer"] == "rmsprop"
+    assert VarianceConfig().estimator_settings == default_settings("toy")
+    assert VaeConfig().estimator_settings == default_settings("vae")
+    assert VaeConfig().estimator_settings["alpha_lr"] == 1e-3
+    # What is given replaces the job's default; the rest stays, so the manifest records every value.
+    given = ToyConfig(estimator_settings={"alpha": -0.5, "temperature": 0.9}).estimator_settings
+    assert given == {**default_settings("toy"), "alpha": -0.5, "temperature": 0.9}
+
+
+def test_manifests_round_trip_and_a_missing_option_takes_the_job_default():
+    config = ToyConfig(estimator_settings={"alpha_learning": "optimal", "baseline_decay": 0.5})
+    saved = asdict(config)
+    assert saved["estimator_settings"] == config.estimator_settings  # saved verbatim
+    assert toy_config_from_dict(saved) == config
+    del saved["estimator_settings"]["control_lr"]  # an option added after the run was written
+    assert (
+        toy_config_from_dict(saved).estimator_settings["control_lr"] == default_settings("toy")["control_lr"]
+    )
+    vae = asdict(VaeConfig(estimator_settings={"alpha_optimizer": "sgd"}))
+    assert vae_config_from_dict(vae).estimator_settings["alpha_optimizer"] == "sgd"

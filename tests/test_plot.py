@@ -15,18 +15,19 @@ from dcvbench.cli import main
 from dcvbench.estimators import estimator_names
 from dcvbench.plot import (
     BASELINE,
+    MEASUREMENTS,
     RUNS,
     combine,
     curve_frame,
     draw_curves,
     estimator_color,
     load_results,
+    metrics_of,
     plot_results,
     summary_frame,
     time_frame,
     variance_frame,
 )
-from dcvbench.plot import TOY_METRICS as PLOT_TOY_METRICS
 from dcvbench.results import ResultsError, Run, prepare_output_root, table_from_records
 
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "alpha", "sec_per_step")
@@ -419,7 +420,7 @@ def test_baseline_runs_are_overlaid_dashed_in_the_same_colours(runs, tmp_path):
     assert set(toy["source"]) == {RUNS, BASELINE}
     base = _row(toy, source=BASELINE, estimator="rloo", step=10)
     assert base["n"] == 2  # the repeated seed 0 counts once
-    grad_var = next(metric for metric in PLOT_TOY_METRICS if metric.column == "grad_var")
+    grad_var = next(metric for metric in MEASUREMENTS if metric.column == "grad_var")
     fig = draw_curves(toy, grad_var, "toy")
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert lines["rloo (baseline)"].get_linestyle() == "--"
@@ -472,3 +473,22 @@ def test_plot_baselines_produces_every_figure(tmp_path, capsys):
     }
     assert {path.name for path in out.glob("*.png")} == expected
     assert {"summary.md", "summary.csv", "variance-summary.csv"} <= {path.name for path in out.iterdir()}
+
+
+def test_an_estimators_stats_are_drawn_from_the_trace_columns(tmp_path):
+    # nvil reports its baseline: a column of its trace, so a figure, with no list of nvil's metrics.
+    root = prepare_output_root(tmp_path / "runs")
+    identity = {"problem": "toy", "estimator": "nvil", "k": 2, "seed": 0, "grad_var_method": "resample"}
+    config = {"problem": {"objective": "separable", "dim": 8, "target": 0.499}, "k": 2, "steps": 20}
+    manifest = {"job": "toy", "objective_direction": "maximize", "config": config}
+    columns = ("objective", "baseline", "bias_max_z", "sec_per_step")
+    with Run.create(root, "toy-nvil-k2-seed0", identity, columns, manifest) as run:
+        for step in (0, 10, 20):
+            run.log(step, objective=0.25, baseline=0.1 * step, bias_max_z=1.0, sec_per_step=0.01)
+    assert [metric.column for metric in metrics_of(columns)] == ["objective", "baseline"]
+    report = plot_results(root, tmp_path / "figures")
+    assert {path.name for path in report.figures} == {
+        "toy-separable-d8-k2-objective.png",
+        "toy-separable-d8-k2-baseline.png",  # an estimator's stat
+        "toy-separable-d8-k2-sec_per_step.png",
+    }  # bias_max_z is a diagnostic of the variance measurement: in the trace, not drawn

@@ -16,11 +16,12 @@ from typer.testing import CliRunner
 
 from dcvbench import cli
 from dcvbench.cli import app, main
-from dcvbench.jobs.sweep import _plan, expand, load_spec, parse_spec, run_sweep
+from dcvbench.cli.sweep import job_commands
 from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
-from dcvbench.sweep import usable_cores
+from dcvbench.sweep import _plan, existing_runs, expand, load_spec, parse_spec, run_sweep, usable_cores
 
 runner = CliRunner()
+COMMANDS = job_commands()
 SPEC = """
 job = "toy"
 
@@ -93,7 +94,7 @@ def local_sweep(tmp_path_factory):
 
 
 def test_spec_expands_to_every_combination(tmp_path):
-    runs = expand(load_spec(write_spec(tmp_path)))
+    runs = expand(load_spec(write_spec(tmp_path), COMMANDS))
     assert [run.label for run in runs] == [f"estimator={e} seed={s}" for e, s in GRID]
     assert [run.args[-4:] for run in runs] == [("--estimator", e, "--seed", str(s)) for e, s in GRID]
     assert len({run.key for run in runs}) == len({run.identity for run in runs}) == 4
@@ -104,11 +105,28 @@ def test_spec_expands_to_every_combination(tmp_path):
 
 def test_identity_ignores_spelling_order_and_defaults():
     spec = {"job": "toy", "options": {"estimator": "rloo", "seed": 1}}
-    (plain,) = expand(parse_spec(spec))
+    (plain,) = expand(parse_spec(spec, COMMANDS))
     spelled = {"job": "toy", "options": {"seed": 1, "target": 0.499, "w-seed": 0, "estimator": "rloo"}}
-    (explicit,) = expand(parse_spec(spelled))
+    (explicit,) = expand(parse_spec(spelled, COMMANDS))
     assert plain.identity == explicit.identity  # the defaults, given or not
     assert plain.key != explicit.key
+
+
+def test_a_run_is_known_by_its_configuration_not_its_command_line(tmp_path):
+    # A finished run whose recorded command no dcvbench could parse today (an option renamed since):
+    # its configuration alone says it is the sweep's run, so the sweep skips it.
+    out = tmp_path / "runs"
+    args = ["toy", "--dim", "4", "--steps", "2", "--var-samples", "4", "--estimator", "rloo", "--seed", "1"]
+    assert main([*args, "--device", "cpu", "--out", str(out), "-q"]) == 0
+    (made,) = find_runs(out)
+    manifest = json.loads((made / "run.json").read_text())
+    (made / "run.json").write_text(json.dumps({**manifest, "command": "dcvbench toy --dimension 4"}))
+    spec = {"job": "toy", "options": {"dim": 4, "steps": 2, "var-samples": 4, "device": "cpu"}}
+    spec["grid"] = {"estimator": ["rloo", "disarm"], "seed": [1]}
+    runs = expand(parse_spec(spec, COMMANDS))
+    assert list(existing_runs(out, "toy")) == [runs[0].identity]
+    (skipped,) = run_sweep(runs[:1], out)
+    assert (skipped.status, skipped.run_dir) == ("skipped", made)
 
 
 def test_dry_run_prints_each_invocation(tmp_path, capsys):
@@ -162,7 +180,7 @@ def test_missing_dask_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_plan_skips_resumes_and_reports(tmp_path):
-    (run,) = expand(parse_spec({"job": "toy", "options": {"estimator": "rloo", "seed": 1}}))
+    (run,) = expand(parse_spec({"job": "toy", "options": {"estimator": "rloo", "seed": 1}}, COMMANDS))
 
     def plan(*statuses: str, retry: bool = False):
         matches = [(tmp_path / status, {"status": status}) for status in statuses]
@@ -185,7 +203,7 @@ def test_local_sweep_matches_hand_made_runs(local_sweep, reference):
     assert_same_traces(out, reference)
     # The runs the sweep started record the invocation --dry-run prints; the one resumed keeps its own.
     manifests = [read_manifest(run) for run in find_runs(out)]
-    typed = {run.command(out) for run in expand(load_spec(spec))}
+    typed = {run.command(out) for run in expand(load_spec(spec, COMMANDS))}
     started = [manifest for manifest in manifests if manifest["command"] in typed]
     assert len(started) == 3 and len({manifest["command"] for manifest in manifests}) == 4
     # Two runs at once share the cores: each started with half of them as torch threads.
@@ -195,7 +213,7 @@ def test_local_sweep_matches_hand_made_runs(local_sweep, reference):
 def test_relaunch_skips_everything(local_sweep):
     spec, out, _ = local_sweep
     before = find_runs(out)
-    results = run_sweep(expand(load_spec(spec)), out)
+    results = run_sweep(expand(load_spec(spec, COMMANDS)), out)
     assert [result.status for result in results] == ["skipped"] * 4
     assert sorted(result.run_dir for result in results) == before == find_runs(out)
 
@@ -225,7 +243,7 @@ def test_dask_local_cluster_matches_hand_made_runs(tmp_path, reference):
 def test_failed_run_is_reported_and_the_others_finish(tmp_path):
     spec = SPEC.replace("seed = [1, 2]", "seed = [1]").replace('device = "cpu"', 'device = "cpu"\nk = 3')
     out = tmp_path / "runs"
-    runs = expand(load_spec(write_spec(tmp_path, spec)))
+    runs = expand(load_spec(write_spec(tmp_path, spec), COMMANDS))
     rloo, disarm = run_sweep(runs, out, workers=2)
     assert rloo.status == "finished" and read_manifest(rloo.run_dir)["status"] == "finished"
     assert (disarm.status, disarm.exit_code, disarm.run_dir) == ("failed", 2, None)

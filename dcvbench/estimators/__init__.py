@@ -1,42 +1,31 @@
-"""Gradient estimators for factorised Bernoulli latents, behind one registry.
+"""Gradient estimators for discrete latents (bits and one-hot categoricals), behind one registry.
 
 >>> from dcvbench.estimators import get_estimator
->>> estimator = get_estimator("rloo-dcv")
+>>> estimator = get_estimator("rloo-dcv")  # latent="categorical" for logits [B, N, C]
 >>> estimate = estimator(logits, f, k=2, generator=generator)  # estimate.grad: [B, D]
 >>> ...  # use estimate.grad, then let the estimator learn its α:
 >>> estimator.update(estimate)
 
-Importing this package registers every estimator module below.
+One module per estimator, named after it; every module of this package is imported here, and each
+estimator module registers its class (:mod:`dcvbench.estimators.registry`).
 """
 
-# isort: off
-# Importing a module registers its estimators; this order is the order of listings.
-from dcvbench.estimators import reinforce, rloo, dcv, muprop, exact_baseline  # noqa: F401
-from dcvbench.estimators import arm, arms, concrete, relax  # noqa: F401
-from dcvbench.estimators import vimco, nvil  # noqa: F401
-from dcvbench.estimators import categorical  # noqa: F401  (categorical latents: their own registry)
-
-# isort: on
-from dcvbench.estimators.base import (
-    Estimate,
-    Estimator,
-    EstimatorError,
-    EstimatorInfo,
-    EstimatorSettings,
-    Objective,
-    ProblemShape,
-    context_of,
-    measuring,
-)
-from dcvbench.estimators.dcv import ControlVariateEstimator
+from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Stat, measuring
+from dcvbench.estimators.control_variate import ControlVariateEstimator
 from dcvbench.estimators.registry import (
     REFERENCE_ESTIMATOR,
     build_estimator,
+    check_settings,
+    default_settings,
+    discover,
     estimator_class,
     estimator_info,
     estimator_names,
+    estimator_options,
     get_estimator,
 )
+
+discover()
 
 __all__ = [
     "REFERENCE_ESTIMATOR",
@@ -45,14 +34,14 @@ __all__ = [
     "Estimator",
     "EstimatorError",
     "EstimatorInfo",
-    "EstimatorSettings",
-    "Objective",
-    "ProblemShape",
+    "Stat",
     "build_estimator",
-    "context_of",
+    "check_settings",
+    "default_settings",
     "estimator_class",
     "estimator_info",
     "estimator_names",
+    "estimator_options",
     "get_estimator",
     "measuring",
 ]

@@ -1,21 +1,16 @@
-"""The shared estimator interface.
+"""The shared estimator interface: what an estimator is, what it returns, what the registry knows.
 
-Every estimator answers one question: given logits ``η`` of a factorised Bernoulli
-``q(b) = Π_d σ(η_d)^{b_d} (1 − σ(η_d))^{1 − b_d}`` and a black-box objective ``f``, what is an
-estimate of ``∇_η E_q[f(b)]``?
+Every estimator answers one question: given logits ``η`` of a factorised distribution ``q_η`` of
+discrete latents (a :class:`~dcvbench.latent.LatentFamily`: bits or one-hot classes) and a
+black-box objective ``f``, what is an estimate of ``∇_η E_q[f(b)]``?
 
-Shapes used throughout the package:
+Shapes used throughout the package (``event`` is one row's latents, ``(D,)`` or ``(N, C)``):
 
-- ``logits``: ``[B, D]`` — B independent rows (data points in a VAE, variance draws in a study),
-  D binary latents per row.
-- samples ``b``: ``[K, B, D]`` — K samples per row.
+- ``logits``: ``[B, *event]`` — B independent rows (data points in a VAE, variance draws in a study);
+- samples ``b``: ``[K, B, *event]`` — K samples per row;
 - ``f(b)``: ``[K, B]`` — one value per sample and row; ``f`` must be differentiable in its input
-  (``b`` is treated as a real vector) for estimators that need ``∇_b f``.
-- the estimate ``g``: ``[B, D]``, the shape of ``logits``.
-
-Categorical latents (:mod:`dcvbench.estimators.categorical`, DESIGN §3.6) add a class dimension:
-logits ``[B, N, C]`` of N independent categorical variables with C classes each, one-hot samples
-``[K, B, N, C]``, ``f: [K, B, N, C] → [K, B]`` and estimates ``[B, N, C]``; the interface is the same.
+  (``b`` is treated as a real vector) for estimators that need ``∇_b f``;
+- the estimate ``g``: ``[B, *event]``, the shape of ``logits``.
 
 Sampling is kept apart from estimation: :meth:`Estimator.sample` draws the random numbers (uniform
 noise), :meth:`Estimator.estimate` turns them into a gradient. Two estimators that draw noise of the
@@ -25,33 +20,18 @@ paired ("grad basket") comparisons need.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from dcvbench.estimators.sampling import uniform_noise
-
-
-class Objective(Protocol):
-    """A function of binary samples, ``[K, B, D] -> [K, B]``, differentiable in its input.
-
-    Optional attributes an objective may offer (looked up with ``getattr``):
-
-    - ``context``: ``[B, C]`` the per-row input the estimator's own networks may condition on
-      (the VAE's images ``x``; see :func:`context_of`). Toy objectives have none.
-    - ``value_and_input_grad(b)``: values and ``∇_b f`` from one pass it controls (see
-      :func:`evaluate`).
-    - ``relaxed(y, logits, temperature)``: the objective of its relaxed model at relaxed samples
-      in logit space (see :func:`dcvbench.estimators.concrete.relaxed_objective`), or for
-      categorical latents on the log-simplex
-      (:func:`dcvbench.estimators.categorical.concrete.relaxed_objective`).
-    """
-
-    def __call__(self, b: Tensor) -> Tensor: ...
+from dcvbench.estimators.options import Option
+from dcvbench.latent import BINARY, LatentFamily
+from dcvbench.latent.noise import uniform_noise
+from dcvbench.objectives import Objective, ProblemShape
 
 
 class EstimatorError(ValueError):
@@ -63,15 +43,16 @@ class Estimate:
     """The result of one gradient estimate.
 
     Attributes:
-        grad: ``[B, D]`` estimate of ``∇_η E_q[f]`` (no autograd graph attached).
+        grad: ``[B, *event]`` estimate of ``∇_η E_q[f]`` (no autograd graph attached).
         values: ``[E, B]`` the objective at the estimator's samples (E per row: K, or 2 per
-            antithetic pair), attached to ``f``'s graph so a model can train ``f``'s own
-            parameters on them — unless ``f`` computed them with its own ``value_and_input_grad``,
-            which then owns that training (the VAE's shared backward pass). Evaluations at other
-            points (MuProp's at θ) are not included.
-        stats: 0-d tensors worth logging (e.g. the control-variate weight ``alpha``); kept as
+            antithetic pair). Evaluations at other points (MuProp's at θ) are not included.
+        param_grads: the objective's parameter gradients from the pass that evaluated ``values``
+            (:attr:`dcvbench.objectives.Evaluation.param_grads`: the VAE's shared backward pass),
+            which a training step assigns; ``None``: it differentiates :attr:`surrogate` (or
+            ``mean(values)``, which then carry ``f``'s graph).
+        stats: 0-d tensors worth logging, as :attr:`EstimatorInfo.stats` declares them; kept as
             tensors so that a training step never waits on the device to read them.
-        control: for estimators of the form ``g = g₀ + α·h``, the direction ``h`` ``[B, D]``, so
+        control: for estimators of the form ``g = g₀ + α·h``, the direction ``h`` ``[B, *event]``, so
             that ``α`` can be tuned to minimise ``‖g‖²``; ``None`` otherwise.
         surrogate: a 0-d tensor whose gradient trains ``f``'s own parameters (the generative model)
             when that is not the gradient of ``mean(values)`` — VIMCO trains the decoder on the
@@ -84,6 +65,7 @@ class Estimate:
 
     grad: Tensor
     values: Tensor
+    param_grads: tuple[Tensor, ...] | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
     control: Tensor | None = None
     surrogate: Tensor | None = None
@@ -91,56 +73,20 @@ class Estimate:
 
 
 @dataclass(frozen=True)
-class EstimatorSettings:
-    """Options of every estimator, as one flat record (one field per CLI option).
+class Stat:
+    """One value an estimate reports in :attr:`Estimate.stats`, a trace column of the toy and VAE jobs.
 
-    Each estimator class picks the fields it uses in :meth:`Estimator.from_settings`, so a job can
-    build any registered estimator from the same settings without knowing its name.
+    ``reduce``: ``"last"`` logs the row step's value; ``"mean"`` the mean over the steps since the
+    previous row (VIMCO's training bound).
     """
 
-    alpha: float | None = None  # rloo-dcv: fixed α; None learns it
-    alpha_learning: str = "sgd"  # rloo-dcv: "sgd" (the paper) or "optimal" (running α*)
-    alpha_optimizer: str = "adam"  # rloo-dcv: optimiser of α (VAE reference: Adam 1e-3)
-    alpha_lr: float = 1e-3
-    temperature: float = 2.0 / 3.0  # concrete, st-concrete: the Concrete paper's posterior default
-    baseline_decay: float = 0.9  # reinforce-ema, nvil: weight of the old running averages per update
-    control_lr: float = 1e-3  # relax, rebar, nvil: Adam learning rate of their own learned parts
-
-
-LATENT_TYPES = ("binary", "categorical")
-
-
-@dataclass(frozen=True)
-class ProblemShape:
-    """The sizes an estimator is built for: its latent type, and the sizes its own networks need
-    (RELAX's control net, NVIL's baseline).
-
-    Attributes:
-        latent: the latent variables per row: ``D`` bits (logits ``[B, D]``), or ``N`` categorical
-            variables (logits ``[B, N, C]``).
-        context: width of the per-row input the estimator may condition on (the VAE's pixels,
-            :attr:`Objective.context`); 0 when there is none (toy).
-        classes: ``None`` for binary latents; ``C ≥ 2`` for categorical ones. Binary latents are
-            not a two-class categorical here: they keep one logit per bit, and their own estimators.
-    """
-
-    latent: int
-    context: int = 0
-    classes: int | None = None
-
-    def __post_init__(self):
-        if self.classes is not None and self.classes < 2:
-            raise EstimatorError(f"categorical latents need at least 2 classes, got {self.classes}")
-
-    @property
-    def latent_type(self) -> str:
-        """``"binary"`` or ``"categorical"`` (one of :data:`LATENT_TYPES`): which registry applies."""
-        return "binary" if self.classes is None else "categorical"
+    name: str
+    reduce: Literal["last", "mean"] = "last"
 
 
 @dataclass(frozen=True)
 class EstimatorInfo:
-    """What the registry knows about an estimator (the source of the CLI's choices)."""
+    """What the registry knows about an estimator (the source of the CLI's choices and listings)."""
 
     name: str
     summary: str
@@ -153,6 +99,12 @@ class EstimatorInfo:
     # The problems it runs on: exact-baseline needs the toy's closed-form E_q[f]; VIMCO needs f to be
     # a negative log importance weight, which only the VAE's objective is.
     problems: tuple[str, ...] = ("toy", "vae")
+    families: tuple[str, ...] = ("binary",)  # the latent types it is registered for
+    order: int = 1000  # place in listings, ascending (ties by name); undeclared: after the rest
+    stats: tuple[Stat, ...] = ()
+    # "relaxed": trains the relaxed objective (concrete); "straight-through": discrete forward,
+    # relaxed backward (st-concrete). Such an estimator has a settable ``temperature`` (annealing).
+    relaxation: Literal["relaxed", "straight-through"] | None = None
 
     def evals(self, k: int) -> int:
         """Evaluations of ``f`` per estimate with ``k`` samples."""
@@ -177,20 +129,27 @@ class EstimatorInfo:
 
 
 class Estimator(nn.Module):
-    """Base class: an estimator of ``∇_η E_q[f(b)]`` for factorised Bernoulli (or categorical) ``q``.
+    """Base class: an estimator of ``∇_η E_q[f(b)]`` for the latents of one :class:`LatentFamily`.
 
-    Subclasses set ``info`` (through :func:`dcvbench.estimators.registry.register`) and implement
-    :meth:`sample` and :meth:`estimate`. Learnable state (a control-variate weight, a baseline)
-    lives in the module itself and is changed only by :meth:`update`, which a training loop calls
-    *after* it has used the estimate, so every estimate stays unbiased.
+    Subclasses set ``info`` (through :func:`dcvbench.estimators.registry.register`), declare their
+    hyperparameters in ``options`` (constructor arguments of the same names) and implement
+    :meth:`estimate` (and :meth:`sample` when they need other noise than ``K`` uniforms per latent).
+    Learnable state (a control-variate weight, a baseline) lives in the module itself and is changed
+    only by :meth:`update`, which a training loop calls *after* it has used the estimate, so every
+    estimate stays unbiased.
     """
 
     info: ClassVar[EstimatorInfo]
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, family: LatentFamily = BINARY):
+        super().__init__()
+        self.family = family
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Estimator:
-        """Build from the shared settings record for a problem of ``shape`` (default: no options)."""
-        return cls()
+    def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> Estimator:
+        """Build for a problem of ``shape`` with this class's options read from ``settings``."""
+        return cls(family=shape.family, **{option.name: settings[option.name] for option in cls.options})
 
     def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Draw the uniform noise this estimator needs, ``[K, *logits.shape]`` unless stated otherwise."""
@@ -200,13 +159,17 @@ class Estimator(nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: Tensor, f: Objective, k: int, generator: torch.Generator) -> Estimate:
-        """Sample and estimate: ``logits [B, D]`` → :class:`Estimate` with ``grad [B, D]``."""
+        """Sample and estimate: ``logits [B, *event]`` → :class:`Estimate` with ``grad [B, *event]``."""
         self.info.check_k(k)
         logits = logits.detach()
         return self.estimate(logits, f, self.sample(logits, k, generator))
 
     def update(self, estimate: Estimate) -> None:
         """Learn from an estimate that has already been used (default: nothing to learn)."""
+
+    def state_stats(self) -> dict[str, float]:
+        """The current values of the ``"last"`` stats, without an estimate (a trace's step-0 row)."""
+        return {}
 
 
 @contextmanager
@@ -222,38 +185,3 @@ def measuring(estimator: Estimator) -> Iterator[Estimator]:
         yield estimator
     finally:
         estimator.train(was_training)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers shared by the estimators.
-
-
-def context_of(f: Objective) -> Tensor | None:
-    """The objective's per-row input ``[B, C]`` (``Objective.context``), or ``None`` if it has none."""
-    return getattr(f, "context", None)
-
-
-def evaluate(f: Objective, b: Tensor, with_input_grad: bool) -> tuple[Tensor, Tensor | None]:
-    """Evaluate ``f`` at ``b [K, B, D]``; optionally also ``∇_b f`` ``[K, B, D]``.
-
-    An objective may provide ``value_and_input_grad(b)`` to compute both in a single pass that it
-    controls (the VAE does, to share one backward pass with its decoder gradients); otherwise the
-    input gradient comes from autograd, keeping ``f``'s graph for the caller.
-    """
-    if not with_input_grad:
-        return f(b), None
-    custom = getattr(f, "value_and_input_grad", None)
-    if custom is not None:
-        return custom(b)
-    with torch.enable_grad():
-        b = b.detach().requires_grad_(True)
-        values = f(b)  # [K, B]
-        # Keep the graph: a model may still train its own parameters on these values.
-        (grad,) = torch.autograd.grad(values.sum(), b, retain_graph=True)
-    return values, grad
-
-
-def leave_one_out_centre(x: Tensor) -> Tensor:
-    """``x_k − mean_{j≠k} x_j`` along dim 0 (K ≥ 2), vectorised: ``K/(K−1) · (x_k − mean x)``."""
-    k = x.shape[0]
-    return (x - x.mean(0, keepdim=True)) * (k / (k - 1))

@@ -1,25 +1,14 @@
-"""The oracle baseline: REINFORCE with the exact expectation ``E_q[f]`` as its baseline ("R*").
-
-Only possible where ``E_q[f]`` has a closed form, i.e. on the toy problems; it shows how far a
-perfect constant baseline gets.
-"""
+"""The oracle baseline (``exact-baseline``): REINFORCE with the exact ``E_q[f]`` as its baseline."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from dcvbench.estimators.base import (
-    Estimate,
-    Estimator,
-    EstimatorError,
-    EstimatorInfo,
-    Objective,
-    evaluate,
-)
+from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo
+from dcvbench.estimators.evaluation import evaluate
 from dcvbench.estimators.registry import register
-from dcvbench.estimators.reinforce import score_function_gradient
-from dcvbench.estimators.sampling import bernoulli_from_uniform
+from dcvbench.estimators.score_function import score_function_gradient
+from dcvbench.objectives import HasExpectation, Objective
 
 
 @register(
@@ -29,20 +18,26 @@ from dcvbench.estimators.sampling import bernoulli_from_uniform
         unbiased=True,
         needs_input_grad=False,
         problems=("toy",),
+        families=("binary", "categorical"),
+        order=60,
     )
 )
 class ExactBaseline(Estimator):
-    """``g = (1/K) Σ_k (f_k − E_q[f])(b_k − θ)``; ``f`` must offer ``expectation(probs) -> [B]``."""
+    """``g = (1/K) Σ_k (f_k − E_q[f]) ∇_η log q(b_k)`` ("R*").
+
+    Williams 1992 with the best constant baseline; only possible where ``E_q[f]`` has a closed form
+    (:class:`~dcvbench.objectives.HasExpectation`: the toys). It shows how far a perfect constant
+    baseline gets.
+    """
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
-        expectation = getattr(f, "expectation", None)
-        if expectation is None:
+        if not isinstance(f, HasExpectation):
             raise EstimatorError(
                 "exact-baseline needs an objective with a closed-form expectation (the toy problems)"
             )
-        probs = torch.sigmoid(logits)  # [B, D]
-        b = bernoulli_from_uniform(noise, probs)  # [K, B, D]
-        values, _ = evaluate(f, b, with_input_grad=False)  # [K, B]
-        baseline = expectation(probs).detach()  # [B]
-        grad = score_function_gradient(values.detach() - baseline, b, probs)
-        return Estimate(grad=grad, values=values)
+        probs = self.family.probs(logits)  # [B, *event]
+        b = self.family.sample(logits, noise)  # [K, B, *event]
+        evaluation = evaluate(f, b, with_input_grad=False)
+        baseline = f.expectation(probs).detach()  # [B]
+        grad = score_function_gradient(evaluation.values.detach() - baseline, b, probs)
+        return Estimate(grad=grad, values=evaluation.values, param_grads=evaluation.param_grads)

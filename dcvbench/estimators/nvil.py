@@ -8,10 +8,11 @@ spread::
     ℓ_k = f_k − c − b_ψ(x),        g = (1/K) Σ_k ℓ_k / max(1, σ̂) · (b_k − θ)
 
 - ``c``: a running mean of ``f`` (decay ``baseline_decay``), the input-independent baseline;
-- ``b_ψ(x)``: a small network on the objective's per-row input ``x`` (:func:`context_of`; the VAE's
-  image), one hidden layer of 100 tanh units as in the paper, trained with Adam by squared error to
-  what the input explains beyond the mean: ``f`` minus the mean ``f`` of the current batch. On a
-  problem without context (the toy) there is no network and only ``c`` is used;
+- ``b_ψ(x)``: a small network on the objective's per-row input ``x``
+  (:class:`~dcvbench.objectives.HasContext`: the VAE's image), one hidden layer of 100 tanh units as
+  in the paper, trained with Adam by squared error to what the input explains beyond the mean: ``f``
+  minus the mean ``f`` of the current batch. On a problem without context (the toy) there is no
+  network and only ``c`` is used;
 - ``σ̂²``: a running average (same decay) of the batch variance of the centred signal ``ℓ``.
 
 ``c``, ``b_ψ`` and ``σ̂`` change only in :meth:`NVIL.update`, *after* the estimate was used, so
@@ -41,25 +42,19 @@ Departures from the paper, each for a reason:
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dcvbench.estimators.base import (
-    Estimate,
-    Estimator,
-    EstimatorError,
-    EstimatorInfo,
-    EstimatorSettings,
-    Objective,
-    ProblemShape,
-    context_of,
-    evaluate,
-    leave_one_out_centre,
-)
+from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Stat
+from dcvbench.estimators.evaluation import evaluate
+from dcvbench.estimators.options import BASELINE_DECAY, CONTROL_LR
 from dcvbench.estimators.registry import register
-from dcvbench.estimators.reinforce import score_function_gradient
-from dcvbench.estimators.sampling import bernoulli_from_uniform
+from dcvbench.estimators.score_function import leave_one_out_centre, score_function_gradient
+from dcvbench.latent import BINARY, LatentFamily
+from dcvbench.objectives import HasContext, Objective, ProblemShape
 
 HIDDEN = 100  # tanh units of the baseline network (Mnih & Gregor 2014, §5)
 
@@ -96,43 +91,57 @@ def centre_by_the_others(values: Tensor) -> Tensor:
         summary="REINFORCE − running mean − baseline network b_ψ(x), signal ÷ max(1, running s.d.)",
         unbiased=True,
         needs_input_grad=False,
+        families=("binary", "categorical"),
+        order=150,
+        # signal_variance: the batch variance of the centred signal, what update() averages into σ̂².
+        stats=(Stat("baseline"), Stat("signal_scale"), Stat("signal_variance", "mean")),
     )
 )
 class NVIL(Estimator):
     """``g = (1/K) Σ_k (f_k − c − b_ψ(x)) / max(1, σ̂) · (b_k − θ)`` (Mnih & Gregor 2014).
 
     Args:
+        family: the latents' family.
         context: width of the objective's per-row input ``x`` the baseline network reads; 0 (the
             toy) builds no network, and the estimator then uses ``c`` alone, whatever ``f`` offers.
-        decay: weight of the old value in each update of ``c`` and ``σ̂²``.
-        lr: Adam learning rate of the baseline network.
+        baseline_decay: weight of the old value in each update of ``c`` and ``σ̂²``.
+        control_lr: Adam learning rate of the baseline network.
         hidden: hidden units of the baseline network.
         seed: seed of the network's initial weights. Fixed by default: the initial baseline is part
             of the estimator's definition, the same in every run.
     """
 
+    options = (BASELINE_DECAY, CONTROL_LR)
+
     def __init__(
-        self, context: int = 0, decay: float = 0.9, lr: float = 1e-3, hidden: int = HIDDEN, seed: int = 0
+        self,
+        family: LatentFamily = BINARY,
+        context: int = 0,
+        baseline_decay: float = BASELINE_DECAY.default,
+        control_lr: float = CONTROL_LR.default,
+        hidden: int = HIDDEN,
+        seed: int = 0,
     ):
-        super().__init__()
+        super().__init__(family)
         if context < 0:
             raise ValueError(f"context must be ≥ 0, got {context}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        if not lr > 0.0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.context, self.decay = context, decay
+        if not 0.0 <= baseline_decay < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
+        if not control_lr > 0.0:
+            raise ValueError(f"control_lr must be > 0, got {control_lr}")
+        self.context, self.decay = context, baseline_decay
         generator = torch.Generator().manual_seed(seed)
         self.network = baseline_network(context, hidden, generator) if context else None
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr) if self.network else None
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=control_lr) if self.network else None
         # float64 scalars, as rloo-dcv's α: the running averages are not rounded away over long runs.
         self.register_buffer("baseline", torch.zeros((), dtype=torch.float64))  # c
         self.register_buffer("signal_variance", torch.zeros((), dtype=torch.float64))  # σ̂²
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> NVIL:
-        return cls(context=shape.context, decay=settings.baseline_decay, lr=settings.control_lr)
+    def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> NVIL:
+        options = {option.name: settings[option.name] for option in cls.options}
+        return cls(family=shape.family, context=shape.context, **options)
 
     @property
     def signal_scale(self) -> Tensor:
@@ -140,9 +149,10 @@ class NVIL(Estimator):
         return self.signal_variance.sqrt().clamp(min=1.0)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
-        probs = torch.sigmoid(logits)  # [B, D]
-        b = bernoulli_from_uniform(noise, probs)  # [K, B, D]
-        values, _ = evaluate(f, b, with_input_grad=False)  # [K, B]
+        probs = self.family.probs(logits)  # [B, *event]
+        b = self.family.sample(logits, noise)  # [K, B, *event]
+        evaluation = evaluate(f, b, with_input_grad=False)
+        values = evaluation.values  # [K, B]
         baseline = self.baseline.to(values.dtype)
         scale = self.signal_scale.to(values.dtype)
         detached = values.detach()  # [K, B]
@@ -151,20 +161,22 @@ class NVIL(Estimator):
         # Before the first update c is undefined (module docstring). torch.where: no wait on the device.
         uncentred = torch.where(self.initialised, detached - baseline, centre_by_the_others(detached))
         centred = uncentred - predicted  # ℓ: [K, B]
-        grad = score_function_gradient(centred / scale, b, probs)  # [B, D]
+        grad = score_function_gradient(centred / scale, b, probs)  # [B, *event]
         stats = {
             "baseline": baseline.detach().clone(),
             "signal_scale": scale.detach().clone(),
             # The batch variance of ℓ: what update() averages into σ̂².
             "signal_variance": centred.var(correction=0),
         }
-        return Estimate(grad=grad, values=values, stats=stats, learning=learning)
+        return Estimate(
+            grad=grad, values=values, param_grads=evaluation.param_grads, stats=stats, learning=learning
+        )
 
     def _predict(self, f: Objective, target: Tensor) -> tuple[Tensor, Tensor | None]:
         """``b_ψ(x)`` ``[B]`` (detached) and, in training, its squared error to ``target [K, B]``."""
         if self.network is None:
             return torch.zeros((), dtype=target.dtype, device=target.device), None
-        context = context_of(f)
+        context = f.context if isinstance(f, HasContext) else None
         if context is None or context.shape[-1] != self.context:
             width = "none" if context is None else f"width {context.shape[-1]}"
             raise EstimatorError(
@@ -191,6 +203,9 @@ class NVIL(Estimator):
                 blended = self.decay * average + (1.0 - self.decay) * batch
                 average.copy_(torch.where(self.initialised, blended, batch))
             self.initialised.fill_(True)
+
+    def state_stats(self) -> dict[str, float]:
+        return {"baseline": float(self.baseline), "signal_scale": float(self.signal_scale)}
 
     def get_extra_state(self) -> dict:
         # A copy, as in rloo-dcv: state_dict() shares the live Adam moments.

@@ -55,19 +55,39 @@ class Option:
         if value is None:
             return None if self.optional else f"{self.flag} needs a value"
         if self.choices is not None and value not in self.choices:
-            return f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}"
-        if self.kind is float and isinstance(value, int | float) and not math.isfinite(value):
-            return f"{self.flag} must be finite, got {value}"
+            *first, last = self.choices
+            listed = f"{', '.join(first)} or {last}" if first else last
+            return f"{self.flag} must be {listed}, got {value!r}"
+        # The option's own check first: it names its range ("must be positive, got inf").
         if self.check is not None:
             problem = self.check(value)
             if problem is not None:
                 return f"{self.flag} {problem}"
+        if self.kind is float and isinstance(value, int | float) and not math.isfinite(value):
+            return f"{self.flag} must be finite, got {value}"
         return None
 
 
 def positive(value: float) -> str | None:
-    return None if value > 0 else f"must be positive, got {value}"
+    return None if math.isfinite(value) and value > 0 else f"must be positive, got {value}"
 
 
 def decay(value: float) -> str | None:
     return None if 0.0 <= value < 1.0 else f"must be in [0, 1), got {value}"
+
+
+# Options several estimators declare: one object each, so the CLI shows one flag for all of them.
+
+TEMPERATURE = Option(
+    "temperature",
+    2.0 / 3.0,  # the Concrete paper's posterior temperature (Maddison et al. 2017, appendix)
+    "relaxation temperature λ (the VAE's posterior)",
+    check=positive,
+)
+BASELINE_DECAY = Option(
+    "baseline_decay",
+    0.9,
+    "decay of the running averages",
+    check=decay,
+)
+CONTROL_LR = Option("control_lr", 1e-3, "Adam learning rate of the estimator's learned parts", check=positive)

@@ -1,87 +1,141 @@
-"""The estimator registry: the single source of estimator names, for the library and the CLI.
+"""The estimator registry: the single source of estimator names and options, for the library and the CLI.
 
-Names are registered per latent type (:data:`~dcvbench.estimators.base.LATENT_TYPES`): ``rloo-dcv``
-for binary latents and ``rloo-dcv`` for categorical ones are two classes under the same name, one
-per latent type, with the same metadata. Every lookup takes the latent type, binary by default.
+One class per name, written once against :class:`~dcvbench.latent.LatentFamily` and registered for
+the latent types in its ``info.families``. Estimator modules are found, not listed: every module of
+this package is imported once (:func:`discover`), and those that define an estimator register it
+with :func:`register`; helper modules register nothing. Listings follow ``info.order``.
+
+Options are declared by the classes (``options = (ALPHA, ...)``); :func:`estimator_options`,
+:func:`default_settings` and :func:`check_settings` collect them, so the CLI, the configurations and
+the manifests learn a new option from the estimator that declares it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from dcvbench.estimators.base import (
-    LATENT_TYPES,
-    Estimator,
-    EstimatorError,
-    EstimatorInfo,
-    EstimatorSettings,
-    ProblemShape,
-)
+from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo
+from dcvbench.estimators.options import JOBS, Option
+from dcvbench.latent import LATENT_TYPES, family_named
+from dcvbench.objectives import ProblemShape
 
-# One table per latent type, name → class, in registration order.
-_REGISTRY: dict[str, dict[str, type[Estimator]]] = {latent: {} for latent in LATENT_TYPES}
+_REGISTRY: dict[str, type[Estimator]] = {}  # name → class
 # Variance ratios everywhere (studies, plots, tables) are relative to REINFORCE leave-one-out.
 REFERENCE_ESTIMATOR = "rloo"
 
 
-def _table(latent: str) -> dict[str, type[Estimator]]:
-    try:
-        return _REGISTRY[latent]
-    except KeyError:
-        raise EstimatorError(
-            f"unknown latent type {latent!r}; choose from: {', '.join(LATENT_TYPES)}"
-        ) from None
-
-
-def register(info: EstimatorInfo, latent: str = "binary") -> Callable[[type[Estimator]], type[Estimator]]:
-    """Class decorator: attach ``info`` to an estimator class and register it under its name for
-    latents of type ``latent``."""
-    table = _table(latent)
+def register(info: EstimatorInfo) -> Callable[[type[Estimator]], type[Estimator]]:
+    """Class decorator: attach ``info`` to an estimator class and register it under ``info.name``."""
+    for latent in info.families:
+        _check_latent(latent)
 
     def decorate(cls: type[Estimator]) -> type[Estimator]:
-        if info.name in table:
-            raise RuntimeError(f"estimator {info.name!r} registered twice for {latent} latents")
+        if info.name in _REGISTRY:
+            raise RuntimeError(f"estimator {info.name!r} registered twice")
         cls.info = info
-        table[info.name] = cls
+        _REGISTRY[info.name] = cls
         return cls
 
     return decorate
 
 
-def estimator_names(latent: str = "binary") -> list[str]:
-    """All names registered for ``latent`` latents, in registration order."""
-    return list(_table(latent))
+def discover() -> None:
+    """Import every module of this package (the package's ``__init__`` calls this once): each
+    estimator module registers its class."""
+    package = importlib.import_module("dcvbench.estimators")
+    for module in pkgutil.iter_modules(package.__path__, "dcvbench.estimators."):
+        importlib.import_module(module.name)
+
+
+def _classes() -> list[type[Estimator]]:
+    """Every registered class, in listing order."""
+    return sorted(_REGISTRY.values(), key=lambda cls: (cls.info.order, cls.info.name))
+
+
+def _check_latent(latent: str) -> None:
+    if latent not in LATENT_TYPES:
+        raise EstimatorError(f"unknown latent type {latent!r}; choose from: {', '.join(LATENT_TYPES)}")
+
+
+def estimator_names(latent: str | None = None) -> list[str]:
+    """The names registered for ``latent`` latents (``None``: every name), in listing order."""
+    if latent is not None:
+        _check_latent(latent)
+    return [cls.info.name for cls in _classes() if latent is None or latent in cls.info.families]
 
 
 def estimator_class(name: str, latent: str = "binary") -> type[Estimator]:
     """The class registered under ``name`` for ``latent`` latents, or an :class:`EstimatorError`
     listing that latent type's valid names."""
-    table = _table(latent)
-    try:
-        return table[name]
-    except KeyError:
-        valid = ", ".join(table)
-        raise EstimatorError(
-            f"unknown estimator {name!r} for {latent} latents; choose from: {valid}"
-        ) from None
+    _check_latent(latent)
+    cls = _REGISTRY.get(name)
+    if cls is None or latent not in cls.info.families:
+        valid = ", ".join(estimator_names(latent))
+        raise EstimatorError(f"unknown estimator {name!r} for {latent} latents; choose from: {valid}")
+    return cls
 
 
-def estimator_info(name: str, latent: str = "binary") -> EstimatorInfo:
-    return estimator_class(name, latent).info
+def estimator_info(name: str, latent: str | None = None) -> EstimatorInfo:
+    """The metadata of ``name`` (for ``latent`` latents when given: an error if it has none)."""
+    if latent is not None:
+        return estimator_class(name, latent).info
+    if name not in _REGISTRY:
+        raise EstimatorError(f"unknown estimator {name!r}; choose from: {', '.join(estimator_names())}")
+    return _REGISTRY[name].info
 
 
 def get_estimator(name: str, latent: str = "binary", **options) -> Estimator:
     """Build the estimator registered under ``name`` for ``latent`` latents with its constructor
-    ``options``.
+    ``options`` (the names of its declared options, defaults where not given).
 
     >>> est = get_estimator("rloo-dcv", alpha=-0.5)
     >>> estimate = est(logits, f, k=4, generator=gen)  # estimate.grad has the shape of logits
     >>> est = get_estimator("rloo-dcv", latent="categorical")  # logits [B, N, C]
     """
-    return estimator_class(name, latent)(**options)
+    return estimator_class(name, latent)(family=family_named(latent), **options)
 
 
-def build_estimator(name: str, settings: EstimatorSettings, shape: ProblemShape) -> Estimator:
-    """Build the estimator ``name`` from the shared settings record for a problem of ``shape``, for
-    its latent type (what the jobs use)."""
+def build_estimator(name: str, settings: Mapping[str, Any], shape: ProblemShape) -> Estimator:
+    """Build the estimator ``name`` for a problem of ``shape`` (its latent type and sizes) with its
+    options read from ``settings`` (option name → value; what the jobs use)."""
     return estimator_class(name, shape.latent_type).from_settings(settings, shape)
+
+
+def estimator_options() -> dict[str, Option]:
+    """Every registered option by name, in the listing order of the first estimator declaring it."""
+    options: dict[str, Option] = {}
+    for cls in _classes():
+        for option in cls.options:
+            known = options.setdefault(option.name, option)
+            if known is not option:
+                raise RuntimeError(
+                    f"two different options are named {option.name!r}: declare one and share it"
+                )
+    return options
+
+
+def option_users(name: str) -> list[str]:
+    """The estimators that declare the option ``name``, in listing order (for help texts)."""
+    return [cls.info.name for cls in _classes() if any(option.name == name for option in cls.options)]
+
+
+def default_settings(job: str) -> dict[str, Any]:
+    """Every registered option's default for ``job`` (``toy``, ``vae`` or ``variance``)."""
+    if job not in JOBS:
+        raise EstimatorError(f"unknown job {job!r}; choose from: {', '.join(JOBS)}")
+    return {name: option.default_for(job) for name, option in estimator_options().items()}
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Raise :class:`EstimatorError` with a one-line message for an unknown option or a bad value."""
+    options = estimator_options()
+    for name, value in settings.items():
+        option = options.get(name)
+        if option is None:
+            raise EstimatorError(f"unknown estimator option {name!r}; choose from: {', '.join(options)}")
+        problem = option.validate(value)
+        if problem is not None:
+            raise EstimatorError(problem)

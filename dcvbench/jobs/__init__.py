@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT
-from dcvbench.results import read_manifest, read_trace
+from dcvbench.estimators import Estimate, Estimator
+from dcvbench.results import IDENTITY_SCHEMA, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
 
@@ -88,10 +89,58 @@ def run_to_resume(run_dir: Path | str, job: str) -> tuple[Path, dict, Path]:
     return run_dir, manifest, checkpoint
 
 
-def alpha_of(estimator: torch.nn.Module) -> float | None:
-    """The control-variate weight α of an estimator that has one (``None`` for the others)."""
-    alpha = getattr(estimator, "alpha", None)
-    return None if alpha is None else float(alpha.detach())
+def stat_columns(estimator: Estimator) -> tuple[str, ...]:
+    """The trace columns an estimator adds to its run's: the names of what its estimates report."""
+    return tuple(stat.name for stat in estimator.info.stats)
+
+
+def resumed_columns(run_dir: Path, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """``columns``, plus the metric columns the run's trace already has beyond them.
+
+    A run written by an older version may carry a column its estimator no longer reports (every run
+    had an ``alpha`` column); keeping it keeps every part of the trace on one schema.
+    """
+    trace = read_trace(run_dir)
+    old = [c for c in trace.columns if c not in IDENTITY_SCHEMA.names and trace[c].dtype.kind == "f"]
+    return columns + tuple(c for c in old if c not in columns)
+
+
+class StatTrace:
+    """An estimator's stats as a trace's row between rows: what :attr:`EstimatorInfo.stats` declares.
+
+    A ``"last"`` stat is the row step's estimate's value; a ``"mean"`` stat the mean over the steps
+    since the previous row, summed on the device (a 0-d tensor: no sync per step) and divided by
+    the step count at the row.
+    """
+
+    def __init__(self, estimator: Estimator):
+        self.stats = estimator.info.stats
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, estimate: Estimate) -> None:
+        """Fold in one step's estimate."""
+        for stat in self.stats:
+            if stat.reduce == "mean" and stat.name in estimate.stats:
+                value = estimate.stats[stat.name].detach()
+                total = self.sums.get(stat.name)
+                self.sums[stat.name] = value.clone() if total is None else total + value
+
+    def row(self, estimate: Estimate, steps: int) -> dict[str, torch.Tensor | None]:
+        """The stats of the row closing ``steps`` steps whose last estimate is ``estimate`` (0-d
+        tensors, ``None`` for a stat it did not report); the sums start again."""
+        values = {}
+        for stat in self.stats:
+            if stat.reduce == "mean":
+                total = self.sums.pop(stat.name, None)
+                values[stat.name] = None if total is None else total / steps
+            else:
+                values[stat.name] = estimate.stats.get(stat.name)
+        return values
+
+
+def as_floats(values: dict[str, torch.Tensor | None]) -> dict[str, float | None]:
+    """0-d tensors as floats for a trace row (``None`` stays ``None``)."""
+    return {name: None if value is None else float(value) for name, value in values.items()}
 
 
 def non_finite(**tensors: torch.Tensor | None) -> str | None:

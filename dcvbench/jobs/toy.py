@@ -24,14 +24,26 @@ import torch
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
 from dcvbench.config import ToyConfig, ToyProblem, toy_config_from_dict
 from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
+from dcvbench.jobs import (
+    NoProgress,
+    Progress,
+    RunSummary,
+    StatTrace,
+    as_floats,
+    non_finite,
+    resumed_columns,
+    run_summary,
+    run_to_resume,
+    stat_columns,
+)
 from dcvbench.measure.variance import resample_variance
-from dcvbench.problems.categorical_toy import categorical_exact_gradient, make_categorical_objective
-from dcvbench.problems.toy import exact_gradient, make_objective
+from dcvbench.problems.categorical_toy import make_categorical_objective
+from dcvbench.problems.toy import ToyObjective, exact_gradient, make_objective
 from dcvbench.results import Run, prepare_output_root
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
 
-TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "alpha", "sec_per_step")
+# The toy's own trace columns; a run adds its estimator's stats (rloo-dcv's α, …: stat_columns).
+TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "sec_per_step")
 
 
 @dataclass(frozen=True)
@@ -43,25 +55,20 @@ class Toy:
     """
 
     problem: ToyProblem
-    objective: object  # f: samples [K, B, *latent] → [K, B], with a closed-form expectation
+    objective: ToyObjective  # f: samples [K, B, *latent] → [K, B], with a closed-form expectation
 
     @property
     def logit_shape(self) -> tuple[int, ...]:
         """One row of logits: ``(D,)`` or ``(N, C)``."""
-        shape = self.problem.shape
-        return (shape.latent,) if shape.classes is None else (shape.latent, shape.classes)
+        return self.problem.shape.event
 
     def expectation(self, logits: torch.Tensor) -> torch.Tensor:
         """The exact ``E_q[f]`` per row ``[B]`` at ``logits [B, *latent]``."""
-        if self.problem.latent == "binary":
-            return self.objective.expectation(torch.sigmoid(logits))
-        return self.objective.expectation(torch.softmax(logits, -1))
+        return self.objective.expectation(self.objective.family.probs(logits))
 
     def exact_gradient(self, logits: torch.Tensor) -> torch.Tensor:
         """The exact ``∇_η E_q[f]`` ``[B, *latent]``."""
-        if self.problem.latent == "binary":
-            return exact_gradient(self.objective, logits)
-        return categorical_exact_gradient(self.objective, logits)
+        return exact_gradient(self.objective, logits)
 
 
 def make_toy(problem: ToyProblem, device: torch.device, dtype: torch.dtype) -> Toy:
@@ -156,9 +163,10 @@ def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSumm
             }
             kind = "" if latent == "binary" else f"categorical{config.problem.classes}-"
             name_hint = f"toy-{kind}{name}-k{config.k}-seed{seed}"
-            with Run.create(root, name_hint, identity, TOY_METRICS, manifest) as run:
+            columns = TOY_METRICS + stat_columns(training.estimator)
+            with Run.create(root, name_hint, identity, columns, manifest) as run:
                 _train(config, training, toy, run, progress)
-            summaries.append(run_summary(run.path, run.manifest, TOY_METRICS))
+            summaries.append(run_summary(run.path, run.manifest, columns))
     return summaries
 
 
@@ -172,7 +180,7 @@ def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     progress = progress or NoProgress()
     run_dir, manifest, checkpoint = run_to_resume(run_dir, "toy")
     if manifest["status"] == "finished":
-        return run_summary(run_dir, manifest, TOY_METRICS)
+        return run_summary(run_dir, manifest, resumed_columns(run_dir, TOY_METRICS))
     config = toy_config_from_dict(manifest["config"])
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
@@ -181,20 +189,21 @@ def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
     progress.start(f"toy {manifest['estimator']} (resumed at {training.step})", config.steps)
     progress.advance(training.step)
-    with Run.reopen(run_dir, TOY_METRICS, resumed_from=training.step) as run:
+    columns = resumed_columns(run_dir, TOY_METRICS + stat_columns(training.estimator))
+    with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
         _train(config, training, toy, run, progress)
-    return run_summary(run.path, run.manifest, TOY_METRICS)
+    return run_summary(run.path, run.manifest, columns)
 
 
 def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progress: Progress) -> None:
     estimator, logits, k = training.estimator, training.logits, config.k
     direction = -1.0 if config.maximize else 1.0  # optimisers minimise
 
-    def record(step: int, alpha: float | None, step_seconds: float | None) -> None:
+    def record(step: int, stats: dict[str, float | None], step_seconds: float | None) -> None:
         eta = logits.detach()
         metrics: dict[str, float | None] = {
             "objective": float(toy.expectation(eta)[0]),
-            "alpha": alpha,
+            **stats,
             "sec_per_step": step_seconds,
         }
         if step % config.var_every == 0 or step == config.steps:
@@ -206,7 +215,8 @@ def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progres
         run.log(step, **metrics)
 
     if training.step == 0:
-        record(0, alpha_of(estimator), None)
+        record(0, dict(estimator.state_stats()), None)
+    stats = StatTrace(estimator)
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
         start = time.perf_counter()
@@ -214,6 +224,7 @@ def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progres
         logits.grad = direction * estimate.grad
         training.optimizer.step()
         estimator.update(estimate)
+        stats.add(estimate)
         busy += time.perf_counter() - start
         busy_steps += 1
         training.step += 1
@@ -221,12 +232,12 @@ def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progres
         step = training.step
         if not _is_row_step(config, step):
             continue
-        alpha = estimate.stats.get("alpha")
-        bad = non_finite(logits=logits.detach(), gradient=estimate.grad, alpha=alpha)
+        row = stats.row(estimate, busy_steps)
+        bad = non_finite(logits=logits.detach(), gradient=estimate.grad, **row)
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return
-        record(step, None if alpha is None else float(alpha), busy / busy_steps)
+        record(step, as_floats(row), busy / busy_steps)
         busy, busy_steps = 0.0, 0
         if step % config.checkpoint_every == 0:
             # Flush first: the trace on disk then always reaches the checkpoint a resume starts from.

@@ -1,14 +1,16 @@
 """``dcvbench vae``: train a VAE with each estimator and measure what it does to learning.
 
-DESIGN §4.2–§4.3; binary latents (:class:`~dcvbench.problems.vae.BinaryVAE`) or categorical ones
-(§3.6, :class:`~dcvbench.problems.categorical_vae.CategoricalVAE`, uniform prior), trained and
-scored the same way. One run per (estimator, seed). Rows of the trace are written every
-``--log-every`` steps (training ELBO averaged since the last row, ``α``, seconds per step, the EMA
-gradient variance), every ``--var-every`` steps (the ``resample`` variance at a fixed snapshot
-minibatch), every ``--eval-every`` steps (the importance-weighted bound with ``--eval-samples``
-samples per datum on the test and validation splits) and at every checkpoint.
+DESIGN §4.2–§4.3; binary latents or categorical ones (§3.6, uniform prior) in one
+:class:`~dcvbench.problems.vae.VAE`, trained (:func:`~dcvbench.training.train_step`) and scored the
+same way. One run per (estimator, seed). Rows of the trace are written every ``--log-every`` steps
+(training ELBO averaged since the last row, seconds per step, the EMA gradient variance, and what
+the estimator reports: rloo-dcv's ``α``, vimco's ``train_bound``, …), every ``--var-every`` steps
+(the ``resample`` variance at a fixed snapshot minibatch), every ``--eval-every`` steps (the
+importance-weighted bound with ``--eval-samples`` samples per datum on the test and validation
+splits) and at every checkpoint.
 
-The relaxed estimators (``concrete``, ``st-concrete``) train at temperatures that may anneal with
+The relaxed estimators (``concrete``, ``st-concrete``: those with an
+:attr:`~dcvbench.estimators.EstimatorInfo.relaxation`) train at temperatures that may anneal with
 the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train.
 Every bound is on the discrete model, so all estimators are scored alike.
 
@@ -29,24 +31,33 @@ from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_c
 from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
 from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.estimators.concrete import Concrete, RelaxedEstimator
-from dcvbench.jobs import NoProgress, Progress, RunSummary, alpha_of, non_finite, run_summary, run_to_resume
+from dcvbench.jobs import (
+    NoProgress,
+    Progress,
+    RunSummary,
+    StatTrace,
+    as_floats,
+    non_finite,
+    resumed_columns,
+    run_summary,
+    run_to_resume,
+    stat_columns,
+)
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
-from dcvbench.problems.categorical_vae import CategoricalVAE
-from dcvbench.problems.vae import VAE, BinaryVAE, iwae_bound, train_step
+from dcvbench.problems.vae import VAE, iwae_bound
 from dcvbench.results import Run, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
+from dcvbench.training import train_step
 
+# The VAE's own trace columns; a run adds its estimator's stats (stat_columns): rloo-dcv's α,
+# vimco's train_bound (the K-sample bound it trains), the relaxations' posterior temperature, ….
 VAE_METRICS = (
     "train_elbo",
-    "train_bound",  # the K-sample bound an estimator trains when it is not the ELBO (vimco)
     "test_bound",
     "valid_bound",
     "grad_var_ema",
     "grad_var_resample",
     "logit_var_resample",
-    "alpha",
-    "temperature",  # the posterior temperature of concrete and st-concrete (annealed or not)
     "sec_per_step",
 )
 EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
@@ -130,9 +141,7 @@ def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.de
         "output_bias_mean": mean if config.init_output_bias else None,
         "generator": make_generator(torch.device("cpu"), seed, "vae", "init"),
     }
-    if config.latent == "binary":
-        return BinaryVAE(latent=config.latent_vars, **options).to(device)
-    return CategoricalVAE(variables=config.latent_vars, classes=config.classes, **options).to(device)
+    return VAE(config.latent_vars, config.classes, **options).to(device)
 
 
 def build_training(
@@ -195,9 +204,10 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
                 manifest["relaxation"] = relaxation
             kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
             name_hint = f"vae-{config.dataset}-{config.arch}{kind}-{name}-k{config.k}-seed{seed}"
-            with Run.create(root, name_hint, identity, VAE_METRICS, manifest) as run:
+            columns = VAE_METRICS + stat_columns(training.estimator)
+            with Run.create(root, name_hint, identity, columns, manifest) as run:
                 _train(config, training, evaluation, run, progress)
-            summaries.append(run_summary(run.path, run.manifest, VAE_METRICS))
+            summaries.append(run_summary(run.path, run.manifest, columns))
     return summaries
 
 
@@ -211,7 +221,7 @@ def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     progress = progress or NoProgress()
     run_dir, manifest, checkpoint = run_to_resume(run_dir, "vae")
     if manifest["status"] == "finished":
-        return run_summary(run_dir, manifest, VAE_METRICS)
+        return run_summary(run_dir, manifest, resumed_columns(run_dir, VAE_METRICS))
     config = vae_config_from_dict(manifest["config"])
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir)
@@ -220,9 +230,10 @@ def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     evaluation = evaluation_data(dataset, config.batch_size, device)
     progress.start(f"vae {manifest['estimator']} (resumed at {training.step})", config.steps)
     progress.advance(training.step)
-    with Run.reopen(run_dir, VAE_METRICS, resumed_from=training.step) as run:
+    columns = resumed_columns(run_dir, VAE_METRICS + stat_columns(training.estimator))
+    with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
         _train(config, training, evaluation, run, progress)
-    return run_summary(run.path, run.manifest, VAE_METRICS)
+    return run_summary(run.path, run.manifest, columns)
 
 
 def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE, VaeConfig, dict]:
@@ -248,16 +259,17 @@ def _train(
 ) -> None:
     model, estimator = training.model, training.estimator
     device = next(model.parameters()).device
+    relaxed = estimator.info.relaxation is not None
     if training.step == 0:
-        _record(config, training, evaluation, run, elbo=None, step_seconds=None, alpha=alpha_of(estimator))
+        _record(config, training, evaluation, run, estimator.state_stats(), elbo=None, step_seconds=None)
     elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-    bound_sum = torch.zeros((), device=device)  # the K-sample bound, for estimators that report it
+    stats = StatTrace(estimator)
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
         start = time.perf_counter()
         x = training.sampler.next_batch()  # [B, P]
         posterior_temperature, prior_temperature = config.temperatures(training.step + 1)
-        if isinstance(estimator, RelaxedEstimator):
+        if relaxed:
             estimator.temperature = posterior_temperature
         output = train_step(
             model,
@@ -272,7 +284,7 @@ def _train(
             kl=config.kl,
         )
         elbo_sum += output.train_elbo
-        bound_sum += output.estimate.stats.get("k_sample_bound", 0.0)
+        stats.add(output.estimate)
         training.step += 1
         step = training.step
         row = _is_row_step(config, step)
@@ -285,33 +297,34 @@ def _train(
         progress.advance()
         if not row:
             continue
-        alpha = output.estimate.stats.get("alpha")  # the α this step's estimate used, as the toy logs
         elbo = elbo_sum / busy_steps
-        bound = bound_sum / busy_steps if "k_sample_bound" in output.estimate.stats else None
-        bad = non_finite(train_elbo=elbo, train_bound=bound, alpha=alpha, gradient=output.estimate.grad)
+        reported = stats.row(output.estimate, busy_steps)  # the α this step's estimate used, …
+        bad = non_finite(train_elbo=elbo, **reported, gradient=output.estimate.grad)
         bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return
-        logged_alpha = None if alpha is None else float(alpha)
-        logged_bound = None if bound is None else float(bound)
-        _record(config, training, evaluation, run, float(elbo), busy / busy_steps, logged_alpha, logged_bound)
+        _record(config, training, evaluation, run, as_floats(reported), float(elbo), busy / busy_steps)
         elbo_sum.zero_()
-        bound_sum.zero_()
         busy, busy_steps = 0.0, 0
         if step % config.checkpoint_every == 0 or step == config.steps:
             run.flush()
             write_checkpoint(run.path / CHECKPOINT, training.state_dict())
 
 
-def _record(config, training, evaluation, run, elbo, step_seconds, alpha, bound=None) -> None:
+def _record(
+    config: VaeConfig,
+    training: Training,
+    evaluation: EvaluationData,
+    run: Run,
+    stats: dict[str, float | None],
+    elbo: float | None,
+    step_seconds: float | None,
+) -> None:
     step = training.step
     model = training.model
-    metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, "alpha": alpha}
-    metrics["train_bound"] = bound
-    posterior_temperature, prior_temperature = config.temperatures(step)  # the estimator's now
-    relaxed = isinstance(training.estimator, RelaxedEstimator)
-    metrics["temperature"] = posterior_temperature if relaxed else None
+    metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, **stats}
+    _, prior_temperature = config.temperatures(step)  # the estimator's now
     if training.ema and step > 0:
         metrics["grad_var_ema"] = float(training.ema.value())
     if config.var_method in ("resample", "both") and (step % config.var_every == 0 or step == config.steps):
@@ -338,10 +351,11 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     ``None`` for estimators that do not relax. Temperatures are the starting ones; the trace's
     ``temperature`` column holds the posterior's at each row. Evaluation is never relaxed.
     """
-    if not isinstance(estimator, RelaxedEstimator):
+    relaxation = estimator.info.relaxation
+    if relaxation is None:
         return None
     annealed = config.anneal != "none"
-    if not isinstance(estimator, Concrete):
+    if relaxation == "straight-through":
         objective, kl = "discrete ELBO at hard samples, gradient through the relaxed sample", None
     elif config.kl == "relaxed":
         densities = "Concrete" if config.latent == "binary" else "ExpConcrete"
@@ -351,7 +365,7 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     return {
         "objective": objective,  # what train_elbo averages
         "kl": kl,
-        "posterior_temperature": config.estimator_settings.temperature,
+        "posterior_temperature": config.estimator_settings["temperature"],
         "prior_temperature": config.prior_temperature if kl == "relaxed" else None,
         "anneal": config.anneal,
         "anneal_rate": config.anneal_rate if annealed else None,

@@ -19,9 +19,10 @@ run's learned state is loaded from the checkpoint, so the variance is that of th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -32,8 +33,6 @@ from dcvbench.estimators import (
     REFERENCE_ESTIMATOR,
     ControlVariateEstimator,
     Estimator,
-    EstimatorSettings,
-    ProblemShape,
     build_estimator,
     estimator_info,
 )
@@ -41,6 +40,7 @@ from dcvbench.jobs import NoProgress, Progress
 from dcvbench.jobs.toy import make_toy
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
+from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import random_categorical_logits
 from dcvbench.results import Run, prepare_output_root, table_from_records
 from dcvbench.runtime import derive_seed, make_generator, provenance, resolve_device, resolve_dtype
@@ -60,7 +60,7 @@ class FixedPoint(Protocol):
 
     problem: str
     shape: ProblemShape  # what estimators are built for here
-    settings: EstimatorSettings  # what they are built with here
+    settings: Mapping[str, Any]  # what they are built with here (option name → value)
 
     def context(self) -> dict: ...
 
@@ -144,7 +144,7 @@ class VaePoint:
         self.shape = self.model.problem_shape
         # The relaxation as the run trained it at this step: its temperatures (annealed or not), its KL.
         posterior, prior = run_config.temperatures(self.manifest["checkpoint_step"])
-        self.settings = replace(config.estimator_settings, temperature=posterior)
+        self.settings = {**config.estimator_settings, "temperature": posterior}
         self.relaxation = {"prior_temperature": prior, "kl": run_config.kl}
 
     def context(self) -> dict:
@@ -247,13 +247,13 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
 
 
 def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
-    info = estimator_info(name, point.shape.latent_type)
+    info = estimator_info(name)
     estimator = build_estimator(name, point.settings, point.shape).to(device)
     restored = point.restore(name, estimator)
     alpha_source = None
     if isinstance(estimator, ControlVariateEstimator):
         alpha_source = "fixed"
-        if config.estimator_settings.alpha is None:
+        if config.estimator_settings["alpha"] is None:
             tune_generator = make_generator(device, config.seed, "variance", "tune", k)
             estimator.set_alpha(point.optimal_alpha(estimator, k, config.samples, tune_generator))
             alpha_source = "optimal"

@@ -85,6 +85,16 @@ class LatentFamily(ABC):
         """``log q(b)`` summed over the event, ``[..., B]``; linear in ``b``, so defined for real ``b``."""
 
     @abstractmethod
+    def natural(self, logits: Tensor) -> Tensor:
+        """The natural parameters ``n(η)`` of ``log q(b) = ⟨b, n(η)⟩ − A(η)``: ``η`` itself for bits,
+        ``log softmax(η)`` for classes (normalised, so that ``A = 0``). ``[..., *event]``."""
+
+    @abstractmethod
+    def normaliser(self, logits: Tensor) -> Tensor:
+        """The log-normaliser ``A(η)`` of :meth:`natural`, summed over the event: ``Σ_d softplus(η_d)``
+        for bits, 0 for classes. ``[..., *event]`` → ``[...]``."""
+
+    @abstractmethod
     def kl(self, logits: Tensor, prior_logits: Tensor) -> Tensor:
         """``KL(q_η ‖ p_a)`` summed over the event: ``[..., *event]`` → ``[...]``."""
 
@@ -139,6 +149,12 @@ class BinaryFamily(LatentFamily):
         """``Σ_d b_d a_d − softplus(a_d)``."""
         return (b * logits).sum(-1) - F.softplus(logits).sum(-1)
 
+    def natural(self, logits: Tensor) -> Tensor:
+        return logits
+
+    def normaliser(self, logits: Tensor) -> Tensor:
+        return F.softplus(logits).sum(-1)
+
     def kl(self, logits: Tensor, prior_logits: Tensor) -> Tensor:
         """Both log-probabilities are linear in ``b``, so the KL is theirs at ``b = θ``:
         ``Σ_d θ_d (η_d − a_d) − softplus(η_d) + softplus(a_d)``."""
@@ -189,6 +205,12 @@ class CategoricalFamily(LatentFamily):
     def log_prob(self, b: Tensor, logits: Tensor) -> Tensor:
         """``Σ_n ⟨b_n, log softmax(a_n)⟩``."""
         return (b * torch.log_softmax(logits, -1)).sum((-2, -1))
+
+    def natural(self, logits: Tensor) -> Tensor:
+        return torch.log_softmax(logits, -1)
+
+    def normaliser(self, logits: Tensor) -> Tensor:
+        return logits.new_zeros(logits.shape[:-2])
 
     def kl(self, logits: Tensor, prior_logits: Tensor) -> Tensor:
         shape = torch.broadcast_shapes(logits.shape, prior_logits.shape)

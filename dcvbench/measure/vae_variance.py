@@ -174,7 +174,7 @@ def resample_encoder_variance(
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
     ``prior_temperature`` and ``kl`` configure the relaxed objective as in training
-    (:func:`~dcvbench.problems.vae.train_step`). Each draw is a fresh estimate ``g`` ``[B, *latent]`` at
+    (:func:`~dcvbench.training.train_step`). Each draw is a fresh estimate ``g`` ``[B, *latent]`` at
     the same logits; its encoder gradient
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds

@@ -14,14 +14,24 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from dcvbench.estimators import ControlVariateEstimator, Estimator, Objective, measuring
+from dcvbench.estimators import ControlVariateEstimator, Estimator, measuring
+from dcvbench.objectives import Objective
 
 # Elements of the largest [K, rows, *event] sample tensor in one chunk: about 32 MB in float64.
 CHUNK_ELEMENTS = 4_000_000
+
+
+@runtime_checkable
+class Tileable(Protocol):
+    """An objective whose values depend on the row (a VAE's ``f`` depends on each row's image):
+    ``tile(times)`` is the same objective over ``times`` stacked copies of its rows."""
+
+    def tile(self, times: int) -> Objective: ...
 
 
 @dataclass(frozen=True)
@@ -96,18 +106,17 @@ def draw_estimates(
 
     Each chunk is one estimator call on ``c`` tiled copies of the rows: ``grads`` and ``control``
     (``None`` for estimators without one) are ``[c, B, *event]``. Row ``r`` of a tiled batch belongs
-    to row ``r mod B``. An objective whose values depend on the row (a VAE's ``f`` depends on the image
-    of each row) provides ``tile(times)``, the same objective over the tiled rows; others (the toy)
-    are used as they are. ``chunk`` draws at most per call (default: about
-    :data:`CHUNK_ELEMENTS` sample elements). The estimator runs in eval mode (:func:`measuring`)
-    and its learned state is never updated.
+    to row ``r mod B``. An objective whose values depend on the row is tiled with it
+    (:class:`Tileable`); others (the toy) are used as they are. ``chunk`` draws at most per call
+    (default: about :data:`CHUNK_ELEMENTS` sample elements). The estimator runs in eval mode
+    (:func:`measuring`) and its learned state is never updated.
     """
     shape = logits.shape  # [B, *event]
     chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, (k + 1) * logits.numel()))
     done = 0
     while done < draws:
         size = min(chunk, draws - done)
-        tiled_f = f.tile(size) if hasattr(f, "tile") else f
+        tiled_f = f.tile(size) if isinstance(f, Tileable) else f
         tiled_logits = logits.detach().repeat(size, *[1] * (logits.dim() - 1))  # [c·B, *event]
         with measuring(estimator):
             estimate = estimator(tiled_logits, tiled_f, k, generator)

@@ -3,8 +3,9 @@
 Each objective maps one-hot samples ``b [K, B, N, C]`` (N variables with C classes) to values
 ``[K, B]`` and offers ``expectation(probs [B, N, C]) -> [B]``, ``E_q[f]`` under independent
 ``Categorical(π_n)``. The exact gradient ``∇_η E_q[f]`` follows by autograd through that closed form
-(:func:`categorical_exact_gradient`). Each is defined for real ``b`` too and computes ``∇_b f`` in
-closed form (``value_and_input_grad``), for the estimators that need it (``rloo-dcv``, relaxations).
+(:func:`~dcvbench.problems.toy.exact_gradient`, as for the binary toys). Each is defined for real
+``b`` too and computes ``∇_b f`` in closed form (``value_and_input_grad``), for the estimators that
+need it (``rloo-dcv``, relaxations).
 
 - ``separable``: ``f(b) = (1/N) Σ_n ‖b_n − t_n‖²`` with seeded targets ``t_n`` drawn uniformly on the
   simplex (flat Dirichlet). On one-hot points ``‖b_n‖² = 1``, so
@@ -19,9 +20,13 @@ closed form (``value_and_input_grad``), for the estimators that need it (``rloo-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from dcvbench.latent import CATEGORICAL, LatentFamily
+from dcvbench.objectives import Evaluation
 
 CATEGORICAL_OBJECTIVES = ("separable", "quadratic-form")
 
@@ -31,12 +36,14 @@ class CategoricalSeparable:
     """``f(b) = (1/N) Σ_n ‖b_n − t_n‖²``; ``E f = (1/N) Σ_n (1 − 2⟨π_n, t_n⟩ + ‖t_n‖²)``; ``t [N, C]``."""
 
     targets: Tensor
+    family: ClassVar[LatentFamily] = CATEGORICAL
 
     def __call__(self, b: Tensor) -> Tensor:
         return (b - self.targets.to(b.dtype)).pow(2).sum(-1).mean(-1)  # [K, B]
 
-    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
-        return self(b), 2.0 * (b - self.targets.to(b.dtype)) / b.shape[-2]  # [K, B], [K, B, N, C]
+    def value_and_input_grad(self, b: Tensor) -> Evaluation:
+        grad = 2.0 * (b - self.targets.to(b.dtype)) / b.shape[-2]  # [K, B, N, C]
+        return Evaluation(self(b), grad)  # [K, B], [K, B, N, C]
 
     def expectation(self, probs: Tensor) -> Tensor:
         t = self.targets.to(probs.dtype)  # [N, C]
@@ -51,19 +58,20 @@ class CategoricalQuadraticForm:
     """
 
     weights: Tensor
+    family: ClassVar[LatentFamily] = CATEGORICAL
 
     def __call__(self, b: Tensor) -> Tensor:
         flat = b.flatten(-2)  # [K, B, NC]
         w = self.weights.to(b.dtype)
         return torch.einsum("...i,ij,...j->...", flat, w, flat) / b.shape[-2]  # [K, B]
 
-    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_input_grad(self, b: Tensor) -> Evaluation:
         flat = b.flatten(-2)  # [K, B, NC]
         w = self.weights.to(b.dtype)
         variables = b.shape[-2]
         wb = flat @ w.T  # [K, B, NC]: (W b)
         values = (flat * wb).sum(-1) / variables  # [K, B]
-        return values, ((wb + flat @ w) / variables).reshape(b.shape)  # ∇ bᵀWb = (W + Wᵀ) b
+        return Evaluation(values, ((wb + flat @ w) / variables).reshape(b.shape))  # ∇ bᵀWb = (W + Wᵀ) b
 
     def expectation(self, probs: Tensor) -> Tensor:
         rows, variables, classes = probs.shape
@@ -132,11 +140,3 @@ def random_categorical_logits(
     generator = torch.Generator().manual_seed(seed)
     uniform = torch.rand(rows, variables, classes, generator=generator, dtype=torch.float64)
     return (scale * (2.0 * uniform - 1.0)).to(device=device, dtype=dtype)
-
-
-def categorical_exact_gradient(objective, logits: Tensor) -> Tensor:
-    """``∇_η E_q[f]`` ``[B, N, C]`` by autograd through the closed-form expectation."""
-    with torch.enable_grad():
-        eta = logits.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective.expectation(torch.softmax(eta, -1)).sum(), eta)
-    return grad

@@ -1,45 +1,41 @@
-"""A variational autoencoder with factorised Bernoulli latents, its objective, training step and bounds.
+"""A variational autoencoder with discrete latents: its model, its objective and its bounds.
 
-The model of the DisARM / double-CV experiments (DESIGN §4.2): ``D`` binary latents with a
-Bernoulli prior, a Bernoulli likelihood over binarised pixels, and one of two architectures::
+The model of the DisARM / double-CV experiments (DESIGN §4.2) and, with categorical latents, of the
+Gumbel-softmax experiments (§3.6; Jang, Gu & Poole 2017 use N = 20 variables of C = 10 classes). One
+class for both latent families (:mod:`dcvbench.latent`): ``D`` binary latents with a Bernoulli prior,
+or ``N`` categorical latents of ``C`` classes with a categorical prior (uniform, or learned); a
+Bernoulli likelihood over binarised pixels; and one of two architectures over the ``U`` latent
+units (``D``, or ``N·C``)::
 
-    linear      encoder  x → Linear(P, D) → η            decoder  b → Linear(D, P) → pixel logits
-    nonlinear   encoder  x → 200 → 200 → D               decoder  b → 200 → 200 → P
+    linear      encoder  x → Linear(P, U) → η            decoder  b → Linear(U, P) → pixel logits
+    nonlinear   encoder  x → 200 → 200 → U → η           decoder  b → U → 200 → 200 → P
                 (LeakyReLU(0.3) between layers)
 
 The estimators minimise the negative single-sample ELBO (DESIGN §2)::
 
-    f(b) = −[log p(x|b) + log p(b) − log q(b|x)],     b ~ q(·|x) = Bernoulli(σ(η)),  η = encode(x)
+    f(b) = −[log p(x|b) + log p(b) − log q(b|x)],     b ~ q(·|x),  η = encode(x)
 
 with ``log q`` evaluated at *detached* logits: its direct dependence on ``η`` has zero expected
 gradient and is dropped, so the encoder learns only through the estimator's ``g ≈ ∇_η E_q[f]``.
-Every log-probability is linear in ``b`` (``log Bern(b; a) = b·a − softplus(a)``), so ``f`` is
-defined for real ``b`` too — ``∇_b f`` needs nothing more.
+Both latent log-probabilities are linear in ``b`` (``log q(b) = ⟨b, n(η)⟩ − A(η)``,
+:meth:`~dcvbench.latent.LatentFamily.natural`), so ``f`` is defined for real ``b`` too —
+``∇_b f`` and relaxed samples need nothing more.
 
 The Concrete relaxation trains a *relaxed* model instead (Maddison, Mnih & Teh 2017; DESIGN §3.3):
-each latent is a Binary Concrete variable, held in logit space as
-``y = (a + L)/λ`` (``L`` standard logistic), whose log-density is::
+each latent is a Concrete variable held in its family's base space — ``y = (a + L)/λ`` in logit
+space for bits, ``y = log_softmax((a + G)/λ)`` on the log-simplex for classes — where its
+log-density ``log p_λ(y; a)`` is stable (:meth:`~dcvbench.latent.LatentFamily.relaxed_log_prob`).
+:meth:`NegativeELBO.relaxed` is the negative relaxed ELBO at ``y ~ q_λ(·; η)``, ``z`` the relaxed
+point (``σ(y)`` or ``exp(y)``)::
 
-    log p_λ(y; a) = log λ − λy + a − 2·softplus(a − λy)
-
-(stable where the density of ``σ(y)`` in probability space is not). :meth:`NegativeELBO.relaxed`
-is the negative relaxed ELBO at ``y ~ q_λ(·; η)``::
-
-    "relaxed"   −[log p(x | σ(y)) + log p_{λp}(y; a) − log q_λ(y; η)]
-    "analytic"  −log p(x | σ(y)) + KL(Bern(σ(η)) ‖ Bern(σ(a)))
+    "relaxed"   −[log p(x | z) + log p_{λp}(y; a) − log q_λ(y; η)]
+    "analytic"  −log p(x | z) + KL(q_η ‖ p_a)
 
 with ``a`` the prior logits, ``λp`` the prior's temperature and ``λ`` the posterior's. The
 relaxation is for training only: every bound here (:func:`iwae_bound`, :func:`elbo`) is on the
 discrete model, with hard samples.
 
-A training step (:func:`train_step`) splits the gradient two ways: the generative model (decoder and
-a learned prior) follows the pathwise gradient of the mean of ``f`` over the estimator's samples;
-the encoder receives ``g`` through one vector–Jacobian product of ``logits = encode(x)``.
-
-What does not depend on the latent type lives in the base classes :class:`VAE` (networks, parameter
-groups, likelihood) and :class:`VAEObjective` (the shared backward pass); training and the bounds
-use only their interface, and serve the categorical VAE
-(:mod:`dcvbench.problems.categorical_vae`) as they serve this one.
+The training step that joins a model to an estimator is :func:`dcvbench.training.train_step`.
 """
 
 from __future__ import annotations
@@ -47,21 +43,24 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcvbench.estimators import Estimate, Estimator, ProblemShape
-from dcvbench.estimators.sampling import bernoulli_from_uniform, uniform_noise
+from dcvbench.latent import LatentFamily
+from dcvbench.latent.noise import uniform_noise
+from dcvbench.objectives import Evaluation, ProblemShape
 
 Architecture = Literal["linear", "nonlinear"]
 ARCHITECTURES: tuple[Architecture, ...] = ("linear", "nonlinear")
 
 PIXELS = 784  # 28 × 28 images: MNIST, Fashion-MNIST, the 28×28 Omniglot
 LATENT_BITS = 200  # binary latents D of the DisARM / double-CV experiments
+# The Gumbel-softmax paper's categorical VAE: 20 variables of 10 classes each.
+VARIABLES = 20
+CLASSES = 10
 HIDDEN = 200  # hidden width of the nonlinear architecture (DisARM / double-CV experiments)
 LEAKY_SLOPE = 0.3  # LeakyReLU slope of the reference code
 # The DisARM code clips the mean image to [1e-3, 1 − 1e-3] before taking its logit for the decoder's
@@ -77,42 +76,56 @@ KL_VARIANTS = ("relaxed", "analytic")
 
 
 class VAE(nn.Module):
-    """What a VAE over binarised pixels is whatever its latents: networks, parameter groups, likelihood.
-
-    Subclasses — :class:`BinaryVAE` and :class:`~dcvbench.problems.categorical_vae.CategoricalVAE` —
-    build the networks (:func:`networks`) and say what their latents are: :meth:`log_prior`,
-    :meth:`log_posterior`, :meth:`objective` (what the estimators see), :meth:`sample_posterior`
-    (hard samples for the bounds) and :attr:`problem_shape` (what their estimators are built for).
-    Training (:func:`train_step`), the bounds (:func:`iwae_bound`, :func:`elbo`) and the variance
-    measurement use this interface alone, so they serve both latent types.
+    """VAE with ``latent`` binary latents, or ``latent`` categorical ones of ``classes`` classes, and a
+    Bernoulli likelihood over ``pixels`` pixels.
 
     Args:
-        encoder: ``x [B, P]`` → posterior logits ``[B, *latent]``.
-        decoder: latents ``[..., *latent]`` → pixel logits ``[..., P]``; its last layer is a Linear.
-        prior_logits: the prior's initial logits ``[*latent]``.
-        pixels: input dimension ``P``.
-        learn_prior: learn the prior's logits (the DisARM protocol) instead of keeping them fixed.
+        latent: ``D`` bits (200 in the DisARM / double-CV experiments), or ``N`` categorical variables.
+        classes: ``None`` for binary latents; ``C ≥ 2`` classes per categorical variable.
+        arch: ``"linear"`` or ``"nonlinear"`` (see the module docstring).
+        pixels: input dimension ``P`` (784 for 28×28 images).
+        hidden: width of the nonlinear architecture's hidden layers.
+        learn_prior: learn the prior's logits (the DisARM protocol) instead of keeping them fixed at
+            0 (``Bernoulli(½)``, the double-CV protocol; uniform classes).
         input_mean: ``[P]`` training-set mean image, subtracted from the encoder's input (the
             DisARM protocol's mean-centring); ``None`` feeds ``x`` unchanged.
         output_bias_mean: ``[P]`` mean image whose clipped logit initialises the decoder's output
             bias (DisARM protocol), so an untrained decoder already predicts the mean image.
         generator: random numbers for the weight initialisation (Glorot-uniform weights and zero
             biases, the Keras defaults of the reference code); ``None`` uses torch's global one.
+        device, dtype: where and in what precision the parameters live.
     """
 
     def __init__(
         self,
-        encoder: nn.Sequential,
-        decoder: nn.Sequential,
-        prior_logits: Tensor,
-        pixels: int,
+        latent: int = LATENT_BITS,
+        classes: int | None = None,
+        arch: Architecture = "linear",
+        pixels: int = PIXELS,
+        hidden: int = HIDDEN,
         learn_prior: bool = False,
         input_mean: Tensor | None = None,
         output_bias_mean: Tensor | None = None,
         generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.pixels = pixels
+        if latent < 1:
+            raise ValueError(f"latent must be ≥ 1, got {latent}")
+        if classes is not None and classes < 2:
+            raise ValueError(f"classes must be ≥ 2, got {classes}")
+        factory = {"device": device, "dtype": dtype}
+        self.latent, self.classes, self.arch, self.pixels = latent, classes, arch, pixels
+        event = self.family.event_shape(latent, classes)  # one row of latents: (D,) or (N, C)
+        encoder, decoder = networks(arch, pixels, hidden, math.prod(event), factory)
+        if len(event) > 1:
+            # The encoder's last layer emits N·C logits, viewed as [N, C]; the decoder flattens a
+            # one-hot [N, C] back to its N·C inputs. Both views live inside the modules, so the
+            # encoder maps x to logits of the estimators' shape (what encoder-gradient VJPs
+            # differentiate).
+            encoder = nn.Sequential(*encoder, nn.Unflatten(-1, event))
+            decoder = nn.Sequential(nn.Flatten(-len(event)), *decoder)
         self.encoder, self.decoder = encoder, decoder
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -122,6 +135,7 @@ class VAE(nn.Module):
             mean = _check_image(output_bias_mean, pixels, "output_bias_mean").clamp(MEAN_CLIP, 1 - MEAN_CLIP)
             with torch.no_grad():
                 self.decoder[-1].bias.copy_(torch.logit(mean))
+        prior_logits = torch.zeros(event, **factory)  # Bernoulli(½) or uniform classes
         if learn_prior:
             self.prior_logits = nn.Parameter(prior_logits)
         else:
@@ -133,13 +147,17 @@ class VAE(nn.Module):
         self.register_buffer("input_mean", input_mean)
 
     @property
-    def learn_prior(self) -> bool:
-        return isinstance(self.prior_logits, nn.Parameter)
-
-    @property
     def problem_shape(self) -> ProblemShape:
         """What an estimator for this model is built for: its latents, and the pixels as context."""
-        raise NotImplementedError
+        return ProblemShape(self.latent, context=self.pixels, classes=self.classes)
+
+    @property
+    def family(self) -> LatentFamily:
+        return self.problem_shape.family
+
+    @property
+    def learn_prior(self) -> bool:
+        return isinstance(self.prior_logits, nn.Parameter)
 
     # -- parameter groups (each gets its own optimiser in training) ------------------------------
 
@@ -183,81 +201,16 @@ class VAE(nn.Module):
         return -nll.sum(-1)
 
     def log_prior(self, b: Tensor) -> Tensor:
-        """``log p(b)``: ``[..., *latent]`` → ``[...]``."""
-        raise NotImplementedError
+        """``log p(b)`` at the prior logits: ``[..., *latent]`` → ``[...]``."""
+        return self.family.log_prob(b, self.prior_logits)
+
+    def log_posterior(self, b: Tensor, logits: Tensor) -> Tensor:
+        """``log q(b|x)``: b ``[..., B, *latent]``, η ``[B, *latent]`` → ``[..., B]``."""
+        return self.family.log_prob(b, logits)
 
     def log_joint(self, x: Tensor, b: Tensor) -> Tensor:
         """``log p(x, b) = log p(x|b) + log p(b)``: x ``[B, P]``, b ``[..., B, *latent]`` → ``[..., B]``."""
         return self.log_likelihood(x, b) + self.log_prior(b)
-
-    # -- what training and evaluation use ---------------------------------------------------------
-
-    def objective(
-        self,
-        x: Tensor,
-        logits: Tensor,
-        generative_grads: bool = True,
-        prior_temperature: float = PRIOR_TEMPERATURE,
-        kl: str = "relaxed",
-    ) -> VAEObjective:
-        """The objective the estimators see for the minibatch ``x [B, P]`` at logits ``[B, *latent]``
-        (the arguments are :class:`VAEObjective`'s)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def sample_posterior(logits: Tensor, samples: int, generator: torch.Generator) -> Tensor:
-        """``samples`` independent draws of ``q(·|x)`` ``[S, B, *latent]`` at logits ``[B, *latent]``."""
-        raise NotImplementedError
-
-
-class BinaryVAE(VAE):
-    """VAE with ``latent`` Bernoulli latents and a Bernoulli likelihood over ``pixels`` pixels.
-
-    Args:
-        latent: number of binary latents ``D`` (200 in the reference experiments).
-        arch: ``"linear"`` or ``"nonlinear"`` (see the module docstring).
-        pixels: input dimension ``P`` (784 for 28×28 images).
-        hidden: width of the nonlinear architecture's hidden layers.
-        learn_prior: learn the prior's logits (the DisARM protocol) instead of keeping the
-            fixed ``Bernoulli(½)`` (logits 0) of the double-CV protocol.
-        input_mean, output_bias_mean, generator: as for :class:`VAE`.
-        device, dtype: where and in what precision the parameters live.
-    """
-
-    def __init__(
-        self,
-        latent: int = LATENT_BITS,
-        arch: Architecture = "linear",
-        pixels: int = PIXELS,
-        hidden: int = HIDDEN,
-        learn_prior: bool = False,
-        input_mean: Tensor | None = None,
-        output_bias_mean: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        factory = {"device": device, "dtype": dtype}
-        encoder, decoder = networks(arch, pixels, hidden, latent, factory)
-        prior = torch.zeros(latent, **factory)  # Bernoulli(½)
-        super().__init__(
-            encoder, decoder, prior, pixels, learn_prior, input_mean, output_bias_mean, generator
-        )
-        self.latent, self.arch = latent, arch
-
-    @property
-    def problem_shape(self) -> ProblemShape:
-        """What an estimator for this model is built for: D bits, the pixels as context."""
-        return ProblemShape(self.latent, context=self.pixels)
-
-    def log_prior(self, b: Tensor) -> Tensor:
-        """``log p(b) = Σ_d b_d π_d − softplus(π_d)``, ``π`` the prior logits: ``[..., D]`` → ``[...]``."""
-        return bernoulli_log_prob(b, self.prior_logits)
-
-    @staticmethod
-    def log_posterior(b: Tensor, logits: Tensor) -> Tensor:
-        """``log q(b|x) = Σ_d b_d η_d − softplus(η_d)``: b ``[..., B, D]``, η ``[B, D]`` → ``[..., B]``."""
-        return bernoulli_log_prob(b, logits)
 
     def objective(
         self,
@@ -267,40 +220,14 @@ class BinaryVAE(VAE):
         prior_temperature: float = PRIOR_TEMPERATURE,
         kl: str = "relaxed",
     ) -> NegativeELBO:
+        """The objective the estimators see for the minibatch ``x [B, P]`` at logits ``[B, *latent]``
+        (the arguments are :class:`NegativeELBO`'s)."""
         return NegativeELBO(self, x, logits, generative_grads, prior_temperature, kl)
 
-    @staticmethod
-    def sample_posterior(logits: Tensor, samples: int, generator: torch.Generator) -> Tensor:
-        """``samples`` binary draws of ``q(·|x)`` ``[S, B, D]`` at logits ``[B, D]``."""
+    def sample_posterior(self, logits: Tensor, samples: int, generator: torch.Generator) -> Tensor:
+        """``samples`` independent draws of ``q(·|x)`` ``[S, B, *latent]`` at logits ``[B, *latent]``."""
         noise = uniform_noise((samples, *logits.shape), logits, generator)
-        return bernoulli_from_uniform(noise, torch.sigmoid(logits))
-
-
-def bernoulli_log_prob(b: Tensor, logits: Tensor) -> Tensor:
-    """``Σ_d b_d a_d − softplus(a_d)`` over the last dimension; exact for binary ``b``, linear in ``b``."""
-    return (b * logits).sum(-1) - F.softplus(logits).sum(-1)
-
-
-def binary_concrete_log_density(y: Tensor, logits: Tensor, temperature: float) -> Tensor:
-    """Log-density of ``Y = (a + L)/λ``, ``L`` standard logistic: the Binary Concrete in logit space.
-
-    ``log p_λ(y; a) = log λ − λy + a − 2·softplus(a − λy)``, summed over the last dimension:
-    y ``[..., D]``, logits ``a`` broadcasting against it → ``[...]``. ``σ(Y)`` is Maddison et al.'s
-    ``BinConcrete(e^a, λ)``; its density in probability space carries ``x^{−λ−1}`` and
-    ``(1−x)^{−λ−1}``, which overflow near 0 and 1 where this form stays finite.
-    """
-    scaled = temperature * y  # λy = a + L at a sample of this distribution
-    return (math.log(temperature) - scaled + logits - 2.0 * F.softplus(logits - scaled)).sum(-1)
-
-
-def bernoulli_kl(logits: Tensor, prior_logits: Tensor) -> Tensor:
-    """``KL(Bern(σ(η)) ‖ Bern(σ(a)))`` summed over the last dimension: ``[..., D] → [...]``.
-
-    Both log-probabilities are linear in ``b``, so the expectation is theirs at ``b = θ = σ(η)``:
-    ``Σ_d θ_d (η_d − a_d) − softplus(η_d) + softplus(a_d)``.
-    """
-    probs = torch.sigmoid(logits)  # θ: [..., D]
-    return (probs * (logits - prior_logits) - F.softplus(logits) + F.softplus(prior_logits)).sum(-1)
+        return self.family.sample(logits, noise)
 
 
 def networks(
@@ -338,22 +265,19 @@ def _check_image(image: Tensor, pixels: int, name: str) -> Tensor:
 # The objective the estimators see.
 
 
-class VAEObjective:
+class NegativeELBO:
     """``f(b) = −[log p(x|b) + log p(b) − log q(b|x)]`` for one minibatch: ``[..., B, *latent] → [..., B]``.
-
-    What the objectives of both latent types share — :class:`NegativeELBO` (binary) and
-    :class:`~dcvbench.problems.categorical_vae.CategoricalNegativeELBO` — which define ``f`` itself
-    (``__call__``) and the objective of their relaxed model (``relaxed``, which the ``concrete``
-    estimator trains on; ``prior_temperature`` and ``kl`` are its settings and change nothing else).
 
     ``log q`` uses the logits *detached*, so ``f`` reaches the generative model (decoder, learned
     prior) but never the encoder. ``b`` may be real (relaxed samples): every term is linear in the
-    latents except through the decoder, which is a function of real inputs.
+    latents except through the decoder, which is a function of real inputs. :meth:`relaxed` is the
+    objective of the relaxed model (the module docstring), which the ``concrete`` estimator trains
+    on; ``prior_temperature`` and ``kl`` are its settings and change nothing else.
 
     :meth:`value_and_input_grad` computes ``∇_b f`` and the generative model's gradient in *one*
-    backward pass and keeps the latter for :func:`train_step` (:meth:`take_generative_grads`), so an
-    estimator that needs ``∇_b f`` (``rloo-dcv``, ``st-concrete``) costs one extra input-gradient
-    matrix product over one that does not, instead of a second backward pass.
+    backward pass and returns both (:class:`~dcvbench.objectives.Evaluation`), so an estimator that
+    needs ``∇_b f`` (``rloo-dcv``, ``st-concrete``) costs one extra input-gradient matrix product
+    over one that does not, instead of a second backward pass.
 
     Args:
         model: the VAE.
@@ -387,16 +311,41 @@ class VAEObjective:
         if kl not in KL_VARIANTS:
             raise ValueError(f"unknown kl {kl!r}; choose from: {', '.join(KL_VARIANTS)}")
         self.model = model
+        self.family = model.family
         self.x = x  # [B, P]
         self.logits = logits.detach()  # [B, *latent]
         self.generative_grads = generative_grads
         self.prior_temperature = prior_temperature
         self.kl = kl
-        self._stored: tuple[Tensor, list[Tensor]] | None = None
+        self._posterior_natural = self.family.natural(self.logits)  # n(η): [B, *latent]
+        self._posterior_normaliser = self.family.normaliser(self.logits)  # A(η): [B]
 
     def __call__(self, b: Tensor) -> Tensor:
         """``f(b)``: ``b [..., B, *latent]`` → ``[..., B]``, attached to the generative model's graph."""
-        raise NotImplementedError
+        family, prior = self.family, self.model.prior_logits  # prior: [*latent]
+        # log p(b) − log q(b|x) = ⟨b, n(a) − n(η)⟩ − A(a) + A(η): one product with b instead of two
+        # (the prior's terms stay in the graph when the prior is learned).
+        natural = family.natural(prior) - self._posterior_natural  # [B, *latent]
+        latent = family.reduce(b * natural) + (self._posterior_normaliser - family.normaliser(prior))
+        return -(self.model.log_likelihood(self.x, b) + latent)  # [..., B]
+
+    def relaxed(self, y: Tensor, logits: Tensor, temperature: float) -> Tensor:
+        """The negative relaxed ELBO at ``z = relaxed_point(y)``: ``y [..., B, *latent]`` → ``[..., B]``.
+
+        ``y`` are the relaxed latents in the family's base space, a sample of ``q_λ(·; η)`` with
+        ``λ = temperature``; ``logits`` is ``η [B, *latent]`` *with* the caller's graph: unlike
+        :meth:`__call__`, this objective is differentiated pathwise, so its dependence on ``η``
+        through the posterior's density (or the KL) is part of its gradient along with that through
+        ``y``. The result is attached to the generative model's graph (decoder and learned prior),
+        which trains on it.
+        """
+        family, prior = self.family, self.model.prior_logits  # prior: [*latent]
+        reconstruction = self.model.log_likelihood(self.x, family.relaxed_point(y))  # [..., B]
+        if self.kl == "analytic":
+            return family.kl(logits, prior) - reconstruction  # [B] + [..., B]
+        log_prior = family.relaxed_log_prob(y, prior, self.prior_temperature)  # [..., B]
+        log_posterior = family.relaxed_log_prob(y, logits, temperature)  # [..., B]
+        return -(reconstruction + log_prior - log_posterior)
 
     @property
     def context(self) -> Tensor:
@@ -404,10 +353,16 @@ class VAEObjective:
         control net)."""
         return self.x
 
-    def tile(self, times: int) -> VAEObjective:
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """The generative model's parameters that ``f`` trains, in the order of
+        :attr:`Evaluation.param_grads <dcvbench.objectives.Evaluation.param_grads>`: those of
+        :meth:`VAE.generative_parameters` (decoder, then a learned prior) that require grad."""
+        return [p for p in self.model.generative_parameters() if p.requires_grad]
+
+    def tile(self, times: int) -> NegativeELBO:
         """The same objective over ``times`` stacked copies of the minibatch (row ``r`` is row
         ``r mod B``): what independent draws at one snapshot need (``measure.variance``)."""
-        return type(self)(
+        return NegativeELBO(
             self.model,
             self.x.repeat(times, 1),
             self.logits.repeat(times, *[1] * (self.logits.dim() - 1)),
@@ -416,17 +371,14 @@ class VAEObjective:
             self.kl,
         )
 
-    def value_and_input_grad(self, b: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_input_grad(self, b: Tensor) -> Evaluation:
         """``f(b)`` ``[..., B]`` (detached) and ``∇_b f(b)`` ``[..., B, *latent]`` from one backward pass.
 
-        The same pass gives ``∇ mean(f)`` for the generative parameters, kept for
-        :meth:`take_generative_grads` under the identity of the returned values tensor: the
-        gradients belong to *these* values, and a training step that backpropagates different
-        values (MuProp evaluates ``f`` at θ with input gradients, but trains on its K samples)
-        finds nothing stored for them and falls back to autograd.
+        With ``generative_grads``, the same pass gives ``∇ mean(f)`` for
+        :meth:`generative_parameters`, returned as ``param_grads``: the gradients of *these* values,
+        which a training step assigns instead of differentiating the values again.
         """
-        params = [p for p in self.model.generative_parameters() if p.requires_grad]
-        params = params if self.generative_grads else []
+        params = self.generative_parameters() if self.generative_grads else []
         with torch.enable_grad():
             b = b.detach().requires_grad_(True)
             values = self(b)  # [..., B]
@@ -435,152 +387,9 @@ class VAEObjective:
             count = values.numel()
             seed = torch.full_like(values, 1.0 / count)
             grads = torch.autograd.grad(values, [b, *params], grad_outputs=seed)
-        values = values.detach()
-        if params:
-            self._stored = (values, list(grads[1:]))
-        return values, grads[0] * count  # ∇_b f_k: each value depends only on its own b
-
-    def take_generative_grads(self, values: Tensor) -> list[Tensor] | None:
-        """The stored generative gradients if they belong to ``values`` (the same tensor), else ``None``.
-
-        Order: :meth:`VAE.generative_parameters` (only those requiring grad). Handing them out
-        forgets them.
-        """
-        stored, self._stored = self._stored, None
-        if stored is None or stored[0] is not values:
-            return None
-        return stored[1]
-
-
-class NegativeELBO(VAEObjective):
-    """The objective of a :class:`BinaryVAE` (see :class:`VAEObjective`): ``[..., B, D] → [..., B]``.
-
-    Its relaxed model (:meth:`relaxed`, the module docstring) has Binary Concrete latents.
-    """
-
-    def __init__(
-        self,
-        model: BinaryVAE,
-        x: Tensor,
-        logits: Tensor,
-        generative_grads: bool = True,
-        prior_temperature: float = PRIOR_TEMPERATURE,
-        kl: str = "relaxed",
-    ):
-        super().__init__(model, x, logits, generative_grads, prior_temperature, kl)
-        self._posterior_normaliser = F.softplus(self.logits).sum(-1)  # Σ_d softplus(η_d): [B]
-
-    def __call__(self, b: Tensor) -> Tensor:
-        prior = self.model.prior_logits  # [D]
-        # log p(b) − log q(b|x) = Σ_d b_d (π_d − η_d) − softplus(π_d) + softplus(η_d): one product
-        # with b instead of two (the prior's terms stay in the graph when the prior is learned).
-        latent = (b * (prior - self.logits)).sum(-1) + (self._posterior_normaliser - F.softplus(prior).sum())
-        return -(self.model.log_likelihood(self.x, b) + latent)  # [..., B]
-
-    def relaxed(self, y: Tensor, logits: Tensor, temperature: float) -> Tensor:
-        """The negative relaxed ELBO at ``z = σ(y)``: ``y [..., B, D]`` → ``[..., B]``.
-
-        ``y`` are the relaxed latents in logit space, a sample of ``q_λ(·; η)`` with ``λ =
-        temperature``; ``logits`` is ``η [B, D]`` *with* the caller's graph: unlike :meth:`__call__`,
-        this objective is differentiated pathwise, so its dependence on ``η`` through the posterior's
-        density (or the KL) is part of its gradient along with that through ``y``. The result is
-        attached to the generative model's graph (decoder and learned prior), which trains on it.
-        """
-        reconstruction = self.model.log_likelihood(self.x, torch.sigmoid(y))  # [..., B]
-        prior = self.model.prior_logits  # [D]
-        if self.kl == "analytic":
-            return bernoulli_kl(logits, prior) - reconstruction  # [B] + [..., B]
-        log_prior = binary_concrete_log_density(y, prior, self.prior_temperature)  # [..., B]
-        log_posterior = binary_concrete_log_density(y, logits, temperature)  # [..., B]
-        return -(reconstruction + log_prior - log_posterior)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training.
-
-
-@dataclass
-class StepOutput:
-    """What one training step reports (tensors on the model's device; nothing synchronised).
-
-    Attributes:
-        train_elbo: 0-d, the mean over batch and samples of ``−f``: the training ELBO (the relaxed
-            ELBO for an estimator that trains on the objective's ``relaxed`` model).
-        estimate: the estimator's :class:`~dcvbench.estimators.Estimate` (``grad`` is ``g``,
-            ``[B, *latent]``, the per-row logit gradient of ``E[f]``).
-    """
-
-    train_elbo: Tensor
-    estimate: Estimate
-
-
-def train_step(
-    model: VAE,
-    estimator: Estimator,
-    x: Tensor,
-    k: int,
-    generator: torch.Generator,
-    encoder_optimizer: torch.optim.Optimizer,
-    decoder_optimizer: torch.optim.Optimizer,
-    prior_optimizer: torch.optim.Optimizer | None = None,
-    *,
-    prior_temperature: float = PRIOR_TEMPERATURE,
-    kl: str = "relaxed",
-) -> StepOutput:
-    """One step on the minibatch ``x [B, P]``, minimising ``(1/B) Σ_b E_q[f_b]`` (= −mean ELBO).
-
-    1. ``η = encode(x)``; the estimator draws its ``k`` samples of ``f = model.objective(x, η)`` and
-       returns ``g ≈ ∇_η E[f]`` ``[B, *latent]``. ``prior_temperature`` and ``kl`` configure the
-       relaxed objective (:meth:`NegativeELBO.relaxed` and its categorical counterpart), for
-       estimators that train on it (``concrete``: then ``f`` is the negative relaxed ELBO
-       throughout, values and ``g`` alike).
-    2. Generative model: the gradient of ``mean(f)`` over the estimator's sample values — taken
-       from the objective when the estimator's values came from
-       :meth:`VAEObjective.value_and_input_grad` (one shared backward pass), else by autograd —
-       or of the estimate's own ``surrogate`` where it gives one (VIMCO's K-sample bound).
-    3. Encoder: one vector–Jacobian product, ``η.backward(g / B)`` (``g`` is per row; the
-       objective averages the rows).
-    4. The optimisers step; then ``estimator.update`` learns its own state (``α``), after ``g`` was
-       used, so ``g`` stays unbiased.
-
-    The prior's gradient is written when the prior is learned: step it with ``prior_optimizer``
-    (the DisARM protocol's SGD), or put it in ``decoder_optimizer``'s parameters. Gradients stay
-    in ``.grad`` after the step (for :class:`~dcvbench.measure.vae_variance.EMAVariance`); nothing
-    here waits on the device.
-    """
-    model.zero_grad(set_to_none=True)
-    logits = model.encode(x)  # [B, *latent]
-    f = model.objective(x, logits, prior_temperature=prior_temperature, kl=kl)
-    estimate = estimator(logits, f, k, generator)
-    values = estimate.values  # [E, B]
-
-    params = [p for p in model.generative_parameters() if p.requires_grad]
-    shared = f.take_generative_grads(values) if estimate.surrogate is None else None
-    surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
-    if shared is not None:
-        for param, grad in zip(params, shared, strict=True):
-            param.grad = grad
-    elif surrogate.requires_grad:
-        # inputs=params: the surrogate may also reach an estimator's own leaves (a relaxed
-        # sample's logits), which are not the generative model's to train.
-        surrogate.backward(inputs=params)
-    elif params:
-        raise RuntimeError(
-            f"{type(estimator).__name__} returned objective values without a graph and without "
-            "gradients from the objective's value_and_input_grad: the decoder cannot be trained"
-        )
-    logits.backward(estimate.grad / x.shape[0])
-
-    encoder_optimizer.step()
-    decoder_optimizer.step()
-    if prior_optimizer is not None:
-        prior_optimizer.step()
-    estimator.update(estimate)
-    return StepOutput(train_elbo=-values.detach().mean(), estimate=estimate)
-
-
-# ---------------------------------------------------------------------------------------------
-# Bounds for evaluation (always on the discrete model).
+        param_grads = tuple(grads[1:]) if self.generative_grads else None
+        # ∇_b f_k: each value depends only on its own b.
+        return Evaluation(values.detach(), grads[0] * count, param_grads)
 
 
 @torch.no_grad()

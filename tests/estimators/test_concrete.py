@@ -1,5 +1,7 @@
-"""The Binary Concrete estimators: the pathwise gradient they claim, the relaxed-objective dispatch, and a
-bias that shrinks with λ."""
+"""The Concrete estimator (``concrete``) for bits and classes: the pathwise gradient it claims, the
+relaxed-objective dispatch, the temperature it reports and that annealing sets, and a bias that shrinks
+with λ. (The relaxed densities are tested with the families, tests/latent; ``st-concrete`` in
+test_st_concrete.py.)"""
 
 from __future__ import annotations
 
@@ -10,13 +12,20 @@ import torch
 from scipy.stats import norm
 from torch.testing import assert_close
 
-from dcvbench.estimators import get_estimator
-from dcvbench.estimators.concrete import relaxed_objective
-from dcvbench.estimators.sampling import logistic_from_uniform
+from dcvbench.estimators import estimator_info, get_estimator
+from dcvbench.estimators.relaxed import RelaxedEstimator, relaxed_objective
+from dcvbench.latent import BINARY, CATEGORICAL
+from dcvbench.latent.noise import gumbel_from_uniform, logistic_from_uniform, uniform_noise
 from dcvbench.measure.variance import draw_estimates
+from dcvbench.problems.categorical_toy import (
+    CATEGORICAL_OBJECTIVES,
+    make_categorical_objective,
+    random_categorical_logits,
+)
 from dcvbench.problems.toy import OBJECTIVES, exact_gradient, make_objective
 
 DIM = 6
+VARIABLES, CLASSES = 4, 3  # categorical latents
 
 
 def _logits(rows: int = 3) -> torch.Tensor:
@@ -49,7 +58,8 @@ def test_concrete_on_the_toy_is_the_closed_form_pathwise_gradient(objective: str
     estimate = estimator.estimate(logits, f, noise)
 
     z = torch.sigmoid((logits + logistic_from_uniform(noise)) / temperature)  # [K, B, D]
-    values, input_grad = f.value_and_input_grad(z)
+    evaluation = f.value_and_input_grad(z)
+    values, input_grad = evaluation.values, evaluation.input_grad
     assert_close(estimate.grad, (input_grad * z * (1 - z)).mean(0) / temperature, rtol=1e-12, atol=1e-15)
     assert_close(estimate.values.detach(), values, rtol=1e-12, atol=1e-15)
 
@@ -70,7 +80,7 @@ def test_relaxed_objective_prefers_the_objectives_own_relaxation():
     noise = torch.rand(2, *logits.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = (logits + logistic_from_uniform(noise)) / temperature
     toy = make_objective("sum-square", DIM)
-    assert_close(relaxed_objective(toy, y, logits, temperature), toy(torch.sigmoid(y)))
+    assert_close(relaxed_objective(toy, BINARY, y, logits, temperature), toy(torch.sigmoid(y)))
 
     f = _WithRelaxation()
     estimate = get_estimator("concrete", temperature=temperature).estimate(logits, f, noise)
@@ -93,26 +103,17 @@ def test_temperature_can_change_between_estimates():
     )
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_st_concrete_is_hard_forward_relaxed_backward(objective: str):
-    logits, f = _logits(), make_objective(objective, DIM)
-    estimator = get_estimator("st-concrete", temperature=0.4)
-    noise = estimator.sample(logits, 3, torch.Generator().manual_seed(2))  # [K, B, D]
-    estimate = estimator.estimate(logits, f, noise)
-
-    eta = logits.clone().requires_grad_(True)
-    z = torch.sigmoid((eta + torch.log(noise) - torch.log1p(-noise)) / 0.4)  # [K, B, D]
-    hard = (z > 0.5).to(z.dtype)
-    straight_through = hard + z - z.detach()  # value of b, gradient of z
-    (expected,) = torch.autograd.grad(f(straight_through).mean(0).sum(), eta)
-    assert_close(estimate.values.detach(), f(hard), rtol=1e-12, atol=1e-15)  # f at binary points only
-    assert_close(estimate.grad, expected, rtol=1e-12, atol=1e-15)
-
-
-def test_temperature_must_be_positive():
-    for name in ("concrete", "st-concrete"):
+def test_temperature_must_be_positive_and_is_reported():
+    for latent in ("binary", "categorical"):
         with pytest.raises(ValueError, match="temperature must be > 0"):
-            get_estimator(name, temperature=0.0)
+            get_estimator("concrete", latent=latent, temperature=0.0)
+    estimator = get_estimator("concrete", temperature=0.5)
+    assert isinstance(estimator, RelaxedEstimator) and estimator_info("concrete").relaxation == "relaxed"
+    assert estimator.state_stats() == {"temperature": 0.5}
+    estimate = estimator(_logits(), make_objective("separable", DIM), 2, torch.Generator().manual_seed(1))
+    assert (
+        estimate.stats["temperature"].dtype == torch.float64 and float(estimate.stats["temperature"]) == 0.5
+    )
 
 
 # Bias against the exact gradient of the discrete objective. The relaxed objective tends to the
@@ -149,3 +150,50 @@ def test_concrete_bias_shrinks_as_the_temperature_falls(objective: str):
     for (hot, hot_se), (cold, cold_se) in itertools.pairwise(biases):
         gap = hot - cold
         assert gap > Z_CRITICAL * (hot_se**2 + cold_se**2) ** 0.5, biases
+
+
+# -- categorical latents -----------------------------------------------------------------------
+
+
+def _categorical_logits(rows: int = 3) -> torch.Tensor:
+    return random_categorical_logits(VARIABLES, CLASSES, seed=17, rows=rows)  # [B, N, C]
+
+
+@pytest.mark.parametrize("objective", CATEGORICAL_OBJECTIVES)
+def test_categorical_concrete_is_the_pathwise_gradient_of_f_at_the_relaxed_sample(objective: str):
+    logits, f = _categorical_logits(), make_categorical_objective(objective, VARIABLES, CLASSES)
+    estimator = get_estimator("concrete", latent="categorical", temperature=0.4)
+    noise = estimator.sample(logits, 3, torch.Generator().manual_seed(2))  # [K, B, N, C]
+    estimate = estimator.estimate(logits, f, noise)
+    # The chain rule by hand: z = softmax((η + G)/λ), ∂z/∂η = (diag z − zzᵀ)/λ, v = ∇f(z).
+    z = torch.softmax((logits + gumbel_from_uniform(noise)) / 0.4, -1)
+    evaluation = f.value_and_input_grad(z)
+    values, v = evaluation.values, evaluation.input_grad
+    expected = (z * (v - (z * v).sum(-1, keepdim=True))).mean(0) / 0.4
+    assert_close(estimate.grad, expected, rtol=1e-12, atol=1e-15)
+    assert_close(estimate.values.detach(), values, rtol=1e-12, atol=1e-15)
+
+
+def test_an_objective_s_own_relaxation_is_used_and_differentiated_through_the_categorical_logits():
+    logits = _categorical_logits(rows=2)
+    f = make_categorical_objective("separable", VARIABLES, CLASSES)
+
+    class WithRelaxation:
+        """f at z plus a term in η directly (as a relaxed ELBO's posterior density has)."""
+
+        def __call__(self, b):
+            return f(b)
+
+        def relaxed(self, y, eta, temperature):
+            return f(y.exp()) + temperature * (eta**2).sum((-2, -1))
+
+    noise = uniform_noise((3, *logits.shape), logits, torch.Generator().manual_seed(4))
+    estimate = get_estimator("concrete", latent="categorical", temperature=0.5).estimate(
+        logits, WithRelaxation(), noise
+    )
+    plain = get_estimator("concrete", latent="categorical", temperature=0.5).estimate(logits, f, noise)
+    assert_close(estimate.grad, plain.grad + 0.5 * 2 * logits, rtol=1e-12, atol=1e-14)
+    y = torch.log_softmax(logits + gumbel_from_uniform(noise), -1)
+    assert_close(
+        relaxed_objective(f, CATEGORICAL, y, logits, 1.0), f(y.exp()), rtol=0, atol=0
+    )  # the fallback

@@ -1,4 +1,5 @@
-"""The registry and the estimator contract: names, K rules, shapes, dtypes, finite output."""
+"""The registry and the estimator contract, for every latent family: names, families, listing order,
+options, K rules, shapes, dtypes, finite output."""
 
 from __future__ import annotations
 
@@ -11,27 +12,42 @@ from dcvbench.estimators import (
     Estimator,
     EstimatorError,
     EstimatorInfo,
-    EstimatorSettings,
-    ProblemShape,
     build_estimator,
+    check_settings,
+    default_settings,
     estimator_class,
     estimator_info,
     estimator_names,
+    estimator_options,
     get_estimator,
 )
-from dcvbench.estimators.registry import register
+from dcvbench.estimators.options import JOBS, Option
+from dcvbench.estimators.registry import option_users, register
+from dcvbench.latent import BINARY, CATEGORICAL, LATENT_TYPES
+from dcvbench.objectives import ProblemShape
+from dcvbench.problems.categorical_toy import (
+    CATEGORICAL_OBJECTIVES,
+    make_categorical_objective,
+    random_categorical_logits,
+)
 from dcvbench.problems.toy import OBJECTIVES, make_objective
 
 NAMES = estimator_names()
 # The contract is checked on the toy; VAE-only estimators (vimco) are exercised in tests/problems.
 TOY_NAMES = [name for name in NAMES if "toy" in estimator_info(name).problems]
+CATEGORICAL_NAMES = estimator_names("categorical")
 DTYPES = [torch.float64, torch.float32]
+# Today's listing, in order (the order of `dcvbench estimators` and of the CLI's choices).
+LISTING = [
+    "reinforce", "reinforce-ema", "rloo", "rloo-dcv", "muprop", "exact-baseline", "arm", "disarm",
+    "arms", "concrete", "st-concrete", "rebar", "relax", "vimco", "nvil",
+]  # fmt: skip
 
 
 def build(name: str, dim: int) -> Estimator:
-    """The estimator as the jobs build it, for a toy of ``dim`` latents (estimators with networks
-    need the shape)."""
-    return build_estimator(name, EstimatorSettings(), ProblemShape(dim))
+    """The estimator as the jobs build it, for a toy of ``dim`` bits (estimators with networks need
+    the shape)."""
+    return build_estimator(name, default_settings("toy"), ProblemShape(dim))
 
 
 def _allowed_ks(name: str, ks=range(1, 7)) -> list[int]:
@@ -39,29 +55,51 @@ def _allowed_ks(name: str, ks=range(1, 7)) -> list[int]:
     return [k for k in ks if k >= info.min_k and not (info.even_k and k % 2)]
 
 
+# -- names, families, order -----------------------------------------------------------------------
+
+
 def test_names_are_unique_non_empty_and_match_their_info():
     assert NAMES and len(NAMES) == len(set(NAMES))
     for name in NAMES:
         info = estimator_info(name)
         assert name and name == name.strip() and info.name == name
-        assert info.summary
+        assert info.summary and info.families and set(info.families) <= set(LATENT_TYPES)
         assert estimator_class(name).info is info
 
 
-def test_the_estimators_of_the_design_are_registered():
-    expected = {"reinforce", "reinforce-ema", "rloo", "rloo-dcv", "muprop", "exact-baseline"}
-    expected |= {"arm", "disarm", "arms", "concrete", "st-concrete", "relax", "rebar"}
-    assert expected <= set(NAMES)
+def test_the_listing_order_is_today_s():
+    assert NAMES == LISTING
+    assert estimator_names("binary") == LISTING  # every estimator has a binary form
+    assert [name for name in LISTING if "categorical" in estimator_info(name).families] == CATEGORICAL_NAMES
+
+
+def test_the_estimators_of_the_design_are_registered_for_their_families():
+    assert {"reinforce", "rloo", "rloo-dcv", "exact-baseline", "concrete", "st-concrete"} <= set(
+        CATEGORICAL_NAMES
+    )
+    # Antithetic pairs, copulas and conditional logistic relaxations are about bits.
+    assert not {"arm", "disarm", "arms", "relax", "rebar"} & set(CATEGORICAL_NAMES)
     assert not estimator_info("concrete").unbiased and not estimator_info("st-concrete").unbiased
+    assert estimator_info("concrete").relaxation == "relaxed"
+    assert estimator_info("st-concrete").relaxation == "straight-through"
+    assert all(estimator_info(name).relaxation is None for name in NAMES if "concrete" not in name)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_estimator_builds_from_the_shared_settings_for_each_problem_it_runs_on(name: str):
-    # What the jobs do: one settings record, the problem's shape (the VAE's has a context, x).
-    shapes = {"toy": ProblemShape(5), "vae": ProblemShape(5, context=12)}
-    for problem in estimator_info(name).problems:
-        estimator = build_estimator(name, EstimatorSettings(), shapes[problem])
-        assert isinstance(estimator, Estimator) and estimator.info is estimator_info(name)
+@pytest.mark.parametrize("latent", LATENT_TYPES)
+def test_one_class_serves_every_family_it_is_registered_for(latent: str):
+    family = {"binary": BINARY, "categorical": CATEGORICAL}[latent]
+    shape = ProblemShape(3, context=4, classes=None if latent == "binary" else 2)
+    for name in estimator_names(latent):
+        assert estimator_class(name, latent) is estimator_class(name, "binary")
+        assert build_estimator(name, default_settings("vae"), shape).family is family
+        if name != "relax":  # relax needs its network's sizes, which only the shape gives
+            assert get_estimator(name, latent=latent).family is family
+
+
+def test_estimator_modules_are_discovered_and_named_after_their_estimator():
+    for name in NAMES:
+        module = estimator_class(name).__module__.rsplit(".", 1)[-1]
+        assert module == name.replace("-", "_") or (module == "relax_rebar" and name in ("relax", "rebar"))
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -71,12 +109,166 @@ def test_unknown_name_lists_the_valid_ones():
         assert name in str(caught.value)
 
 
+def test_unknown_name_for_a_latent_type_lists_that_type_s_names_on_one_line():
+    with pytest.raises(EstimatorError) as caught:
+        get_estimator("arm", latent="categorical")
+    message = str(caught.value)
+    assert message.startswith("unknown estimator 'arm' for categorical latents; choose from: ")
+    assert message.endswith(", ".join(CATEGORICAL_NAMES))
+    assert "\n" not in message
+
+
+def test_unknown_latent_type_is_an_error_naming_the_types():
+    with pytest.raises(
+        EstimatorError, match="unknown latent type 'ternary'; choose from: binary, categorical"
+    ):
+        estimator_names("ternary")
+    with pytest.raises(EstimatorError, match="unknown latent type 'ternary'"):
+        register(
+            EstimatorInfo(
+                name="new", summary="s", unbiased=True, needs_input_grad=False, families=("ternary",)
+            )
+        )
+
+
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(RuntimeError, match="registered twice"):
         register(EstimatorInfo(name="rloo", summary="again", unbiased=True, needs_input_grad=False))(
             type("Again", (estimator_class("rloo"),), {})
         )
     assert estimator_info("rloo").summary != "again"
+
+
+def test_build_estimator_chooses_the_family_by_the_number_of_classes():
+    settings = {**default_settings("toy"), "alpha": -0.25, "temperature": 0.3}
+    binary = build_estimator("rloo-dcv", settings, ProblemShape(5))
+    categorical = build_estimator("rloo-dcv", settings, ProblemShape(5, classes=4))
+    assert binary.family is BINARY and categorical.family is CATEGORICAL
+    assert float(categorical.alpha) == -0.25
+    assert build_estimator("concrete", settings, ProblemShape(5, classes=2)).temperature == 0.3
+    with pytest.raises(EstimatorError, match="unknown estimator 'arm' for categorical latents"):
+        build_estimator("arm", settings, ProblemShape(5, classes=3))
+
+
+# -- options --------------------------------------------------------------------------------------
+
+
+def test_options_are_declared_once_and_shared_by_object():
+    options = estimator_options()
+    assert list(options) == [
+        "baseline_decay", "alpha", "alpha_learning", "alpha_optimizer", "alpha_lr", "temperature",
+        "control_lr",
+    ]  # fmt: skip
+    for name in NAMES:
+        for option in estimator_class(name).options:
+            assert options[option.name] is option
+    assert option_users("temperature") == ["concrete", "st-concrete"]
+    assert option_users("baseline_decay") == ["reinforce-ema", "nvil"]
+    assert option_users("control_lr") == ["rebar", "relax", "nvil"]
+    assert option_users("alpha_lr") == ["rloo-dcv"]
+
+
+def test_defaults_per_job_are_today_s():
+    common = {"alpha": None, "alpha_learning": "sgd", "temperature": 2.0 / 3.0}
+    common |= {"baseline_decay": 0.9, "control_lr": 1e-3}
+    # The published toy tuned α with RMSprop at 5e-4, the VAE with Adam at 1e-3; a variance study
+    # takes the toy's.
+    assert default_settings("toy") == {**common, "alpha_optimizer": "rmsprop", "alpha_lr": 5e-4}
+    assert default_settings("variance") == default_settings("toy")
+    assert default_settings("vae") == {**common, "alpha_optimizer": "adam", "alpha_lr": 1e-3}
+    assert set(JOBS) == {"toy", "vae", "variance"}
+    with pytest.raises(EstimatorError, match="unknown job 'train'"):
+        default_settings("train")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"temperature": 0.0}, "--temperature must be positive, got 0.0"),
+        ({"temperature": float("inf")}, "--temperature must be positive, got inf"),
+        ({"alpha": float("nan")}, "--alpha must be finite, got nan"),
+        ({"alpha_learning": "newton"}, "--alpha-learning must be sgd or optimal, got 'newton'"),
+        ({"alpha_optimizer": "lbfgs"}, "--alpha-optimizer must be adam, rmsprop or sgd, got 'lbfgs'"),
+        ({"alpha_lr": -1.0}, "--alpha-lr must be positive, got -1.0"),
+        ({"control_lr": 0.0}, "--control-lr must be positive, got 0.0"),
+        ({"baseline_decay": 1.0}, "--baseline-decay must be in [0, 1), got 1.0"),
+        ({"baseline_decay": float("nan")}, "--baseline-decay must be in [0, 1), got nan"),
+        ({"alpha_learning": None}, "--alpha-learning needs a value"),
+        ({"no_such": 1}, "unknown estimator option 'no_such'; choose from: baseline_decay, alpha"),
+    ],
+)
+def test_bad_settings_get_the_option_s_one_line_message(settings: dict, message: str):
+    with pytest.raises(EstimatorError) as caught:
+        check_settings(settings)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_good_settings_pass():
+    for job in JOBS:
+        check_settings(default_settings(job))
+    check_settings({"alpha": -0.5, "alpha_learning": "optimal", "temperature": 0.1})
+
+
+def test_from_settings_reads_only_the_class_s_options():
+    class Tuned(Estimator):
+        options = (Option("gain", 1.0, "a gain"),)
+
+        def __init__(self, family=BINARY, gain: float = 1.0):
+            super().__init__(family)
+            self.gain = gain
+
+    built = Tuned.from_settings({"gain": 2.5, "temperature": 9.0}, ProblemShape(3, classes=4))
+    assert built.gain == 2.5 and built.family is CATEGORICAL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_estimator_builds_from_the_shared_settings_for_each_problem_and_family(name: str):
+    # What the jobs do: one settings record, the problem's shape (the VAE's has a context, x).
+    info = estimator_info(name)
+    for latent in info.families:
+        classes = None if latent == "binary" else 3
+        shapes = {
+            "toy": ProblemShape(5, classes=classes),
+            "vae": ProblemShape(5, context=12, classes=classes),
+        }
+        for problem in info.problems:
+            estimator = build_estimator(name, default_settings(problem), shapes[problem])
+            assert isinstance(estimator, Estimator) and estimator.info is info
+            assert estimator.family.name == latent
+
+
+# -- stats ----------------------------------------------------------------------------------------
+
+
+def test_declared_stats():
+    declared = {name: [(stat.name, stat.reduce) for stat in estimator_info(name).stats] for name in NAMES}
+    assert declared["rloo-dcv"] == [("alpha", "last")]
+    assert declared["vimco"] == [("train_bound", "mean")]
+    assert declared["concrete"] == declared["st-concrete"] == [("temperature", "last")]
+    assert declared["reinforce-ema"] == [("baseline", "last")]
+    assert declared["nvil"][:2] == [("baseline", "last"), ("signal_scale", "last")]
+    assert (
+        declared["relax"] == declared["rebar"] == [("control_temperature", "last"), ("control_scale", "last")]
+    )
+    assert declared["rloo"] == declared["disarm"] == []
+
+
+@pytest.mark.parametrize("name", TOY_NAMES)
+def test_estimates_report_exactly_the_declared_stats_and_state_stats_the_last_ones(name: str):
+    dim = 4
+    logits = torch.randn(2, dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    estimator = build(name, dim)
+    before = estimator.state_stats()
+    estimate = estimator(logits, make_objective("quadratic-form", dim), 2, torch.Generator().manual_seed(4))
+    info = estimator_info(name)
+    assert set(estimate.stats) == {stat.name for stat in info.stats}
+    last = {stat.name for stat in info.stats if stat.reduce == "last"}
+    assert set(before) == last
+    for key in last:  # the state before an update is what the next estimate uses
+        assert float(estimate.stats[key]) == pytest.approx(before[key], rel=1e-6)
+
+
+# -- K rules --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -102,6 +294,9 @@ def test_k_rules_are_enforced_with_a_clear_message(name: str, k: int, message: s
 def test_k_rule_in_words():
     assert estimator_info("disarm").k_rule() == "K ≥ 2, even"
     assert estimator_info("rloo").k_rule() == "K ≥ 2"
+
+
+# -- the contract on binary latents ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
@@ -145,14 +340,15 @@ def test_muprop_counts_its_extra_evaluation_but_returns_sampled_values():
     torch.testing.assert_close(estimate.values.detach(), f(b), rtol=1e-12, atol=1e-15)
 
 
-def test_exact_baseline_needs_a_closed_form_expectation():
-    logits = torch.zeros(2, 3, dtype=torch.float64)
+@pytest.mark.parametrize("latent", LATENT_TYPES)
+def test_exact_baseline_needs_a_closed_form_expectation(latent: str):
+    logits = torch.zeros(2, 3, dtype=torch.float64) if latent == "binary" else torch.zeros(2, 3, 4)
 
     def no_expectation(b: torch.Tensor) -> torch.Tensor:
-        return b.sum(-1)
+        return b.flatten(2).sum(-1)
 
     with pytest.raises(EstimatorError, match="closed-form expectation"):
-        get_estimator("exact-baseline")(logits, no_expectation, 2, torch.Generator().manual_seed(0))
+        get_estimator("exact-baseline", latent)(logits, no_expectation, 2, torch.Generator().manual_seed(0))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
@@ -179,3 +375,43 @@ def test_any_finite_logits_give_a_finite_estimate(data):
         assert torch.isfinite(estimate.values).all(), name
         if estimate.learning is not None:  # a learned control's loss, from the same extreme logits
             assert torch.isfinite(estimate.learning), name
+
+
+# -- the contract on categorical latents ----------------------------------------------------------
+
+
+def _build_categorical(name: str, variables: int, classes: int) -> Estimator:
+    return build_estimator(name, default_settings("toy"), ProblemShape(variables, classes=classes))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("name", [name for name in CATEGORICAL_NAMES if name in TOY_NAMES])
+def test_categorical_output_shapes_and_dtype(name: str, dtype: torch.dtype):
+    rows, variables, classes = 3, 4, 5
+    logits = random_categorical_logits(variables, classes, seed=1, rows=rows, dtype=dtype)
+    f = make_categorical_objective("quadratic-form", variables, classes, dtype=dtype)
+    for k in _allowed_ks(name, ks=(2, 4)):
+        estimate = _build_categorical(name, variables, classes)(
+            logits, f, k, torch.Generator().manual_seed(2)
+        )
+        assert estimate.grad.shape == (rows, variables, classes) and estimate.grad.dtype == dtype
+        assert not estimate.grad.requires_grad
+        assert estimate.values.shape == (k, rows) and estimate.values.dtype == dtype  # one per sample
+        if estimate.control is not None:
+            assert estimate.control.shape == (rows, variables, classes)
+        # A score-function estimate per variable sums to zero over the classes (Σ_c (b − π)_c = 0);
+        # so does the softmax Jacobian of the relaxations, (diag z − zzᵀ) 1 = 0.
+        scale = float(estimate.grad.abs().max())
+        assert estimate.grad.sum(-1).abs().max() <= 16 * torch.finfo(dtype).eps * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("name", [name for name in CATEGORICAL_NAMES if name in TOY_NAMES])
+@pytest.mark.parametrize("objective", CATEGORICAL_OBJECTIVES)
+def test_extreme_categorical_logits_give_a_finite_estimate(name: str, objective: str):
+    # Class probabilities within 1e-26 of 0 or 1 (exactly 0 or 1 in float32), and ties.
+    for dtype in DTYPES:
+        logits = torch.tensor([[[30.0, -30.0, 0.0], [0.0, 0.0, 0.0], [-30.0, -30.0, 30.0]]], dtype=dtype)
+        f = make_categorical_objective(objective, 3, 3, dtype=dtype)
+        for k in _allowed_ks(name, ks=(2, 3)):
+            estimate = _build_categorical(name, 3, 3)(logits, f, k, torch.Generator().manual_seed(k))
+            assert torch.isfinite(estimate.grad).all() and torch.isfinite(estimate.values).all(), (name, k)

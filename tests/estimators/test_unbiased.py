@@ -1,5 +1,9 @@
-"""Every unbiased estimator's mean matches the exact toy gradient (DESIGN §7).
+"""Every unbiased estimator's mean matches the exact toy gradient (DESIGN §7), for every latent family.
 
+Two families of cases, each with its own points, draws and family-wise threshold: bits (below) and
+categorical latents (after the binary tests, ``CATEGORICAL_*``).
+
+Bits.
 One test case is (estimator variant, K, objective). Each case draws many independent estimates at
 three rows of θ at once (a non-uniform vector, θ = ½, and values near 0 and 1) and compares the
 per-coordinate mean with :func:`~dcvbench.problems.toy.exact_gradient` through
@@ -27,6 +31,25 @@ cancels between the two tails; the cases count in ``N_TESTS`` like the others.
 Power: the same check rejects the biased ``concrete`` estimator (:func:`test_check_rejects_concrete`),
 and REBAR whose ``∇_η c(z̃)`` misses the dependence of ``z̃`` on ``η`` through ``θ`` (the bug of a
 published port, :func:`test_check_rejects_rebar_that_ignores_theta_in_the_conditional_sample`).
+
+Categorical latents. As for bits: one case is (estimator variant, K, objective); each draws
+``CATEGORICAL_DRAWS`` independent estimates at two rows of class probabilities at once — random
+ones, and a row with one uniform and two peaked variables (largest probability 0.97, smallest
+0.01) — and compares the per-coordinate mean with the exact gradient
+(:func:`~dcvbench.problems.toy.exact_gradient`) through ``VarianceResult.bias_z``. Every estimator
+registered for categorical latents that is unbiased on the toy is covered, written once for both
+families (reinforce-ema, muprop and nvil included).
+
+Threshold (family-wise). Under the null hypothesis every coordinate's z is approximately |N(0, 1)| (the
+mean of 20,000 iid draws; the skewness of the mean is that of one draw over √20,000, and its first-order
+effect cancels between the two tails of a two-sided test). With ``N_TESTS = cases × coordinates``
+two-sided tests, Bonferroni gives ``z* = Φ⁻¹(1 − FAMILY_ALPHA / (2·N_TESTS))``, about 4.8 here: a correct
+library fails this file with probability at most 0.1 % over seeds, and the seeds are fixed.
+
+Power: the same check, draws and threshold reject the biased ``concrete``
+(:func:`test_categorical_check_rejects_concrete`), and a double control variate corrected with only
+the diagonal of the score covariance, ``π(1 − π) ⊙ ḡ`` as for bits
+(:func:`test_categorical_check_rejects_a_diagonal_correction`).
 """
 
 from __future__ import annotations
@@ -40,16 +63,23 @@ import torch
 from scipy.stats import norm
 
 from dcvbench.estimators import (
+    Estimate,
     Estimator,
-    EstimatorSettings,
-    ProblemShape,
     build_estimator,
+    default_settings,
     estimator_info,
     estimator_names,
     get_estimator,
 )
-from dcvbench.estimators.relax import Rebar
+from dcvbench.estimators.relax_rebar import Rebar
+from dcvbench.estimators.rloo_dcv import RLOODCV
+from dcvbench.latent import CATEGORICAL
 from dcvbench.measure.variance import resample_variance
+from dcvbench.objectives import ProblemShape
+from dcvbench.problems.categorical_toy import (
+    CATEGORICAL_OBJECTIVES,
+    make_categorical_objective,
+)
 from dcvbench.problems.toy import OBJECTIVES, exact_gradient, make_objective
 
 DIM = 6
@@ -106,7 +136,7 @@ class Variant:
     """One configuration of a registered estimator, built as the jobs build it (for the toy's shape)."""
 
     name: str
-    settings: EstimatorSettings = field(default_factory=EstimatorSettings)
+    settings: dict = field(default_factory=dict)  # options beyond the toy's defaults
     prepare: Callable[[Estimator], None] | None = None
     label: str = ""
     ks: tuple[int, ...] = KS
@@ -114,7 +144,8 @@ class Variant:
 
     def build(self) -> Estimator:
         # Learned parts in the toy's float64 too, so that the check sees the estimator, not rounding.
-        estimator = build_estimator(self.name, self.settings, ProblemShape(DIM)).to(LOGITS.dtype)
+        settings = {**default_settings("toy"), **self.settings}
+        estimator = build_estimator(self.name, settings, ProblemShape(DIM)).to(LOGITS.dtype)
         if self.prepare is not None:
             self.prepare(estimator)
         return estimator
@@ -124,7 +155,7 @@ def _learned_control_variants(name: str) -> list[Variant]:
     fewer = {"ks": LEARNED_KS, "draws": LEARNED_DRAWS}
     return [
         Variant(name, label=name, **fewer),
-        Variant(name, EstimatorSettings(control_lr=1e-2), _train_control, label=f"{name}-trained", **fewer),
+        Variant(name, {"control_lr": 1e-2}, _train_control, label=f"{name}-trained", **fewer),
         Variant(name, prepare=_randomise_control, label=f"{name}-random", **fewer),
     ]
 
@@ -134,8 +165,8 @@ def _learned_control_variants(name: str) -> list[Variant]:
 SPECIAL_VARIANTS = {
     "reinforce-ema": [Variant("reinforce-ema", prepare=_set_ema_baseline, label="reinforce-ema-c")],
     "rloo-dcv": [
-        Variant("rloo-dcv", EstimatorSettings(alpha=-0.3), label="rloo-dcv-a-0.3"),
-        Variant("rloo-dcv", EstimatorSettings(alpha=0.0), label="rloo-dcv-a0"),
+        Variant("rloo-dcv", {"alpha": -0.3}, label="rloo-dcv-a-0.3"),
+        Variant("rloo-dcv", {"alpha": 0.0}, label="rloo-dcv-a0"),
     ],
     "rebar": _learned_control_variants("rebar"),
     "relax": _learned_control_variants("relax"),
@@ -215,3 +246,131 @@ def test_check_rejects_rebar_that_ignores_theta_in_the_conditional_sample(object
     # The check of the learned-control cases, with their draws and threshold, at K = 1.
     z = max_bias_z(RebarIgnoringTheta().to(LOGITS.dtype), 1, objective, seed=1001, draws=LEARNED_DRAWS)
     assert z > Z_CRITICAL, f"REBAR without dθ/dη in z̃ not rejected on {objective}: max |z| = {z:.2f}"
+
+
+# -- categorical latents -----------------------------------------------------------------------
+
+CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES = 3, 3
+CATEGORICAL_DRAWS = 20_000
+CATEGORICAL_KS = (2, 3, 4)
+
+
+def categorical_toy_logits() -> torch.Tensor:
+    """Two rows ``[2, N, C]`` float64: random class probabilities; one uniform and two peaked variables."""
+    generator = torch.Generator().manual_seed(4321)
+    spread = torch.empty(CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES, dtype=torch.float64)
+    spread = spread.exponential_(generator=generator)
+    spread = spread / spread.sum(-1, keepdim=True)  # uniform on the simplex
+    extremes = torch.tensor(
+        [[1 / 3, 1 / 3, 1 / 3], [0.97, 0.02, 0.01], [0.01, 0.04, 0.95]], dtype=torch.float64
+    )
+    return torch.stack([spread, extremes]).log()  # logits: log-probabilities
+
+
+CATEGORICAL_LOGITS = categorical_toy_logits()
+CATEGORICAL_COORDS = CATEGORICAL_LOGITS.numel()
+
+
+def _set_categorical_ema_baseline(estimator: Estimator) -> None:
+    """Give reinforce-ema a non-zero baseline (a fixed c), as after a step of training."""
+    f = make_categorical_objective("quadratic-form", CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES)
+    estimator.update(estimator(CATEGORICAL_LOGITS, f, 2, torch.Generator().manual_seed(7)))
+    assert float(estimator.baseline) != 0.0
+
+
+# Options worth testing separately (α = 0 is rloo exactly, tested in test_rloo_dcv.py), as
+# (options, prepare, label); every other unbiased categorical estimator is tested with its defaults,
+# so a newly registered one is covered automatically.
+CATEGORICAL_SPECIAL = {
+    "rloo-dcv": [({"alpha": -0.6}, None, "rloo-dcv-alpha-0.6")],
+    "reinforce-ema": [({}, _set_categorical_ema_baseline, "reinforce-ema-c")],
+}
+
+
+def _categorical_cases() -> list:
+    cases = []
+    for name in estimator_names("categorical"):
+        info = estimator_info(name)
+        if not _on_the_toy(name):
+            continue
+        for options, prepare, label in CATEGORICAL_SPECIAL.get(name, [({}, None, name)]):
+            for k in CATEGORICAL_KS:
+                if k < info.min_k or (info.even_k and k % 2):
+                    continue
+                for objective in CATEGORICAL_OBJECTIVES:
+                    case = (name, options, prepare, k, objective)
+                    cases.append(pytest.param(*case, id=f"{label}-K{k}-{objective}"))
+    return cases
+
+
+CATEGORICAL_CASES = _categorical_cases()
+CATEGORICAL_Z_CRITICAL = float(norm.isf(FAMILY_ALPHA / (2 * len(CATEGORICAL_CASES) * CATEGORICAL_COORDS)))
+
+
+def categorical_max_bias_z(
+    name: str, options: dict, k: int, objective: str, seed: int, prepare=None
+) -> float:
+    f = make_categorical_objective(objective, CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES)
+    estimator = get_estimator(name, latent="categorical", **options)
+    if prepare is not None:
+        prepare(estimator)
+    generator = torch.Generator().manual_seed(seed)
+    result = resample_variance(estimator, CATEGORICAL_LOGITS, f, k, CATEGORICAL_DRAWS, generator)
+    assert result.draws == CATEGORICAL_DRAWS
+    return float(result.bias_z(exact_gradient(f, CATEGORICAL_LOGITS)).max())
+
+
+def test_categorical_the_points_include_peaked_and_uniform_distributions():
+    probs = torch.softmax(CATEGORICAL_LOGITS, -1)
+    assert float(probs.max()) >= 0.97 and float(probs.min()) <= 0.01
+    assert torch.allclose(probs[1, 0], torch.full_like(probs[1, 0], 1.0 / CATEGORICAL_CLASSES))
+
+
+def test_categorical_threshold_is_a_sensible_family_wise_bound():
+    # reinforce, reinforce-ema, rloo, rloo-dcv, muprop, exact-baseline, nvil; K = 2, 3, 4; 2 objectives
+    assert len(CATEGORICAL_CASES) == 42
+    assert 4.5 < CATEGORICAL_Z_CRITICAL < 5.5
+
+
+def test_every_unbiased_categorical_estimator_is_covered():
+    covered = {param.values[0] for param in CATEGORICAL_CASES}
+    on_the_toy = {name for name in estimator_names("categorical") if _on_the_toy(name)}
+    expected = {"reinforce", "reinforce-ema", "rloo", "rloo-dcv", "muprop", "exact-baseline", "nvil"}
+    assert covered == on_the_toy == expected
+
+
+@pytest.mark.parametrize(("name", "options", "prepare", "k", "objective"), CATEGORICAL_CASES)
+def test_categorical_mean_matches_exact_gradient(name: str, options: dict, prepare, k: int, objective: str):
+    z = categorical_max_bias_z(name, options, k, objective, seed=2000 + k, prepare=prepare)
+    limit = CATEGORICAL_Z_CRITICAL
+    assert z < limit, f"{name} {options} K={k} {objective}: max |z| = {z:.2f} ≥ {limit:.2f}"
+
+
+@pytest.mark.parametrize("objective", CATEGORICAL_OBJECTIVES)
+def test_categorical_check_rejects_concrete(objective: str):
+    z = categorical_max_bias_z("concrete", {"temperature": 1.0}, 2, objective, seed=2002)
+    assert z > CATEGORICAL_Z_CRITICAL, f"concrete at λ = 1 not rejected on {objective}: max |z| = {z:.2f}"
+
+
+class _DiagonalCorrection(RLOODCV):
+    """rloo-dcv with the binary correction ``α π(1 − π) ⊙ ḡ`` in place of ``α (diag(π) − ππᵀ) ḡ``: biased."""
+
+    def estimate(self, logits, f, noise):
+        estimate = super().estimate(logits, f, noise)
+        probs = torch.softmax(logits, -1)
+        input_grad = f.value_and_input_grad(CATEGORICAL.sample(logits, noise)).input_grad  # the same b
+        mean_grad = input_grad.mean(0)  # ḡ
+        full = probs * (mean_grad - (probs * mean_grad).sum(-1, keepdim=True))
+        diagonal = probs * (1.0 - probs) * mean_grad
+        alpha = estimate.stats["alpha"]
+        return Estimate(grad=estimate.grad + alpha * (full - diagonal), values=estimate.values)
+
+
+@pytest.mark.parametrize("objective", CATEGORICAL_OBJECTIVES)
+def test_categorical_check_rejects_a_diagonal_correction(objective: str):
+    f = make_categorical_objective(objective, CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES)
+    estimator = _DiagonalCorrection(CATEGORICAL, alpha=-0.6)
+    generator = torch.Generator().manual_seed(2002)
+    result = resample_variance(estimator, CATEGORICAL_LOGITS, f, 2, CATEGORICAL_DRAWS, generator)
+    z = float(result.bias_z(exact_gradient(f, CATEGORICAL_LOGITS)).max())
+    assert z > CATEGORICAL_Z_CRITICAL, f"a diagonal correction not rejected on {objective}: max |z| = {z:.2f}"

@@ -13,8 +13,8 @@ from dcvbench.estimators import estimator_info, estimator_names
 from dcvbench.jobs.toy import resume_toy, run_toy
 from dcvbench.jobs.vae import load_checkpointed_model, resume_vae, run_vae
 from dcvbench.jobs.variance import VaePoint, run_variance
+from dcvbench.problems import vae
 from dcvbench.problems.categorical_toy import make_categorical_objective
-from dcvbench.problems.categorical_vae import CategoricalVAE
 from dcvbench.results import TIMING_COLUMNS, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
@@ -125,7 +125,7 @@ def test_categorical_vae_trains_with_every_estimator_to_finite_bounds(tmp_path, 
     concrete = read_manifest(summaries[VAE_ESTIMATORS.index("concrete")].path)
     assert concrete["relaxation"]["objective"] == "relaxed ELBO (ExpConcrete densities)"
     model, config, _ = load_checkpointed_model(summaries[0].path, torch.device("cpu"))
-    assert isinstance(model, CategoricalVAE) and (model.variables, model.classes, model.arch) == (4, 3, arch)
+    assert isinstance(model, vae.VAE) and (model.latent, model.classes, model.arch) == (4, 3, arch)
     assert config == replace(VAE, arch=arch, estimators=VAE_ESTIMATORS, out=str(tmp_path))
 
 
@@ -193,8 +193,8 @@ def test_variance_at_a_categorical_vae_checkpoint_uses_the_runs_latents_and_rela
     )
     point = VaePoint(config, torch.device("cpu"))
     posterior, prior = trained.temperatures(10)
-    assert point.shape == CategoricalVAE(4, 3, pixels=784).problem_shape
-    assert point.settings.temperature == posterior < 2 / 3  # annealed, as the run trained at step 10
+    assert point.shape == vae.VAE(4, 3, pixels=784).problem_shape
+    assert point.settings["temperature"] == posterior < 2 / 3  # annealed, as the run trained at step 10
     assert point.relaxation == {"prior_temperature": prior, "kl": "analytic"}
     table = run_variance(config).table
     assert set(table["latent"]) == {"categorical"} and set(table["latent_vars"]) == {4}

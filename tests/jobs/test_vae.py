@@ -11,7 +11,7 @@ import dcvbench.jobs.vae
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import VaeConfig
 from dcvbench.jobs.vae import VAE_METRICS, load_checkpointed_model, resume_vae, run_vae
-from dcvbench.problems.vae import BinaryVAE
+from dcvbench.problems.vae import VAE
 from dcvbench.results import TIMING_COLUMNS, ResultsError, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
@@ -48,8 +48,29 @@ def test_vae_run_writes_every_metric(tmp_path):
         evaluated = trace.dropna(subset=["test_bound"])
         assert (evaluated["test_bound"] < 0).all()
         assert (summary.path / CHECKPOINT).exists()
+    # What an estimator reports becomes its run's columns: rloo-dcv's α, and nothing for rloo.
     dcv = read_trace(summaries[1].path)
     assert dcv["alpha"].notna().all()
+    assert not {"alpha", "train_bound", "temperature"} & set(read_trace(summaries[0].path).columns)
+
+
+def test_a_mean_stat_is_averaged_over_the_steps_since_the_last_row(tmp_path, monkeypatch):
+    # vimco reports the K-sample bound it trains ("mean"): each row holds its mean since the last row.
+    bounds = []
+    original = dcvbench.jobs.vae.train_step
+
+    def recording(*args, **kwargs):
+        output = original(*args, **kwargs)
+        bounds.append(float(output.estimate.stats["train_bound"]))
+        return output
+
+    monkeypatch.setattr(dcvbench.jobs.vae, "train_step", recording)
+    config = replace(TINY, estimators=("vimco",), steps=20, log_every=5, var_method="ema", out=str(tmp_path))
+    (summary,) = run_vae(config)
+    trace = read_trace(summary.path)
+    assert list(trace["step"]) == [0, 5, 10, 15, 20] and pd.isna(trace["train_bound"].iloc[0])
+    expected = [sum(bounds[i : i + 5]) / 5 for i in range(0, 20, 5)]
+    assert trace["train_bound"].iloc[1:].tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_trace(tmp_path, interrupt_at):
@@ -115,7 +136,7 @@ def test_a_run_written_before_categorical_latents_still_loads(tmp_path):
     old = {key: value for key, value in manifest["config"].items() if key not in ("latent_vars", "classes")}
     (summary.path / "run.json").write_text(json.dumps({**manifest, "config": {**old, "latent": 8}}))
     model, loaded, _ = load_checkpointed_model(summary.path, torch.device("cpu"))
-    assert isinstance(model, BinaryVAE) and model.latent == 8
+    assert isinstance(model, VAE) and (model.latent, model.classes) == (8, None)
     assert loaded == config
 
 
@@ -179,12 +200,12 @@ def test_relaxed_runs_anneal_and_record_their_relaxation(tmp_path):
     assert read_manifest(concrete.path)["relaxation"]["prior_temperature"] == 0.5
     assert read_manifest(straight_through.path)["relaxation"]["prior_temperature"] is None  # not used
     assert "relaxation" not in read_manifest(rloo.path)
-    assert read_trace(rloo.path)["temperature"].isna().all()
+    assert "temperature" not in read_trace(rloo.path)  # rloo reports no temperature
 
 
 def test_concrete_at_two_temperatures_and_with_the_analytic_kl(tmp_path):
     hot = replace(RELAXED, estimators=("concrete",), out=str(tmp_path / "hot"))
-    cold = replace(hot, estimator_settings=replace(hot.estimator_settings, temperature=0.5), kl="analytic")
+    cold = replace(hot, estimator_settings={**hot.estimator_settings, "temperature": 0.5}, kl="analytic")
     for config, temperature, objective, prior in (
         (hot, 2 / 3, "relaxed ELBO (Concrete densities)", 0.5),
         (replace(cold, out=str(tmp_path / "cold")), 0.5, "relaxed reconstruction + analytic KL", None),

@@ -3,7 +3,6 @@
 import pytest
 
 from dcvbench.config import ToyProblem, VarianceConfig
-from dcvbench.estimators import EstimatorSettings
 from dcvbench.jobs.variance import run_variance
 from dcvbench.results import read_manifest, read_table
 
@@ -57,7 +56,7 @@ def test_fixed_alpha_is_used_as_given(tmp_path):
         estimators=("rloo", "rloo-dcv"),
         samples=500,
         device="cpu",
-        estimator_settings=EstimatorSettings(alpha=-0.005),
+        estimator_settings={"alpha": -0.005},
         out=str(tmp_path),
     )
     table = run_variance(config).table
@@ -149,14 +148,15 @@ def test_vae_checkpoint_study_loads_the_runs_trained_control(tmp_path):
 
     from dcvbench.checkpoints import load_checkpoint
     from dcvbench.config import VaeConfig
-    from dcvbench.estimators import ProblemShape, build_estimator
+    from dcvbench.estimators import build_estimator, default_settings
     from dcvbench.jobs.vae import run_vae
     from dcvbench.jobs.variance import VaePoint
+    from dcvbench.objectives import ProblemShape
 
     vae = VaeConfig.for_protocol(
         "dcv", latent_vars=8, batch_size=20, steps=20, checkpoint_every=20, eval_samples=2, var_samples=4,
         device="cpu", estimators=("relax",), out=str(tmp_path / "runs"),
-        estimator_settings=EstimatorSettings(control_lr=1e-2),
+        estimator_settings={"control_lr": 1e-2},
     )  # fmt: skip
     (run,) = run_vae(vae)
     config = VarianceConfig(
@@ -175,7 +175,9 @@ def test_vae_checkpoint_study_loads_the_runs_trained_control(tmp_path):
     saved = load_checkpoint(run.path / "checkpoint.pt", torch.device("cpu"))["estimator"]
     point = VaePoint(config, torch.device("cpu"))
     assert point.shape == ProblemShape(8, context=784)
-    relax, rebar = (build_estimator(name, EstimatorSettings(), point.shape) for name in ("relax", "rebar"))
+    relax, rebar = (
+        build_estimator(name, default_settings("vae"), point.shape) for name in ("relax", "rebar")
+    )
     fresh = float(relax.log_temperature.detach())
     assert point.restore("relax", relax) and not point.restore("rebar", rebar)
     assert float(relax.log_temperature.detach()) == float(saved["log_temperature"]) != fresh

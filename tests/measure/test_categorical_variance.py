@@ -12,7 +12,7 @@ from dcvbench.measure import variance
 from dcvbench.measure.vae_variance import encoder_vjp
 from dcvbench.measure.variance import draw_estimates, optimal_alpha, resample_variance
 from dcvbench.problems.categorical_toy import make_categorical_objective, random_categorical_logits
-from dcvbench.problems.categorical_vae import CategoricalVAE
+from dcvbench.problems.vae import VAE
 
 F64 = torch.float64
 ROWS, VARIABLES, CLASSES = 2, 3, 4
@@ -100,8 +100,8 @@ def test_optimal_alpha_minimises_the_categorical_variance():
 
 @pytest.mark.parametrize("arch", ["linear", "nonlinear"])
 def test_encoder_vjp_of_the_categorical_vae_is_the_backward_pass(arch: str):
-    model = CategoricalVAE(
-        variables=VARIABLES, classes=CLASSES, arch=arch, pixels=10, hidden=6, dtype=F64,
+    model = VAE(
+        VARIABLES, CLASSES, arch=arch, pixels=10, hidden=6, dtype=F64,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     x = (torch.rand(ROWS, 10, generator=torch.Generator().manual_seed(1), dtype=F64) < 0.3).to(F64)

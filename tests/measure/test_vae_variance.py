@@ -13,16 +13,14 @@ from dcvbench.measure.vae_variance import (
     resample_encoder_variance,
 )
 from dcvbench.measure.variance import Moments, draw_estimates
-from dcvbench.problems.vae import BinaryVAE, NegativeELBO
+from dcvbench.problems.vae import VAE, NegativeELBO
 
 F64 = torch.float64
 
 
-def make_model(arch: str = "linear") -> BinaryVAE:
+def make_model(arch: str = "linear") -> VAE:
     mean = torch.full((784,), 0.3, dtype=F64)
-    return BinaryVAE(
-        latent=8, arch=arch, input_mean=mean, dtype=F64, generator=torch.Generator().manual_seed(0)
-    )
+    return VAE(latent=8, arch=arch, input_mean=mean, dtype=F64, generator=torch.Generator().manual_seed(0))
 
 
 def binary_images(rows: int = 4) -> Tensor:
@@ -30,7 +28,7 @@ def binary_images(rows: int = 4) -> Tensor:
     return (torch.rand(rows, 784, generator=generator, dtype=F64) < 0.3).to(F64)
 
 
-def encoder_gradients_by_backward(model: BinaryVAE, x: Tensor, grads: Tensor) -> Tensor:
+def encoder_gradients_by_backward(model: VAE, x: Tensor, grads: Tensor) -> Tensor:
     """The slow reference: one backward pass through the encoder per draw, ``[M, B, D] → [M, P]``."""
     rows = []
     for g in grads:

@@ -25,15 +25,15 @@ from scipy.stats import norm, t
 from torch import Tensor
 
 from dcvbench.estimators import (
-    EstimatorSettings,
-    ProblemShape,
     build_estimator,
+    default_settings,
     estimator_info,
     estimator_names,
     get_estimator,
 )
 from dcvbench.measure.variance import resample_variance
-from dcvbench.problems.vae import BinaryVAE, NegativeELBO
+from dcvbench.objectives import ProblemShape
+from dcvbench.problems.vae import VAE, NegativeELBO
 
 F64 = torch.float64
 LATENT, PIXELS, ROWS = 3, 6, 3
@@ -43,9 +43,9 @@ DECODER_GROUPS, GROUP_DRAWS = 100, 400
 FAMILY_ALPHA = 1e-3
 
 
-def tiny_vae() -> tuple[BinaryVAE, Tensor, Tensor]:
+def tiny_vae() -> tuple[VAE, Tensor, Tensor]:
     """The model, its data ``x [ROWS, PIXELS]`` and posterior logits ``η [ROWS, LATENT]`` (detached)."""
-    model = BinaryVAE(latent=LATENT, pixels=PIXELS, generator=torch.Generator().manual_seed(11), dtype=F64)
+    model = VAE(latent=LATENT, pixels=PIXELS, generator=torch.Generator().manual_seed(11), dtype=F64)
     with torch.no_grad():  # a decoder strong enough that the weights differ a lot between configurations
         model.decoder[0].weight.mul_(3.0)
     x = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 0, 1, 0, 1]], dtype=F64)
@@ -57,7 +57,7 @@ def configurations() -> Tensor:
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=LATENT)), dtype=F64).unsqueeze(1)
 
 
-def log_weights(model: BinaryVAE, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+def log_weights(model: VAE, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
     """``log q(b|x)`` and ``log w(b) = log p(x, b) − log q(b|x)`` for every configuration, ``[2^D, B]``
     each; ``logits`` is *not* detached, so both carry ``η``'s dependence."""
     b = configurations().expand(-1, x.shape[0], -1)  # [2^D, B, D]
@@ -65,7 +65,7 @@ def log_weights(model: BinaryVAE, x: Tensor, logits: Tensor) -> tuple[Tensor, Te
     return log_q, model.log_joint(x, b) - log_q
 
 
-def exact_k_sample_bound(model: BinaryVAE, x: Tensor, logits: Tensor, k: int) -> Tensor:
+def exact_k_sample_bound(model: VAE, x: Tensor, logits: Tensor, k: int) -> Tensor:
     """``E_{b_1..b_K ~ q}[log (1/K) Σ_k w_k]`` per row, ``[B]``, by summing over all ``8^K`` tuples."""
     log_q, log_w = log_weights(model, x, logits)  # [2^D, B]
     tuples = torch.tensor(list(itertools.product(range(log_q.shape[0]), repeat=k)))  # [T, K]
@@ -74,7 +74,7 @@ def exact_k_sample_bound(model: BinaryVAE, x: Tensor, logits: Tensor, k: int) ->
     return (tuple_log_q.exp() * bound).sum(0)
 
 
-def exact_elbo(model: BinaryVAE, x: Tensor, logits: Tensor) -> Tensor:
+def exact_elbo(model: VAE, x: Tensor, logits: Tensor) -> Tensor:
     """``E_q[log w]`` per row, ``[B]`` (= −E_q[f])."""
     log_q, log_w = log_weights(model, x, logits)
     return (log_q.exp() * log_w).sum(0)
@@ -190,6 +190,6 @@ def test_vimco_surrogate_trains_the_decoder_on_the_k_sample_bound(k: int):
 def test_unbiased_estimators_match_the_exact_elbo_gradient(name: str, k: int):
     model, x, logits = tiny_vae()
     exact = gradient_of(lambda eta: -exact_elbo(model, x, eta), logits)  # ∇_η E_q[f]
-    estimator = build_estimator(name, EstimatorSettings(), ProblemShape(LATENT, context=PIXELS))
+    estimator = build_estimator(name, default_settings("vae"), ProblemShape(LATENT, context=PIXELS))
     z = max_bias_z(estimator, k, exact, seed=300 + k)
     assert z < Z_CRITICAL, f"{name} K={k}: max |z| = {z:.2f} ≥ {Z_CRITICAL:.2f}"

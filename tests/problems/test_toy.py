@@ -89,7 +89,9 @@ def test_closed_form_input_gradient_matches_autograd(name: str):
     """``value_and_input_grad`` (used by rloo-dcv, muprop, the relaxations) equals autograd, at real b."""
     objective = make_objective(name, DIM, target=0.3, seed=2)
     b = torch.rand(3, 2, DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    values, grad = objective.value_and_input_grad(b)
+    evaluation = objective.value_and_input_grad(b)
+    values, grad = evaluation.values, evaluation.input_grad
+    assert evaluation.param_grads is None  # a toy has no parameters of its own
     b_leaf = b.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(objective(b_leaf).sum(), b_leaf)
     assert_close(values, objective(b))

@@ -1,12 +1,15 @@
-"""The binary VAE: its log-probabilities, objective, training step and bounds.
+"""The VAE: its layers and log-probabilities, its objective and the shared backward pass, the
+relaxed objective (Concrete densities or the analytic KL), and its bounds.
 
-Small models in float64 (tiny latent spaces allow exact enumeration of log p(x)); tolerances of
-the statistical checks come from standard errors computed exactly by enumeration.
+Binary latents here (the categorical ones in ``test_vae_categorical.py``), and what is the same for
+both latent families parametrised over them. Small models in float64 (tiny latent spaces allow exact
+enumeration of log p(x)); tolerances of the statistical checks come from standard errors computed
+exactly by enumeration. The training step that joins the model to an estimator is tested in
+``tests/test_training.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
@@ -16,35 +19,26 @@ from scipy.stats import norm
 from torch import Tensor
 from torch.distributions import Bernoulli
 
-from dcvbench.estimators import (
-    Estimate,
-    Estimator,
-    EstimatorSettings,
-    ProblemShape,
-    build_estimator,
-    estimator_info,
-    estimator_names,
-    get_estimator,
-)
-from dcvbench.estimators.sampling import bernoulli_from_uniform, logistic_from_uniform, uniform_noise
-from dcvbench.problems.vae import (
-    KL_VARIANTS,
-    BinaryVAE,
-    NegativeELBO,
-    bernoulli_kl,
-    binary_concrete_log_density,
-    elbo,
-    iwae_bound,
-    train_step,
-)
+from dcvbench.estimators import get_estimator
+from dcvbench.latent import BINARY
+from dcvbench.latent.noise import logistic_from_uniform, uniform_noise
+from dcvbench.objectives import Evaluation, ProblemShape
+from dcvbench.problems.vae import KL_VARIANTS, VAE, NegativeELBO, elbo, iwae_bound
 
 F64 = torch.float64
-VAE_ESTIMATORS = [name for name in estimator_names() if "vae" in estimator_info(name).problems]
+# The latents of each family in the tests parametrised over both: 8 bits, or 4 variables of 3 classes.
+LATENTS = {"binary": (8, None), "categorical": (4, 3)}
 
 
-def make_model(seed: int = 0, **options) -> BinaryVAE:
+def make_model(seed: int = 0, **options) -> VAE:
     options = {"latent": 8, "dtype": F64, **options}
-    return BinaryVAE(generator=torch.Generator().manual_seed(seed), **options)
+    return VAE(generator=torch.Generator().manual_seed(seed), **options)
+
+
+def family_model(family: str, seed: int = 0, **options) -> VAE:
+    """A small float64 model with the latents of ``family`` (:data:`LATENTS`), 16 pixels."""
+    latent, classes = LATENTS[family]
+    return make_model(seed, latent=latent, classes=classes, pixels=16, hidden=7, **options)
 
 
 def binary_images(rows: int, pixels: int = 784, seed: int = 1) -> Tensor:
@@ -55,13 +49,6 @@ def binary_images(rows: int, pixels: int = 784, seed: int = 1) -> Tensor:
 def all_configurations(latent: int) -> Tensor:
     """Every binary vector of length ``latent``, ``[2^D, 1, D]`` (broadcasts over rows)."""
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=latent)), dtype=F64).unsqueeze(1)
-
-
-def optimizers(model: BinaryVAE, lr: float = 1e-2) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    return (
-        torch.optim.Adam(model.encoder_parameters(), lr=lr),
-        torch.optim.Adam(model.generative_parameters(), lr=lr),
-    )
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -86,7 +73,7 @@ def test_architectures_have_the_published_layers(arch, widths):
 
 def test_bad_architecture_names_the_choices():
     with pytest.raises(ValueError, match="linear, nonlinear"):
-        BinaryVAE(arch="deep")
+        VAE(arch="deep")
 
 
 def test_log_probabilities_match_torch_distributions():
@@ -121,7 +108,7 @@ def test_mean_centring_and_output_bias():
 
 def test_mean_image_takes_the_models_dtype():
     mean = torch.full((784,), 0.25, dtype=F64)
-    model = BinaryVAE(latent=4, input_mean=mean, output_bias_mean=mean, dtype=torch.float32)
+    model = VAE(latent=4, input_mean=mean, output_bias_mean=mean, dtype=torch.float32)
     assert model.input_mean.dtype == torch.float32
     assert model.encode(binary_images(2).float()).dtype == torch.float32
 
@@ -140,7 +127,7 @@ def test_what_training_and_the_bounds_ask_of_the_model():
     # Posterior samples come from the bounds' stream as they always did: thresholded uniforms.
     b = model.sample_posterior(logits, 4, torch.Generator().manual_seed(2))
     noise = uniform_noise((4, *logits.shape), logits, torch.Generator().manual_seed(2))
-    assert torch.equal(b, bernoulli_from_uniform(noise, torch.sigmoid(logits)))
+    assert torch.equal(b, (noise < torch.sigmoid(logits)).to(F64))
 
 
 def test_fixed_prior_is_a_buffer_and_learned_prior_a_parameter():
@@ -167,145 +154,51 @@ def test_objective_never_reaches_the_encoder_and_accepts_relaxed_samples():
     assert all(p.grad is not None for p in model.decoder_parameters())
 
 
+@pytest.mark.parametrize("family", LATENTS)
 @pytest.mark.parametrize("arch", ["linear", "nonlinear"])
 @pytest.mark.parametrize("learn_prior", [False, True])
-def test_value_and_input_grad_equals_separate_autograd(arch, learn_prior):
-    model = make_model(arch=arch, learn_prior=learn_prior)
-    x = binary_images(4)
+def test_value_and_input_grad_equals_separate_autograd(family, arch, learn_prior):
+    model = family_model(family, arch=arch, learn_prior=learn_prior)
+    with torch.no_grad():
+        model.prior_logits.normal_(generator=torch.Generator().manual_seed(3))
+    x = binary_images(4, pixels=16)
     logits = model.encode(x)
-    b = Bernoulli(logits=logits.detach()).sample((3,))  # [K, B, D]
+    b = model.sample_posterior(logits.detach(), 3, torch.Generator().manual_seed(1))  # [K, B, *latent]
     params = model.generative_parameters()
 
     f = NegativeELBO(model, x, logits)
-    values, input_grad = f.value_and_input_grad(b)
-    shared = f.take_generative_grads(values)
+    evaluation = f.value_and_input_grad(b)
+    assert isinstance(evaluation, Evaluation)
 
     b_leaf = b.clone().requires_grad_(True)
     expected = NegativeELBO(model, x, logits)(b_leaf)  # [K, B]
     (expected_input_grad,) = torch.autograd.grad(expected.sum(), b_leaf, retain_graph=True)
     expected_params = torch.autograd.grad(expected.mean(), params)
 
-    torch.testing.assert_close(values, expected.detach())
-    torch.testing.assert_close(input_grad, expected_input_grad)
-    assert shared is not None and len(shared) == len(params) == len(expected_params)
-    for got, want in zip(shared, expected_params, strict=True):
+    torch.testing.assert_close(evaluation.values, expected.detach())
+    assert not evaluation.values.requires_grad
+    torch.testing.assert_close(evaluation.input_grad, expected_input_grad)
+    # In the documented order: the objective's generative parameters, the model's decoder then prior.
+    assert f.generative_parameters() == params
+    assert len(evaluation.param_grads) == len(params) == len(expected_params)
+    for got, want in zip(evaluation.param_grads, expected_params, strict=True):
         torch.testing.assert_close(got, want)
-    assert f.take_generative_grads(values) is None  # handed out once
 
 
-def test_stored_gradients_belong_only_to_their_values():
-    model = make_model()
-    x = binary_images(4)
-    f = NegativeELBO(model, x, model.encode(x))
-    values, _ = f.value_and_input_grad(torch.zeros(2, 4, 8, dtype=F64))
-    assert f.take_generative_grads(values.clone()) is None  # an equal tensor, not the same one
-    assert f.take_generative_grads(values) is None  # and a failed lookup forgets them
-
-
-# -- training -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
-@pytest.mark.parametrize("name", VAE_ESTIMATORS)
-def test_every_estimator_trains_the_vae(name, arch):
-    model = make_model(arch=arch, latent=6)
-    before = copy.deepcopy(model)
-    # As the VAE job builds it: estimators with networks (relax, nvil) need the shape and x's width.
-    estimator = build_estimator(name, EstimatorSettings(), ProblemShape(model.latent, context=model.pixels))
-    encoder_optimizer, decoder_optimizer = optimizers(model)
-    x = binary_images(4)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        out = train_step(model, estimator, x, 2, generator, encoder_optimizer, decoder_optimizer)
-        assert out.train_elbo.shape == () and torch.isfinite(out.train_elbo)
-        assert out.estimate.grad.shape == (4, 6) and torch.isfinite(out.estimate.grad).all()
-    for group in ("encoder_parameters", "decoder_parameters"):
-        new, old = getattr(model, group)(), getattr(before, group)()
-        assert all(torch.isfinite(p).all() for p in new)
-        assert any(not torch.equal(p, q) for p, q in zip(new, old, strict=True)), group
-
-
-@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
-def test_decoder_and_encoder_gradients_of_a_step(arch):
-    """rloo (autograd path), rloo-dcv (shared backward) and muprop (shared backward of *another*
-    evaluation, which must be ignored) draw the same K samples from the same seed: all three must
-    give the decoder the gradient of mean f over those samples, and the encoder J_ηᵀ g / B."""
-    k, rows = 3, 4
-    x = binary_images(rows)
-    reference = make_model(arch=arch, learn_prior=True)
-    logits = reference.encode(x)
-    noise = uniform_noise((k, *logits.shape), logits, torch.Generator().manual_seed(7))
-    b = bernoulli_from_uniform(noise, torch.sigmoid(logits.detach()))  # [K, B, D]
-    params = reference.generative_parameters()
-    expected = torch.autograd.grad(NegativeELBO(reference, x, logits)(b).mean(), params)
-
-    decoder_grads = {}
-    for name in ("rloo", "rloo-dcv", "muprop"):
-        model = copy.deepcopy(reference)
-        estimator = get_estimator(name)
-        if name == "rloo-dcv":
-            estimator.set_alpha(-0.5)  # a non-trivial control variate
-        encoder_optimizer, decoder_optimizer = optimizers(model)
-        generator = torch.Generator().manual_seed(7)
-        out = train_step(model, estimator, x, k, generator, encoder_optimizer, decoder_optimizer)
-        decoder_grads[name] = [p.grad for p in model.generative_parameters()]
-        for got, want in zip(decoder_grads[name], expected, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-        # Encoder: the surrogate (η · g).sum() / B at the pre-step parameters.
-        pre = copy.deepcopy(reference)
-        surrogate = (pre.encode(x) * out.estimate.grad.detach()).sum() / rows
-        surrogate_grads = torch.autograd.grad(surrogate, pre.encoder_parameters())
-        for got, want in zip(model.encoder_parameters(), surrogate_grads, strict=True):
-            torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
-    for a, c in zip(decoder_grads["rloo"], decoder_grads["rloo-dcv"], strict=True):
-        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
-
-
-def test_learned_prior_is_stepped_by_its_own_optimizer():
-    model = make_model(learn_prior=True)
-    encoder_optimizer = torch.optim.Adam(model.encoder_parameters(), lr=1e-3)
-    decoder_optimizer = torch.optim.Adam(model.decoder_parameters(), lr=1e-3)
-    prior_optimizer = torch.optim.SGD(model.prior_parameters(), lr=1e-2)
-    before = model.prior_logits.detach().clone()
-    generator = torch.Generator().manual_seed(0)
-    for name in ("rloo", "rloo-dcv"):
-        train_step(
-            model, get_estimator(name), binary_images(4), 2, generator,
-            encoder_optimizer, decoder_optimizer, prior_optimizer,
-        )  # fmt: skip
-        assert not torch.equal(model.prior_logits, before)
-        before = model.prior_logits.detach().clone()
-
-
-def test_alpha_is_learned_after_the_estimate_is_used():
-    model = make_model()
-    estimator = get_estimator("rloo-dcv")
-    encoder_optimizer, decoder_optimizer = optimizers(model)
-    out = train_step(
-        model, estimator, binary_images(4), 2, torch.Generator().manual_seed(0),
-        encoder_optimizer, decoder_optimizer,
-    )  # fmt: skip
-    assert float(out.estimate.stats["alpha"]) == 0.0  # the estimate used α before its update
-    assert float(estimator.alpha.detach()) != 0.0
-
-
-class _Graphless(Estimator):
-    """Returns values without a graph and without shared gradients: the decoder cannot train."""
-
-    info = estimator_info("rloo")
-
-    def estimate(self, logits, f, noise):
-        return Estimate(grad=torch.zeros_like(logits), values=f(noise.round()).detach())
-
-
-def test_values_without_graph_or_stored_grads_are_an_error():
-    model = make_model()
-    encoder_optimizer, decoder_optimizer = optimizers(model)
-    with pytest.raises(RuntimeError, match="without a graph"):
-        train_step(
-            model, _Graphless(), binary_images(4), 2, torch.Generator().manual_seed(0),
-            encoder_optimizer, decoder_optimizer,
-        )  # fmt: skip
+@pytest.mark.parametrize("family", LATENTS)
+def test_parameter_gradients_only_when_asked_for(family):
+    model = family_model(family)
+    x = binary_images(2, pixels=16)
+    logits = model.encode(x)
+    b = model.sample_posterior(logits.detach(), 2, torch.Generator().manual_seed(1))
+    measuring = model.objective(x, logits, generative_grads=False).value_and_input_grad(b)
+    training = model.objective(x, logits).value_and_input_grad(b)
+    assert measuring.param_grads is None
+    assert torch.equal(measuring.values, training.values)
+    assert torch.equal(measuring.input_grad, training.input_grad)
+    for param in model.decoder_parameters():
+        param.requires_grad_(False)  # a frozen decoder: nothing to train, nothing computed
+    assert model.objective(x, logits).value_and_input_grad(b).param_grads == ()
 
 
 # -- the relaxed objective (Concrete) -----------------------------------------------------------
@@ -330,15 +223,15 @@ def test_concrete_log_density_is_the_binary_concrete_density_in_logit_space(a, t
     # Change of variables y = logit(x): p_Y(y) = p_X(σ(y)) · σ(y)(1 − σ(y)).
     expected = bin_concrete_log_density_in_probability_space(x, a, temperature) + torch.log(x * (1 - x))
     logits = torch.tensor([a], dtype=F64)
-    got = binary_concrete_log_density(y.unsqueeze(-1), logits, temperature)  # [N]
+    got = BINARY.relaxed_log_prob(y.unsqueeze(-1), logits, temperature)  # [N]
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-9)
     # Independent coordinates: the log-density of a vector is the sum over its last dimension.
     columns = torch.stack([y, y.flip(0), 0.5 * y], dim=-1)  # [N, 3]
     prior = torch.tensor([a, -a, 0.3], dtype=F64)
     per_column = [
-        binary_concrete_log_density(columns[:, d : d + 1], prior[d : d + 1], temperature) for d in range(3)
+        BINARY.relaxed_log_prob(columns[:, d : d + 1], prior[d : d + 1], temperature) for d in range(3)
     ]
-    torch.testing.assert_close(binary_concrete_log_density(columns, prior, temperature), sum(per_column))
+    torch.testing.assert_close(BINARY.relaxed_log_prob(columns, prior, temperature), sum(per_column))
 
 
 HISTOGRAM_SAMPLES = 200_000
@@ -349,18 +242,17 @@ HISTOGRAM_Z = float(norm.isf(1e-3 / (2 * HISTOGRAM_BINS * len(CONCRETE_CASES))))
 
 
 @pytest.mark.parametrize(("a", "temperature"), CONCRETE_CASES)
-def test_concrete_sampler_has_the_log_density(a, temperature):
-    """The concrete estimator's relaxed samples ``y = (a + L)/λ`` against the density, integrated
-    numerically over each bin; counts are binomial, so each bin's z uses the binomial s.e."""
-    estimator = get_estimator("concrete", temperature=temperature)
+def test_relaxed_samples_have_the_log_density(a, temperature):
+    """The relaxed samples ``y = (a + L)/λ`` the concrete estimator draws against the density,
+    integrated numerically over each bin; counts are binomial, so each bin's z uses the binomial s.e."""
     logits = torch.tensor([[a]], dtype=F64)  # [B = 1, D = 1]
-    noise = estimator.sample(logits, HISTOGRAM_SAMPLES, torch.Generator().manual_seed(11))  # [N, 1, 1]
-    y = estimator.relaxed_logits(logits, noise).flatten()  # [N]
+    noise = uniform_noise((HISTOGRAM_SAMPLES, 1, 1), logits, torch.Generator().manual_seed(11))  # [N, 1, 1]
+    y = BINARY.relax(logits, noise, temperature).flatten()  # [N]
     spread = math.log(99.0)  # the central 98% of the standard logistic
     grid = torch.linspace(
         (a - spread) / temperature, (a + spread) / temperature, HISTOGRAM_BINS * SUBDIVISIONS + 1, dtype=F64
     )
-    density = binary_concrete_log_density(grid.unsqueeze(-1), logits[0], temperature).exp()
+    density = BINARY.relaxed_log_prob(grid.unsqueeze(-1), logits[0], temperature).exp()
     mass = torch.cat([torch.zeros(1, dtype=F64), torch.cumulative_trapezoid(density, grid)])
     edges, probs = grid[::SUBDIVISIONS], mass[::SUBDIVISIONS].diff()  # [bins + 1], [bins]
     counts = torch.histogram(y, bins=edges).hist  # [bins]
@@ -368,9 +260,7 @@ def test_concrete_sampler_has_the_log_density(a, temperature):
     assert z.abs().max() < HISTOGRAM_Z, z
     # And the density integrates to 1 over the line (the tails beyond ±40/λ hold < e^{−40}).
     line = torch.linspace((a - 40) / temperature, (a + 40) / temperature, 200_001, dtype=F64)
-    total = torch.trapezoid(
-        binary_concrete_log_density(line.unsqueeze(-1), logits[0], temperature).exp(), line
-    )
+    total = torch.trapezoid(BINARY.relaxed_log_prob(line.unsqueeze(-1), logits[0], temperature).exp(), line)
     assert abs(float(total) - 1.0) < 1e-8
 
 
@@ -382,7 +272,7 @@ def test_posterior_density_at_its_own_reparameterised_sample_does_not_depend_on_
     eta = (2 * torch.randn(3, 5, generator=generator, dtype=F64)).requires_grad_(True)
     noise = logistic_from_uniform(uniform_noise((4, 3, 5), eta, generator))  # L: [K, B, D]
     temperature = 0.6
-    log_q = binary_concrete_log_density((eta + noise) / temperature, eta, temperature)  # [K, B]
+    log_q = BINARY.relaxed_log_prob((eta + noise) / temperature, eta, temperature)  # [K, B]
     expected = (math.log(temperature) - noise - 2 * torch.nn.functional.softplus(-noise)).sum(-1)
     torch.testing.assert_close(log_q, expected, rtol=1e-12, atol=1e-12)
     (grad,) = torch.autograd.grad(log_q.sum(), eta)
@@ -398,11 +288,11 @@ def test_analytic_kl_is_the_sum_over_both_states():
     log_q = Bernoulli(logits=eta).log_prob(states)  # [2, B, D]
     log_p = Bernoulli(logits=prior).log_prob(states)  # [2, 1, D]
     expected = (log_q.exp() * (log_q - log_p)).sum(0).sum(-1)  # Σ_d Σ_{b ∈ {0,1}} q(b)(log q − log p)
-    torch.testing.assert_close(bernoulli_kl(eta, prior), expected, rtol=1e-12, atol=1e-12)
-    assert (bernoulli_kl(eta, prior) >= 0).all()
+    torch.testing.assert_close(BINARY.kl(eta, prior), expected, rtol=1e-12, atol=1e-12)
+    assert (BINARY.kl(eta, prior) >= 0).all()
 
 
-def relaxed_problem(seed: int = 2) -> tuple[BinaryVAE, Tensor, Tensor]:
+def relaxed_problem(seed: int = 2) -> tuple[VAE, Tensor, Tensor]:
     """A small float64 VAE with a learned, non-uniform prior, images and posterior logits ``[3, 5]``."""
     model = make_model(latent=5, learn_prior=True, seed=seed)
     with torch.no_grad():
@@ -427,9 +317,9 @@ def test_concrete_gradient_is_the_finite_difference_of_the_relaxed_objective(kl)
         y = (logits + logistic_from_uniform(noise)) / temperature  # [K, B, D]
         reconstruction = model.log_likelihood(x, torch.sigmoid(y))
         if kl == "analytic":
-            return bernoulli_kl(logits, model.prior_logits) - reconstruction
-        log_prior = binary_concrete_log_density(y, model.prior_logits, prior_temperature)
-        return -(reconstruction + log_prior - binary_concrete_log_density(y, logits, temperature))
+            return BINARY.kl(logits, model.prior_logits) - reconstruction
+        log_prior = BINARY.relaxed_log_prob(y, model.prior_logits, prior_temperature)
+        return -(reconstruction + log_prior - BINARY.relaxed_log_prob(y, logits, temperature))
 
     torch.testing.assert_close(estimate.values.detach(), relaxed_values(eta), rtol=1e-12, atol=1e-12)
     step = 1e-6
@@ -440,41 +330,6 @@ def test_concrete_gradient_is_the_finite_difference_of_the_relaxed_objective(kl)
         difference = relaxed_values(eta + shift) - relaxed_values(eta - shift)  # [K, B]
         columns.append(difference.mean(0) / (2 * step))
     torch.testing.assert_close(estimate.grad, torch.stack(columns, dim=1), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("kl", KL_VARIANTS)
-def test_concrete_step_trains_the_generative_model_on_the_relaxed_objective(kl):
-    """The decoder and the learned prior get ∇ of the mean relaxed objective over the estimator's
-    samples; the encoder gets J_ηᵀ g / B; the logged training ELBO is the relaxed one."""
-    k, temperature, prior_temperature = 3, 0.6, 0.45
-    reference, x, _ = relaxed_problem()
-    logits = reference.encode(x)
-    eta = logits.detach()
-    noise = uniform_noise((k, *eta.shape), eta, torch.Generator().manual_seed(7))  # as the estimator draws
-    y = (eta + logistic_from_uniform(noise)) / temperature
-    f = NegativeELBO(reference, x, logits, prior_temperature=prior_temperature, kl=kl)
-    values = f.relaxed(y, eta, temperature)  # [K, B]
-    params = reference.generative_parameters()
-    expected = torch.autograd.grad(values.mean(), params)
-
-    model = copy.deepcopy(reference)
-    estimator = get_estimator("concrete", temperature=temperature)
-    encoder_optimizer, decoder_optimizer = optimizers(model)
-    out = train_step(
-        model, estimator, x, k, torch.Generator().manual_seed(7), encoder_optimizer, decoder_optimizer,
-        prior_temperature=prior_temperature, kl=kl,
-    )  # fmt: skip
-    assert model.generative_parameters()[-1] is model.prior_logits  # the prior's gradient is checked
-    for got, want in zip(model.generative_parameters(), expected, strict=True):
-        torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out.train_elbo, -values.mean().detach(), rtol=1e-12, atol=1e-12)
-    surrogate = (reference.encode(x) * out.estimate.grad.detach()).sum() / x.shape[0]
-    for got, want in zip(
-        model.encoder_parameters(),
-        torch.autograd.grad(surrogate, reference.encoder_parameters()),
-        strict=True,
-    ):
-        torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-12)
 
 
 def test_relaxation_settings_are_checked_and_survive_tiling():
@@ -507,14 +362,14 @@ def test_bounds_never_use_the_relaxed_objective(monkeypatch):
 # -- bounds -------------------------------------------------------------------------------------
 
 
-def tiny_problem(rows: int = 4) -> tuple[BinaryVAE, Tensor, Tensor]:
+def tiny_problem(rows: int = 4) -> tuple[VAE, Tensor, Tensor]:
     """D = 3 latents (8 configurations), 16 pixels: exact log p(x) by enumeration."""
     model = make_model(latent=3, pixels=16, seed=5)
     x = binary_images(rows, pixels=16, seed=6)
     return model, x, model.encode(x).detach()
 
 
-def exact_quantities(model: BinaryVAE, x: Tensor, logits: Tensor) -> dict[str, Tensor]:
+def exact_quantities(model: VAE, x: Tensor, logits: Tensor) -> dict[str, Tensor]:
     """log p(x), the ELBO, Var_q[log w] and χ² = Var_q[w / p(x)], per row, by enumeration."""
     b = all_configurations(model.latent).expand(-1, x.shape[0], -1)  # [8, B, D]
     log_q = model.log_posterior(b, logits)  # [8, B]

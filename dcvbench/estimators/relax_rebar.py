@@ -1,4 +1,6 @@
-"""REBAR and RELAX: score function with a learned control on conditional relaxations (``rebar``, ``relax``).
+"""REBAR and RELAX: a learned control on conditional relaxations (``rebar``, ``relax``).
+
+One module for both: REBAR is RELAX without its control network.
 
 Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein, *REBAR: Low-variance, unbiased gradient estimates
 for discrete latent variable models*, NeurIPS 2017. Grathwohl, Choi, Wu, Roeder & Duvenaud,
@@ -31,28 +33,26 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcvbench.estimators.base import (
-    Estimate,
-    Estimator,
-    EstimatorError,
-    EstimatorInfo,
-    EstimatorSettings,
-    Objective,
-    ProblemShape,
-    context_of,
-    evaluate,
-)
+from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Stat
+from dcvbench.estimators.evaluation import evaluate
+from dcvbench.estimators.options import CONTROL_LR
 from dcvbench.estimators.registry import register
-from dcvbench.estimators.reinforce import score_function_gradient
-from dcvbench.estimators.sampling import logistic_from_uniform, uniform_noise
+from dcvbench.estimators.score_function import score_function_gradient
+from dcvbench.latent import BINARY, LatentFamily
+from dcvbench.latent.noise import logistic_from_uniform, uniform_noise
+from dcvbench.objectives import HasContext, Objective, ProblemShape
 
 INITIAL_TEMPERATURE = 0.5  # λ: REBAR's relaxation starts sharp, close to the hard b
 HIDDEN = 50  # ReLU units of RELAX's control network: a small net, our choice (one hidden layer)
+# What each estimate reports: the control's current temperature λ and scale s.
+CONTROL_STATS = (Stat("control_temperature"), Stat("control_scale"))
 
 
 def conditional_logistic(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
@@ -109,28 +109,32 @@ class ConditionalRelaxation(Estimator):
     """``g = (f(b) − c(z̃))(b − θ) + ∇_η c(z) − ∇_η c(z̃)``, ``c(z) = s·f(σ(z/λ)) + r_ψ``, learned.
 
     Args:
+        family: the latents' family (bits only).
         network: RELAX's ``r_ψ``; ``None`` for REBAR's control, ``s·f(σ(z/λ))`` alone.
-        lr: Adam learning rate of λ, s and ψ (minimising ``mean_B ‖g‖²``).
+        control_lr: Adam learning rate of λ, s and ψ (minimising ``mean_B ‖g‖²``).
         temperature: initial ``λ`` (learned as ``log λ``, so it stays positive).
         scale: initial ``s``.
     """
 
+    options = (CONTROL_LR,)
+
     def __init__(
         self,
+        family: LatentFamily,
         network: ControlNetwork | None,
-        lr: float = 1e-3,
+        control_lr: float = CONTROL_LR.default,
         temperature: float = INITIAL_TEMPERATURE,
         scale: float = 1.0,
     ):
-        super().__init__()
+        super().__init__(family)
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not lr > 0.0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if not control_lr > 0.0:
+            raise ValueError(f"control_lr must be > 0, got {control_lr}")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.network = network
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=control_lr)
 
     @property
     def temperature(self) -> Tensor:
@@ -156,7 +160,7 @@ class ConditionalRelaxation(Estimator):
         u, v = noise.unbind(0)  # [K, B, D] each
         k = u.shape[0]
         context = self._context(f)
-        probs = torch.sigmoid(logits)  # [B, D]
+        probs = self.family.probs(logits)  # [B, D]
         with torch.enable_grad():  # ∇_η c is needed even when the caller has autograd off
             eta = logits.detach().clone().requires_grad_(True)  # our own leaf: [B, D]
             z = eta + logistic_from_uniform(u)  # [K, B, D]
@@ -168,18 +172,34 @@ class ConditionalRelaxation(Estimator):
             (pathwise,) = torch.autograd.grad(
                 (control_z - control_tilde).sum(), eta, create_graph=self.training
             )  # [B, D]
-        values, _ = evaluate(f, b, with_input_grad=False)  # [K, B]: the decoder trains on these only
+        evaluation = evaluate(f, b, with_input_grad=False)  # values [K, B]: the decoder trains on these only
+        values = evaluation.values
         with torch.enable_grad():
             grad = score_function_gradient(values.detach() - control_tilde, b, probs) + pathwise / k  # [B, D]
             learning = self._variance_loss(grad) if self.training else None
-        stats = {"temperature": self.temperature.detach().clone(), "scale": self.scale.detach().clone()}
-        return Estimate(grad=grad.detach(), values=values, stats=stats, learning=learning)
+        stats = {
+            "control_temperature": self.temperature.detach().clone(),
+            "control_scale": self.scale.detach().clone(),
+        }
+        return Estimate(
+            grad=grad.detach(),
+            values=values,
+            param_grads=evaluation.param_grads,
+            stats=stats,
+            learning=learning,
+        )
+
+    def state_stats(self) -> dict[str, float]:
+        return {
+            "control_temperature": float(self.temperature.detach()),
+            "control_scale": float(self.scale.detach()),
+        }
 
     def _context(self, f: Objective) -> Tensor | None:
         """The objective's per-row input for ``r_ψ`` (``None`` without a network or context)."""
         if self.network is None:
             return None
-        context = context_of(f)
+        context = f.context if isinstance(f, HasContext) else None
         expected = 0 if self.network.context_layer is None else self.network.context_layer.in_features
         width = 0 if context is None else context.shape[-1]
         if width != expected:
@@ -226,17 +246,22 @@ class ConditionalRelaxation(Estimator):
         unbiased=True,
         needs_input_grad=True,
         evals_per_sample=3,
+        families=("binary",),
+        order=120,
+        stats=CONTROL_STATS,
     )
 )
 class Rebar(ConditionalRelaxation):
     """REBAR (Tucker et al. 2017): the control ``c(z) = s·f(σ(z/λ))``, λ and s learned."""
 
-    def __init__(self, lr: float = 1e-3, temperature: float = INITIAL_TEMPERATURE, scale: float = 1.0):
-        super().__init__(None, lr, temperature, scale)
-
-    @classmethod
-    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Rebar:
-        return cls(lr=settings.control_lr)
+    def __init__(
+        self,
+        family: LatentFamily = BINARY,
+        control_lr: float = CONTROL_LR.default,
+        temperature: float = INITIAL_TEMPERATURE,
+        scale: float = 1.0,
+    ):
+        super().__init__(family, None, control_lr, temperature, scale)
 
 
 @register(
@@ -246,6 +271,9 @@ class Rebar(ConditionalRelaxation):
         unbiased=True,
         needs_input_grad=True,
         evals_per_sample=3,
+        families=("binary",),
+        order=130,
+        stats=CONTROL_STATS,
     )
 )
 class Relax(ConditionalRelaxation):
@@ -255,7 +283,7 @@ class Relax(ConditionalRelaxation):
         latent: ``D``, the latents per row (the network's input width).
         context: width of the objective's per-row input ``x`` the network also reads; 0 (the toy)
             for a network on the relaxed sample alone.
-        lr, temperature, scale: as :class:`ConditionalRelaxation`.
+        family, control_lr, temperature, scale: as :class:`ConditionalRelaxation`.
         hidden: hidden units of ``r_ψ``.
         seed: seed of ``r_ψ``'s initial hidden weights. Fixed by default: the initial network is
             part of the estimator's definition, the same in every run.
@@ -265,7 +293,8 @@ class Relax(ConditionalRelaxation):
         self,
         latent: int,
         context: int = 0,
-        lr: float = 1e-3,
+        family: LatentFamily = BINARY,
+        control_lr: float = CONTROL_LR.default,
         temperature: float = INITIAL_TEMPERATURE,
         scale: float = 1.0,
         hidden: int = HIDDEN,
@@ -274,8 +303,10 @@ class Relax(ConditionalRelaxation):
         if latent < 1 or context < 0 or hidden < 1:
             raise ValueError(f"need latent ≥ 1, context ≥ 0, hidden ≥ 1; got {latent}, {context}, {hidden}")
         network = ControlNetwork(latent, context, hidden, torch.Generator().manual_seed(seed))
-        super().__init__(network, lr, temperature, scale)
+        super().__init__(family, network, control_lr, temperature, scale)
 
     @classmethod
-    def from_settings(cls, settings: EstimatorSettings, shape: ProblemShape) -> Relax:
-        return cls(shape.latent, context=shape.context, lr=settings.control_lr)
+    def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> Relax:
+        return cls(
+            shape.latent, context=shape.context, family=shape.family, control_lr=settings["control_lr"]
+        )

@@ -1,5 +1,8 @@
-"""The categorical VAE: its layers and log-probabilities, the objective and its shared backward pass,
-the relaxed objective (ExpConcrete densities or the analytic KL), and the importance-weighted bound.
+"""The VAE with categorical latents: its layers and log-probabilities, the objective, the relaxed
+objective (ExpConcrete densities or the analytic KL), and the importance-weighted bound.
+
+What is the same for both latent families (the shared backward pass) is tested in ``test_vae.py``,
+the training step in ``tests/test_training.py``.
 
 Small models in float64; tiny latent spaces (N = 2 variables of C = 3 classes: 9 configurations)
 allow exact enumeration of log p(x) and of the ELBO.
@@ -17,22 +20,18 @@ from torch.distributions import Bernoulli, Categorical, OneHotCategorical, kl_di
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from torch.testing import assert_close
 
-from dcvbench.estimators import EstimatorSettings, build_estimator, estimator_info, estimator_names
-from dcvbench.estimators.categorical import exp_concrete_log_prob
-from dcvbench.estimators.sampling import gumbel_from_uniform, uniform_noise
-from dcvbench.problems.categorical_vae import CategoricalNegativeELBO, CategoricalVAE
-from dcvbench.problems.vae import elbo, iwae_bound, train_step
+from dcvbench.estimators import build_estimator, default_settings
+from dcvbench.latent import CATEGORICAL
+from dcvbench.latent.noise import gumbel_from_uniform, uniform_noise
+from dcvbench.problems.vae import CLASSES, VAE, VARIABLES, NegativeELBO, elbo, iwae_bound
 
 F64 = torch.float64
 PIXELS = 12
-VAE_ESTIMATORS = [
-    n for n in estimator_names("categorical") if "vae" in estimator_info(n, "categorical").problems
-]
 
 
-def make_model(seed: int = 0, **options) -> CategoricalVAE:
-    options = {"variables": 4, "classes": 3, "pixels": PIXELS, "hidden": 7, "dtype": F64, **options}
-    return CategoricalVAE(generator=torch.Generator().manual_seed(seed), **options)
+def make_model(seed: int = 0, **options) -> VAE:
+    options = {"latent": 4, "classes": 3, "pixels": PIXELS, "hidden": 7, "dtype": F64, **options}
+    return VAE(generator=torch.Generator().manual_seed(seed), **options)
 
 
 def binary_images(rows: int, pixels: int = PIXELS, seed: int = 1) -> Tensor:
@@ -40,7 +39,7 @@ def binary_images(rows: int, pixels: int = PIXELS, seed: int = 1) -> Tensor:
     return (torch.rand(rows, pixels, generator=generator, dtype=F64) < 0.3).to(F64)  # [B, P]
 
 
-def with_random_prior(model: CategoricalVAE, seed: int = 5) -> CategoricalVAE:
+def with_random_prior(model: VAE, seed: int = 5) -> VAE:
     with torch.no_grad():
         model.prior_logits.copy_(
             torch.randn(model.prior_logits.shape, generator=torch.Generator().manual_seed(seed))
@@ -79,8 +78,8 @@ def test_architectures_have_n_times_c_latent_units(arch, encoder, decoder):
 
 
 def test_the_issue_s_default_sizes():
-    model = CategoricalVAE()
-    assert (model.variables, model.classes, model.pixels) == (20, 10, 784)
+    model = VAE(VARIABLES, CLASSES)
+    assert (model.latent, model.classes, model.pixels) == (20, 10, 784)
     assert model.encoder[0].out_features == 200 and model.decoder[1].in_features == 200
 
 
@@ -105,7 +104,7 @@ def test_log_probabilities_match_torch_distributions():
 
 def test_posterior_samples_follow_the_class_probabilities():
     logits = torch.tensor([[[2.0, 0.0, -1.0]]], dtype=F64)  # [1, 1, 3]
-    samples = CategoricalVAE.sample_posterior(logits, 40_000, torch.Generator().manual_seed(3))
+    samples = make_model(latent=1).sample_posterior(logits, 40_000, torch.Generator().manual_seed(3))
     frequencies = samples.mean(0)[0, 0]
     probs = torch.softmax(logits[0, 0], -1)
     error = (probs * (1 - probs) / 40_000).sqrt()
@@ -140,40 +139,6 @@ def test_objective_is_the_negative_elbo_and_never_reaches_the_encoder():
     assert torch.isfinite(f(relaxed)).all()
 
 
-@pytest.mark.parametrize("learn_prior", [False, True])
-@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
-def test_value_and_input_grad_equals_separate_autograd(arch: str, learn_prior: bool):
-    model = with_random_prior(make_model(arch=arch, learn_prior=learn_prior))
-    x = binary_images(3)
-    f = model.objective(x, model.encode(x))
-    b = model.sample_posterior(f.logits, 4, torch.Generator().manual_seed(1))  # [K, B, N, C]
-    values, input_grad = f.value_and_input_grad(b)
-
-    leaf = b.clone().requires_grad_(True)
-    expected_values = f(leaf)
-    params = model.generative_parameters()
-    expected = torch.autograd.grad(expected_values.mean(), [leaf, *params])
-    assert_close(values, expected_values.detach())
-    assert_close(input_grad, expected[0] * values.numel(), rtol=1e-12, atol=1e-14)  # ∇_b f_k per sample
-    stored = f.take_generative_grads(values)
-    assert stored is not None and len(stored) == len(params)
-    for got, want in zip(stored, expected[1:], strict=True):
-        assert_close(got, want, rtol=1e-12, atol=1e-14)
-    assert f.take_generative_grads(values) is None  # handed out once
-
-
-def test_stored_gradients_belong_only_to_their_values():
-    model = make_model()
-    x = binary_images(2)
-    f = model.objective(x, model.encode(x))
-    b = model.sample_posterior(f.logits, 2, torch.Generator().manual_seed(1))
-    values, _ = f.value_and_input_grad(b)
-    assert f.take_generative_grads(values.clone()) is None
-    no_grads = model.objective(x, f.logits, generative_grads=False)
-    values, _ = no_grads.value_and_input_grad(b)
-    assert no_grads.take_generative_grads(values) is None
-
-
 def test_tiled_objective_repeats_the_rows():
     model = make_model()
     x = binary_images(3)
@@ -188,47 +153,11 @@ def test_bad_objective_arguments_are_named():
     model = make_model()
     x = binary_images(2)
     with pytest.raises(ValueError, match=r"logits \[B, 4, 3\]"):
-        CategoricalNegativeELBO(model, x, torch.zeros(2, 12, dtype=F64))
+        NegativeELBO(model, x, torch.zeros(2, 12, dtype=F64))
     with pytest.raises(ValueError, match="unknown kl 'exact'"):
         model.objective(x, model.encode(x), kl="exact")
     with pytest.raises(ValueError, match="prior_temperature must be > 0"):
         model.objective(x, model.encode(x), prior_temperature=0.0)
-
-
-@pytest.mark.parametrize("name", VAE_ESTIMATORS)
-def test_every_estimator_gives_encoder_and_decoder_gradients(name: str):
-    # What a training step needs: g of the logits' shape, and values that train the generative model —
-    # through the gradients stored by the shared backward pass, or the values' own graph.
-    model = make_model(learn_prior=True)
-    x = binary_images(3)
-    logits = model.encode(x)
-    f = model.objective(x, logits)
-    estimator = build_estimator(name, EstimatorSettings(), model.problem_shape)
-    estimate = estimator(logits, f, 2, torch.Generator().manual_seed(0))
-    assert estimate.grad.shape == logits.shape and torch.isfinite(estimate.grad).all()
-    stored = f.take_generative_grads(estimate.values)
-    if stored is None:
-        stored = torch.autograd.grad(estimate.values.mean(), model.generative_parameters())
-    assert all(torch.isfinite(g).all() for g in stored)
-    assert any(g.abs().sum() > 0 for g in stored)
-
-
-@pytest.mark.parametrize("arch", ["linear", "nonlinear"])
-@pytest.mark.parametrize("name", VAE_ESTIMATORS)
-def test_every_estimator_trains_the_categorical_vae_with_the_shared_training_step(name: str, arch: str):
-    model = make_model(arch=arch, learn_prior=True)
-    before = [p.detach().clone() for p in model.parameters()]
-    estimator = build_estimator(name, EstimatorSettings(), model.problem_shape)
-    encoder = torch.optim.Adam(model.encoder_parameters(), lr=1e-2)
-    decoder = torch.optim.Adam(model.decoder_parameters(), lr=1e-2)
-    prior = torch.optim.SGD(model.prior_parameters(), lr=1e-2)
-    x, generator = binary_images(3), torch.Generator().manual_seed(0)
-    for _ in range(2):
-        out = train_step(model, estimator, x, 2, generator, encoder, decoder, prior, prior_temperature=0.4)
-        assert torch.isfinite(out.train_elbo) and out.estimate.grad.shape == (3, 4, 3)
-    after = list(model.parameters())
-    assert all(torch.isfinite(p).all() for p in after)
-    assert all(not torch.equal(p, q) for p, q in zip(after, before, strict=True))  # every group stepped
 
 
 # -- the relaxed objective ----------------------------------------------------------------------
@@ -271,10 +200,10 @@ def test_posterior_density_at_its_own_reparameterised_sample_does_not_depend_on_
     gumbel = gumbel_from_uniform(uniform_noise((2, 3, 4, 5), eta, generator))  # [K, B, N, C]
     y = torch.log_softmax((eta + gumbel) / 0.6, -1)
     log_q = ExpRelaxedCategorical(torch.tensor(0.6, dtype=F64), logits=eta).log_prob(y)  # [K, B, N]
-    got = exp_concrete_log_prob(y, eta, 0.6)
+    got = CATEGORICAL.relaxed_log_prob(y, eta, 0.6)  # [K, B], summed over the variables
     expected = math.lgamma(5) + 4 * math.log(0.6) - gumbel.sum(-1) - 5 * torch.logsumexp(-gumbel, -1)
-    assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    assert_close(got, log_q, rtol=1e-12, atol=1e-12)
+    assert_close(got, expected.sum(-1), rtol=1e-12, atol=1e-12)
+    assert_close(got, log_q.sum(-1), rtol=1e-12, atol=1e-12)
     (grad,) = torch.autograd.grad(got.sum(), eta)
     assert grad.abs().max() < 1e-10
 
@@ -284,7 +213,8 @@ def test_concrete_trains_on_the_relaxed_objective_through_both_paths():
     x = binary_images(3)
     logits = model.encode(x).detach()
     f = model.objective(x, logits, prior_temperature=0.5)
-    estimator = build_estimator("concrete", EstimatorSettings(temperature=0.6), model.problem_shape)
+    settings = {**default_settings("vae"), "temperature": 0.6}
+    estimator = build_estimator("concrete", settings, model.problem_shape)
     noise = estimator.sample(logits, 2, torch.Generator().manual_seed(8))
     estimate = estimator.estimate(logits, f, noise)
     eta = logits.clone().requires_grad_(True)
@@ -301,10 +231,10 @@ def test_concrete_trains_on_the_relaxed_objective_through_both_paths():
 # -- the bound ------------------------------------------------------------------------------------
 
 
-def _tiny() -> tuple[CategoricalVAE, Tensor, dict[str, Tensor]]:
+def _tiny() -> tuple[VAE, Tensor, dict[str, Tensor]]:
     """A model with N = 2, C = 3, its data, and exact quantities per row ``[B]`` by enumeration:
     log p(x), the ELBO, and χ² = Var_q(w)/p(x)² of the importance weights w = p(x, b)/q(b|x)."""
-    model = with_random_prior(make_model(variables=2, classes=3, arch="nonlinear", seed=3))
+    model = with_random_prior(make_model(latent=2, classes=3, arch="nonlinear", seed=3))
     x = binary_images(3, seed=4)
     b = all_configurations(2, 3).expand(9, x.shape[0], 2, 3)  # [9, B, N, C]
     with torch.no_grad():

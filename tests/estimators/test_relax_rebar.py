@@ -16,17 +16,18 @@ from scipy.stats import kstest
 from dcvbench.estimators import (
     Estimator,
     EstimatorError,
-    EstimatorSettings,
-    ProblemShape,
     build_estimator,
+    default_settings,
     estimator_info,
     measuring,
 )
-from dcvbench.estimators.relax import conditional_logistic
-from dcvbench.estimators.sampling import logistic_from_uniform
+from dcvbench.estimators.relax_rebar import conditional_logistic
+from dcvbench.latent.noise import logistic_from_uniform
 from dcvbench.measure.variance import draw_estimates, resample_variance
+from dcvbench.objectives import ProblemShape
 from dcvbench.problems.toy import make_objective
-from dcvbench.problems.vae import BinaryVAE, NegativeELBO, train_step
+from dcvbench.problems.vae import VAE, NegativeELBO
+from dcvbench.training import train_step
 
 NAMES = ("rebar", "relax")
 DIM = 6
@@ -34,7 +35,8 @@ DIM = 6
 
 def build(name: str, dim: int = DIM, context: int = 0, **settings) -> Estimator:
     """As the jobs build it; float64 on the toy (``context == 0``), the VAE's float32 otherwise."""
-    estimator = build_estimator(name, EstimatorSettings(**settings), ProblemShape(dim, context=context))
+    settings = {**default_settings("toy" if context == 0 else "vae"), **settings}
+    estimator = build_estimator(name, settings, ProblemShape(dim, context=context))
     return estimator.double() if context == 0 else estimator
 
 
@@ -51,9 +53,9 @@ def design_conditional(logits: torch.Tensor, b: torch.Tensor, v: torch.Tensor, t
     return logits + torch.log(noise) - torch.log1p(-noise)
 
 
-def tiny_vae(latent: int = 5, pixels: int = 12) -> tuple[BinaryVAE, torch.Tensor]:
+def tiny_vae(latent: int = 5, pixels: int = 12) -> tuple[VAE, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
-    model = BinaryVAE(latent=latent, arch="nonlinear", pixels=pixels, hidden=8, generator=generator)
+    model = VAE(latent=latent, arch="nonlinear", pixels=pixels, hidden=8, generator=generator)
     x = (torch.rand(4, pixels, generator=generator) < 0.5).float()  # [B, P]
     return model, x
 
@@ -171,9 +173,11 @@ def test_training_mode_changes_nothing_but_the_learning_loss(name: str):
     assert not trained.grad.requires_grad
     # learning's value is mean_B ‖g‖²; its graph reaches the estimator's parameters only.
     torch.testing.assert_close(trained.learning.detach(), trained.grad.pow(2).sum(-1).mean())
-    for stat in ("temperature", "scale"):
+    for stat in ("control_temperature", "control_scale"):
         assert trained.stats[stat].dim() == 0 and not trained.stats[stat].requires_grad
-    assert float(trained.stats["temperature"]) == pytest.approx(0.5) and float(trained.stats["scale"]) == 1.0
+    assert float(trained.stats["control_temperature"]) == pytest.approx(0.5)
+    assert float(trained.stats["control_scale"]) == 1.0
+    assert estimator.state_stats() == {"control_temperature": pytest.approx(0.5), "control_scale": 1.0}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -330,4 +334,7 @@ def test_train_step_trains_the_decoder_on_the_hard_samples_only(name: str):
     NegativeELBO(reference, x, logits)(b).mean().backward()
     for trained, expected in zip(model.decoder_parameters(), reference.decoder_parameters(), strict=True):
         torch.testing.assert_close(trained.grad, expected.grad)
-    assert torch.isfinite(output.train_elbo) and set(output.estimate.stats) == {"temperature", "scale"}
+    assert torch.isfinite(output.train_elbo) and set(output.estimate.stats) == {
+        "control_temperature",
+        "control_scale",
+    }

@@ -1,0 +1,78 @@
+"""The ``dcvbench`` application: its Typer app, the entry point, and how errors and signals end a run.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback: Typer's own usage errors
+(an unknown option, a value of the wrong type) and the library's (:data:`USER_ERRORS`, found when a
+configuration is built or a file is read) alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+
+import typer
+
+from dcvbench.data import DataError
+from dcvbench.estimators import EstimatorError
+from dcvbench.results import ResultsError
+from dcvbench.runtime import ConfigError
+
+# Typer bundles its own click; its exceptions are reachable only through Typer's public classes.
+CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+USER_ERRORS = (ConfigError, DataError, EstimatorError, ResultsError)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Benchmark gradient estimators for discrete latent variables, side by side.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Data sets for the VAE: list them, download them.")
+app.add_typer(data_app, name="data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every usage error becomes one line on stderr and exit code 2.
+
+    Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143, after the run in progress has flushed
+    what it measured and marked itself ``interrupted``: SIGTERM is raised as a KeyboardInterrupt.
+    """
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        # Typer answers an interruption itself in this mode: it returns exit code 130.
+        code = app(args=argv, prog_name="dcvbench", standalone_mode=False)
+    except CLICK_ERROR as error:
+        print(f"dcvbench: error: {error.format_message()}", file=sys.stderr)
+        code = 2
+    except (typer.Abort, KeyboardInterrupt):
+        code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 130:
+        print(f"dcvbench: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        code = 143 if terminated else 130
+    if argv is None:
+        sys.exit(code or 0)
+    return code or 0
+
+
+def reports_user_errors(command: Callable) -> Callable:
+    """Turn bad input found by the library into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            print(f"dcvbench: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper

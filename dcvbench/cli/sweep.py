@@ -1,0 +1,122 @@
+"""``dcvbench sweep``: a grid of runs, each one invocation of a job's command."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dcvbench.cli.app import CLICK_ERROR, USER_ERRORS, app, reports_user_errors
+from dcvbench.cli.console import RichProgress, stdout
+from dcvbench.cli.options import Out, Quiet
+from dcvbench.cli.toy import toy_config
+from dcvbench.cli.vae import vae_config
+from dcvbench.cli.variance import variance_config
+from dcvbench.runtime import ConfigError
+from dcvbench.sweep import JobCommand, SweepCounts, expand, load_spec, run_sweep
+
+CONFIGURE: dict[str, Callable[[typer.Context], Any]] = {
+    "toy": toy_config,
+    "vae": vae_config,
+    "variance": variance_config,
+}
+
+
+def job_commands() -> dict[str, JobCommand]:
+    """Each job's command line as a sweep needs it: its parameters, its parser, its configuration."""
+    commands = typer.main.get_command(app).commands
+    return {
+        job: JobCommand(
+            params={param.name: param for param in commands[job].params},
+            parse=functools.partial(_parse, commands[job], job),
+            configure=functools.partial(_configure, job),
+        )
+        for job in CONFIGURE
+    }
+
+
+def _parse(command, job: str, args: Sequence[str]) -> typer.Context:
+    """``dcvbench JOB ARGS`` parsed as the command parses it (defaults filled in); nothing runs."""
+    try:
+        return command.make_context(job, list(args))
+    except CLICK_ERROR as error:
+        raise ConfigError(error.format_message()) from None
+
+
+def _configure(job: str, ctx: typer.Context) -> Any:
+    """The configuration the command builds from its parsed arguments."""
+    try:
+        return CONFIGURE[job](ctx)
+    except USER_ERRORS as error:
+        raise ConfigError(str(error)) from None
+
+
+@app.command()
+@reports_user_errors
+def sweep(
+    spec: Annotated[
+        str, typer.Argument(metavar="SPEC.toml", help="The job, its fixed options, the grid to cross.")
+    ],
+    out: Out = "results",
+    backend: Annotated[
+        str, typer.Option(help="local (runs at once on this machine) or dask (a cluster on 127.0.0.1).")
+    ] = "local",
+    workers: Annotated[
+        int | None, typer.Option(help="Runs at once, each with cores/N threads (default: one per core).")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(metavar="ADDRESS", help="Run on this existing Dask cluster (tcp://HOST:8786) instead."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Start again the runs that failed or diverged before.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print each run's invocation, one a line; run nothing.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """A grid of toy, VAE or variance runs, skipping finished ones and resuming interrupted ones."""
+    parsed = load_spec(spec, job_commands())
+    runs = expand(parsed)
+    if dry_run:
+        for run in runs:
+            print(run.command(out))
+        return
+    with RichProgress(quiet) as progress:
+        progress.start("sweep", len(runs))
+
+        def show(counts: SweepCounts) -> None:
+            description = f"sweep: {counts.running} running, {counts.failed} failed"
+            progress.bar.update(progress.task, completed=counts.done, description=description)
+
+        results = run_sweep(
+            runs,
+            out,
+            backend=backend,
+            workers=workers,
+            scheduler=scheduler,
+            retry_failed=retry_failed,
+            on_progress=show,
+        )
+    failed = [r for r in results if r.status in ("failed", "interrupted")]
+    if quiet:
+        for result in failed:
+            print(f"dcvbench: {result.run.key}: {result.status}: {result.note}", file=sys.stderr)
+        for result in results:
+            if result.run_dir is not None:
+                print(result.run_dir)
+    else:
+        table = Table(title=f"sweep: {parsed.title}", caption=f"{len(runs)} runs, {len(failed)} not finished")
+        for column in ("run", "status", "run dir", "note"):
+            table.add_column(column)
+        for r in results:
+            status = r.status if r.exit_code is None else f"{r.status} (exit {r.exit_code})"
+            table.add_row(r.run.label, status, str(r.run_dir or "–"), r.note)
+        stdout.print(table)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,153 @@
+"""``dcvbench variance``: estimators side by side at one fixed point."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from dcvbench.cli.app import app, reports_user_errors
+from dcvbench.cli.console import RichProgress, number, results_table, stdout
+from dcvbench.cli.options import (
+    Device,
+    Dim,
+    Dtype,
+    Latent,
+    Objective,
+    Out,
+    Quiet,
+    Target,
+    ToyClasses,
+    WScale,
+    WSeed,
+    estimator_settings,
+    given,
+    refuse_target_with_categorical,
+    toy_latents,
+    toy_problem,
+    with_estimator_options,
+)
+from dcvbench.config import VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
+from dcvbench.runtime import ConfigError
+
+PROBLEMS = ("toy", "vae")
+# At a VAE checkpoint every estimate costs passes through the networks: fewer than the toy's.
+CHECKPOINT_SAMPLES = 1000
+
+
+def variance_config(ctx: typer.Context) -> VarianceConfig:
+    """The configuration of the ``dcvbench variance`` command line parsed into ``ctx``."""
+    p = ctx.params
+    problem, checkpoint = p["problem"], p["checkpoint"]
+    if problem not in PROBLEMS:
+        raise ConfigError(f"unknown problem {problem!r}; choose from: toy, vae (with --checkpoint)")
+    if problem == "vae" and checkpoint is None:
+        raise ConfigError("--problem vae needs --checkpoint: a VAE run directory or its checkpoint.pt")
+    if checkpoint is not None:
+        for name in ("latent", "classes"):
+            if given(ctx, name):
+                raise ConfigError(f"--checkpoint measures with its run's own latents; drop --{name}")
+    toy = toy_problem(ctx)
+    if checkpoint is None:
+        refuse_target_with_categorical(ctx, toy)
+    samples = p["samples"]
+    if samples is None:
+        samples = CHECKPOINT_SAMPLES if checkpoint else VarianceConfig.samples
+    return VarianceConfig(
+        problem=toy,
+        theta=p["theta"],
+        checkpoint=checkpoint,
+        estimators=tuple(p["estimator"] or VARIANCE_DEFAULT_ESTIMATORS[toy.latent]),
+        ks=tuple(p["k"] or VarianceConfig.ks),
+        samples=samples,
+        seed=p["seed"],
+        device=p["device"],
+        dtype=p["dtype"],
+        estimator_settings=estimator_settings(p),
+        out=p["out"],
+    )
+
+
+@app.command()
+@reports_user_errors
+@with_estimator_options("variance")
+def variance(
+    ctx: typer.Context,
+    problem: Annotated[str, typer.Option(help="Problem: toy (or give --checkpoint for a VAE).")] = "toy",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="A VAE run directory or its checkpoint.pt: measure there, on its snapshot batch, with "
+            "its latents and relaxation settings."
+        ),
+    ] = VarianceConfig.checkpoint,
+    latent: Latent = ToyProblem.latent,
+    dim: Dim = ToyProblem.dim,
+    classes: ToyClasses = ToyProblem.classes,
+    target: Target = ToyProblem.target,
+    objective: Objective = ToyProblem.objective,
+    w_scale: WScale = ToyProblem.w_scale,
+    w_seed: WSeed = ToyProblem.w_seed,
+    theta: Annotated[
+        str | None,
+        typer.Option(
+            help="θ for every coordinate, in (0, 1), or 'random' (seeded); default 0.5. Categorical: "
+            "'random' (seeded logits away from uniform) or 'uniform' (the default)."
+        ),
+    ] = VarianceConfig.theta,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Samples per estimate K (repeatable).")] = None,
+    estimator: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Estimator (repeatable). Default: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['binary'])}; "
+            f"categorical: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['categorical'])}."
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Independent estimates per (estimator, K): toy {VarianceConfig.samples}, "
+            f"VAE {CHECKPOINT_SAMPLES}."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = VarianceConfig.seed,
+    device: Device = VarianceConfig.device,
+    dtype: Dtype = VarianceConfig.dtype,
+    out: Out = VarianceConfig.out,
+    quiet: Quiet = False,
+) -> None:
+    """Variance and bias of estimators side by side at one fixed point, on the same random numbers."""
+    from dcvbench.jobs.variance import run_variance
+
+    config = variance_config(ctx)
+    with RichProgress(quiet) as progress:
+        study = run_variance(config, progress)
+    if quiet:
+        print(study.path)
+        return
+    toy = config.problem
+    if config.checkpoint:
+        title = f"encoder-gradient variance at {config.checkpoint}, {config.samples} draws"
+        extra = {"logit variance": "logit_variance", "logit vs rloo": "logit_variance_ratio"}
+    else:
+        where = f"{'θ' if toy.latent == 'binary' else 'π'}={config.theta}"
+        title = f"variance at {where}: {toy_latents(toy)}, {toy.objective}, {config.samples} draws"
+        extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z"}
+    columns = {"variance": "variance", "vs rloo": "variance_ratio", "variance×evals": "cost_variance"}
+    columns.update(extra)
+    table = results_table(
+        title, ("estimator", "K", "evals", *columns, "s/estimate", "α"), left=("estimator",)
+    )
+    for row in study.table.to_dict("records"):
+        alpha_text = "–" if pd.isna(row["alpha_source"]) else f"{row['alpha']:.4g} ({row['alpha_source']})"
+        table.add_row(
+            row["estimator"],
+            str(row["k"]),
+            str(row["evals"]),
+            *(number(row[name], 3) for name in columns.values()),
+            number(row["seconds_per_estimate"], 2),
+            alpha_text,
+        )
+    stdout.print(table)
+    stdout.print(f"written to {study.path / 'variance.parquet'}")
