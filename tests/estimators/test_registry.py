@@ -37,7 +37,8 @@ NAMES = estimator_names()
 TOY_NAMES = [name for name in NAMES if "toy" in estimator_info(name).problems]
 CATEGORICAL_NAMES = estimator_names("categorical")
 DTYPES = [torch.float64, torch.float32]
-# Today's listing, in order (the order of `dcvbench estimators` and of the CLI's choices).
+# The listing before the core's rebuild, in order (the order of `dcvbench estimators` and of the CLI's
+# choices): estimators added since take their own places in it.
 LISTING = [
     "reinforce", "reinforce-ema", "rloo", "rloo-dcv", "muprop", "exact-baseline", "arm", "disarm",
     "arms", "concrete", "st-concrete", "rebar", "relax", "vimco", "nvil",
@@ -67,10 +68,10 @@ def test_names_are_unique_non_empty_and_match_their_info():
         assert estimator_class(name).info is info
 
 
-def test_the_listing_order_is_today_s():
-    assert NAMES == LISTING
-    assert estimator_names("binary") == LISTING  # every estimator has a binary form
-    assert [name for name in LISTING if "categorical" in estimator_info(name).families] == CATEGORICAL_NAMES
+def test_the_listing_keeps_its_order():
+    assert [name for name in NAMES if name in LISTING] == LISTING
+    assert estimator_names("binary") == NAMES  # every estimator has a binary form
+    assert [name for name in NAMES if "categorical" in estimator_info(name).families] == CATEGORICAL_NAMES
 
 
 def test_the_estimators_of_the_design_are_registered_for_their_families():
