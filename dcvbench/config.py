@@ -114,6 +114,11 @@ class ToyConfig:
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "toy"))
 
 
+# A variance study's draws at a VAE checkpoint when not given: each estimate costs passes through the
+# networks, so fewer than the toy's (VarianceConfig.samples).
+CHECKPOINT_SAMPLES = 1000
+
+
 @dataclass(frozen=True)
 class VarianceConfig:
     """``dcvbench variance``: every estimator's variance and bias at one fixed point, side by side."""

@@ -28,12 +28,10 @@ from dcvbench.cli.options import (
     toy_problem,
     with_estimator_options,
 )
-from dcvbench.config import VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
+from dcvbench.config import CHECKPOINT_SAMPLES, VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
 from dcvbench.runtime import ConfigError
 
 PROBLEMS = ("toy", "vae")
-# At a VAE checkpoint every estimate costs passes through the networks: fewer than the toy's.
-CHECKPOINT_SAMPLES = 1000
 
 
 def variance_config(ctx: typer.Context) -> VarianceConfig:
