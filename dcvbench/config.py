@@ -22,6 +22,7 @@ from dcvbench.estimators import (
     default_settings,
     estimator_info,
     estimator_names,
+    estimator_options,
 )
 from dcvbench.latent import LATENT_TYPES
 from dcvbench.objectives import ProblemShape
@@ -313,7 +314,7 @@ class VaeConfig:
 
 def toy_config_from_dict(values: dict) -> ToyConfig:
     """Rebuild a :class:`ToyConfig` from its manifest form (``asdict``), validating it again."""
-    return _config_from_dict(ToyConfig, values, problem=ToyProblem)
+    return _config_from_dict(ToyConfig, "toy", values, ("estimators", "seeds"), problem=ToyProblem)
 
 
 def vae_config_from_dict(values: dict) -> VaeConfig:
@@ -324,22 +325,31 @@ def vae_config_from_dict(values: dict) -> VaeConfig:
     values = dict(values)
     if isinstance(values.get("latent"), int):
         values.update(latent="binary", latent_vars=values["latent"])
-    return _config_from_dict(VaeConfig, values)
+    return _config_from_dict(VaeConfig, "vae", values, ("estimators", "seeds"))
 
 
-def _config_from_dict(cls, values: dict, **nested):
+def variance_config_from_dict(values: dict) -> VarianceConfig:
+    """Rebuild a :class:`VarianceConfig` from its manifest form (``asdict``), validating it again."""
+    return _config_from_dict(VarianceConfig, "variance", values, ("estimators", "ks"), problem=ToyProblem)
+
+
+def _config_from_dict(cls, job: str, values: dict, sequences: tuple[str, ...], **nested):
     """``cls`` from ``asdict`` output: nested dataclasses rebuilt, JSON lists back to tuples.
 
-    ``estimator_settings`` is taken as saved; an option the manifest does not hold (one added since)
-    takes the job's default at construction. A manifest edited by hand or written by another
-    version is a :class:`ConfigError`, not a crash.
+    ``estimator_settings`` is taken as saved, less the options that are not the job's (a variance
+    study's manifest written before options knew their jobs holds α's learning rate, which it never
+    used); an option the manifest does not hold (one added since) takes the job's default. A
+    manifest edited by hand or written by another version is a :class:`ConfigError`, not a crash.
     """
     try:
         values = dict(values)
-        values["estimator_settings"] = dict(values["estimator_settings"])
+        others = set(estimator_options()) - set(estimator_options(job))  # unknown names stay, and fail
+        values["estimator_settings"] = {
+            name: value for name, value in values["estimator_settings"].items() if name not in others
+        }
         for name, kind in nested.items():
             values[name] = kind(**values[name])
-        for name in ("estimators", "seeds"):
+        for name in sequences:
             values[name] = tuple(values[name])
         return cls(**values)
     except (KeyError, TypeError) as error:
@@ -423,7 +433,7 @@ def estimator_settings(given: Mapping[str, Any], job: str) -> dict[str, Any]:
     """Every estimator option's value for ``job``: ``given`` over the job's defaults, validated by
     the options themselves (an unknown option or a bad value is a one-line :class:`ConfigError`)."""
     try:
-        check_settings(given)
+        check_settings(given, job)
     except EstimatorError as error:
         raise ConfigError(str(error)) from None
     return {**default_settings(job), **given}

@@ -57,7 +57,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from dcvbench.config import toy_config_from_dict, vae_config_from_dict
+from dcvbench.config import toy_config_from_dict, vae_config_from_dict, variance_config_from_dict
 from dcvbench.results import ResultsError, config_key, find_runs, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError
 
@@ -71,11 +71,12 @@ RESUMABLE = ("toy", "vae")
 ONE_PER_RUN = ("estimator", "seed")
 # Exit codes of a run stopped by SIGINT or SIGTERM: it marked itself interrupted (see cli.main).
 INTERRUPTED_CODES = (130, 143)
-# A manifest's config back to the job's configuration (older forms migrated, defaults filled in);
-# a variance study is never resumed, and its manifest's config is compared as written.
+# A manifest's config back to the job's configuration (older forms migrated, defaults filled in), so
+# that a run's identity does not change with the dcvbench that wrote it.
 CONFIG_FROM_DICT: dict[str, Callable[[dict], Any]] = {
     "toy": toy_config_from_dict,
     "vae": vae_config_from_dict,
+    "variance": variance_config_from_dict,
 }
 
 Value = bool | int | float | str | list

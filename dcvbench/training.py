@@ -74,19 +74,22 @@ def train_step(
     values = estimate.values  # [E, B]
 
     params = f.generative_parameters()
-    surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
     if estimate.param_grads is not None:
+        if estimate.surrogate is not None:  # two answers to one question: refuse, do not pick one
+            raise RuntimeError(f"{type(estimator).__name__} returned both param_grads and a surrogate")
         for param, grad in zip(params, estimate.param_grads, strict=True):
             param.grad = grad
-    elif surrogate.requires_grad:
-        # inputs=params: the surrogate may also reach an estimator's own leaves (a relaxed
-        # sample's logits), which are not the generative model's to train.
-        surrogate.backward(inputs=params)
-    elif params:
-        raise RuntimeError(
-            f"{type(estimator).__name__} returned objective values without a graph and without "
-            "the gradients of the objective's value_and_input_grad: the decoder cannot be trained"
-        )
+    else:
+        surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
+        if surrogate.requires_grad:
+            # inputs=params: the surrogate may also reach an estimator's own leaves (a relaxed
+            # sample's logits), which are not the generative model's to train.
+            surrogate.backward(inputs=params)
+        elif params:
+            raise RuntimeError(
+                f"{type(estimator).__name__} returned objective values without a graph and without "
+                "the gradients of the objective's value_and_input_grad: the decoder cannot be trained"
+            )
     logits.backward(estimate.grad / x.shape[0])
 
     encoder_optimizer.step()

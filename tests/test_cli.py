@@ -183,19 +183,22 @@ def test_defaults_are_the_configurations(job, configs):
 
 
 @pytest.mark.parametrize("job", ["toy", "vae", "variance"])
-def test_every_estimator_option_is_an_option_of_every_job(job):
+def test_every_estimator_option_of_a_job_is_an_option_of_its_command(job):
     params = job_params(job)
-    for name, option in estimator_options().items():
+    for name, option in estimator_options(job).items():
         assert params[name].opts == [option.flag]
         assert params[name].default == default_settings(job)[name]
-        assert params[name].help.endswith(option.help)
+        assert params[name].help.endswith(option.help_for(job))
+    assert not set(estimator_options()) - set(estimator_options(job)) & set(params)
     assert "rloo-dcv: " in params["alpha"].help
+    if job == "variance":  # a study trains nothing: no learning rates; α defaults to α*
+        assert "alpha_lr" not in params and "variance-optimal" in params["alpha"].help
 
 
 def test_a_new_estimator_option_needs_no_cli_edit(monkeypatch):
     # An option that only a new estimator declares: the decorator alone makes it a typed option.
     declared = Option("step_size", 0.5, help="a new estimator's step.", check=positive)
-    monkeypatch.setattr(options, "estimator_options", lambda: {"step_size": declared})
+    monkeypatch.setattr(options, "estimator_options", lambda job=None: {"step_size": declared})
     monkeypatch.setattr(options, "default_settings", lambda job: {"step_size": 0.25})
     monkeypatch.setattr(options, "option_users", lambda name: ["newcomer"])
     received = []
@@ -204,7 +207,7 @@ def test_a_new_estimator_option_needs_no_cli_edit(monkeypatch):
     @demo.command()
     @options.with_estimator_options("toy")
     def job(ctx: typer.Context, steps: int = 1) -> None:
-        received.append((steps, options.estimator_settings(ctx.params)))
+        received.append((steps, options.estimator_settings(ctx.params, "toy")))
 
     assert runner.invoke(demo, ["--steps", "3", "--step-size", "0.125"]).exit_code == 0
     assert runner.invoke(demo, []).exit_code == 0

@@ -14,6 +14,7 @@ from dcvbench.config import (
     theta_probability,
     toy_config_from_dict,
     vae_config_from_dict,
+    variance_config_from_dict,
 )
 from dcvbench.estimators import default_settings
 from dcvbench.runtime import ConfigError
@@ -45,7 +46,7 @@ from dcvbench.runtime import ConfigError
             lambda: VaeConfig(estimator_settings={"baseline_decay": 1.0}),
             "--baseline-decay must be in",
         ),
-        (lambda: VarianceConfig(estimator_settings={"control_lr": 0.0}), "--control-lr must be positive"),
+        (lambda: ToyConfig(estimator_settings={"control_lr": 0.0}), "--control-lr must be positive"),
         (lambda: ToyConfig(estimator_settings={"alpha_rate": 0.1}), "unknown estimator option 'alpha_rate'"),
         (lambda: VarianceConfig(theta="1.5"), "--theta must be in"),
         (lambda: VarianceConfig(theta="half"), "--theta must be a probability"),
@@ -108,10 +109,10 @@ def test_temperatures_anneal_exponentially_to_the_floor():
 
 def test_estimator_settings_hold_every_option_with_the_job_s_defaults():
     # The published toy tuned α with RMSprop at 5e-4, the VAE with Adam at 1e-3; a variance study
-    # takes the toy's.
+    # learns nothing, and has only the options that act at a fixed point.
     assert ToyConfig().estimator_settings == default_settings("toy")
     assert ToyConfig().estimator_settings["alpha_optimizer"] == "rmsprop"
-    assert VarianceConfig().estimator_settings == default_settings("toy")
+    assert VarianceConfig().estimator_settings == default_settings("variance")
     assert VaeConfig().estimator_settings == default_settings("vae")
     assert VaeConfig().estimator_settings["alpha_lr"] == 1e-3
     # What is given replaces the job's default; the rest stays, so the manifest records every value.
@@ -130,3 +131,34 @@ def test_manifests_round_trip_and_a_missing_option_takes_the_job_default():
     )
     vae = asdict(VaeConfig(estimator_settings={"alpha_optimizer": "sgd"}))
     assert vae_config_from_dict(vae).estimator_settings["alpha_optimizer"] == "sgd"
+
+
+def test_a_variance_study_has_no_learning_options_and_reads_old_manifests():
+    # A variance study trains nothing: α's learning and the controls' rate are not its options.
+    assert set(default_settings("variance")) == {"alpha", "temperature", "baseline_decay"}
+    with pytest.raises(ConfigError, match="unknown estimator option 'alpha_lr'"):
+        VarianceConfig(estimator_settings={"alpha_lr": 1e-3})
+    # Written before options knew their jobs: every option, as the flat settings record held them.
+    old = asdict(VarianceConfig(estimator_settings={"alpha": -0.5}))
+    old["estimator_settings"].update(
+        alpha_learning="sgd", alpha_optimizer="adam", alpha_lr=1e-3, control_lr=1e-3
+    )
+    rebuilt = variance_config_from_dict(old)
+    assert rebuilt == VarianceConfig(estimator_settings={"alpha": -0.5})
+    old["estimator_settings"]["alpah"] = 1.0  # a name no estimator declares is still refused
+    with pytest.raises(ConfigError, match="alpah"):
+        variance_config_from_dict(old)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"alpha": "x"}, "--alpha must be a float, got 'x'"),
+        ({"alpha_lr": True}, "--alpha-lr must be a float, got True"),
+        ({"alpha_optimizer": 3}, "--alpha-optimizer must be a str, got 3"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line(settings, message):
+    # What a hand-edited manifest may hold: refused with its option's name, not a traceback.
+    with pytest.raises(ConfigError, match=message):
+        ToyConfig(estimator_settings=settings)

@@ -65,7 +65,7 @@ def with_estimator_options(job: str) -> Callable[[Callable], Callable]:
     reads the command's ``__signature__``: the options are added to it, and the wrapper drops their
     values before calling the command, which reads them from the context (:func:`estimator_settings`).
     """
-    options = estimator_options()
+    options = estimator_options(job)
     defaults = default_settings(job)
 
     def decorate(command: Callable) -> Callable:
@@ -78,7 +78,7 @@ def with_estimator_options(job: str) -> Callable[[Callable], Callable]:
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=defaults[name],
-                annotation=_annotation(option, option_users(name)),
+                annotation=_annotation(option, option_users(name), job),
             )
             for name, option in options.items()
         ]
@@ -93,15 +93,15 @@ def with_estimator_options(job: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def estimator_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The estimator options among a command's parsed ``params``: the config's ``estimator_settings``."""
-    return {name: params[name] for name in estimator_options()}
+def estimator_settings(params: Mapping[str, Any], job: str) -> dict[str, Any]:
+    """The estimator options among a ``job`` command's parsed ``params``: its ``estimator_settings``."""
+    return {name: params[name] for name in estimator_options(job)}
 
 
-def _annotation(option: Option, users: list[str]) -> Any:
+def _annotation(option: Option, users: list[str], job: str) -> Any:
     """``Annotated[float | None, typer.Option("--alpha", help="rloo-dcv: …")]``: the option for Typer."""
     kind = option.kind | None if option.optional else option.kind
-    return Annotated[kind, typer.Option(option.flag, help=f"{', '.join(users)}: {option.help}")]
+    return Annotated[kind, typer.Option(option.flag, help=f"{', '.join(users)}: {option.help_for(job)}")]
 
 
 def refuse_options_with_resume(ctx: typer.Context) -> None:

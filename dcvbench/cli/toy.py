@@ -51,7 +51,7 @@ def toy_config(ctx: typer.Context) -> ToyConfig:
         seeds=tuple(p["seed"] or ToyConfig.seeds),
         device=p["device"],
         dtype=p["dtype"],
-        estimator_settings=estimator_settings(p),
+        estimator_settings=estimator_settings(p, "toy"),
         checkpoint_every=p["checkpoint_every"],
         out=p["out"],
     )

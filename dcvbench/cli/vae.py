@@ -53,7 +53,7 @@ def vae_config(ctx: typer.Context) -> VaeConfig:
         checkpoint_every=p["checkpoint_every"],
         seeds=tuple(p["seed"] or VaeConfig.seeds),
         device=p["device"],
-        estimator_settings=estimator_settings(p),
+        estimator_settings=estimator_settings(p, "vae"),
         prior_temperature=p["prior_temperature"],
         kl=p["kl"],
         anneal=p["anneal"],

@@ -62,7 +62,7 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
         seed=p["seed"],
         device=p["device"],
         dtype=p["dtype"],
-        estimator_settings=estimator_settings(p),
+        estimator_settings=estimator_settings(p, "variance"),
         out=p["out"],
     )
 

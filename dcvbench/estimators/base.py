@@ -149,7 +149,7 @@ class Estimator(nn.Module):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> Estimator:
         """Build for a problem of ``shape`` with this class's options read from ``settings``."""
-        return cls(family=shape.family, **{option.name: settings[option.name] for option in cls.options})
+        return cls(family=shape.family, **{option.name: option.read(settings) for option in cls.options})
 
     def sample(self, logits: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Draw the uniform noise this estimator needs, ``[K, *logits.shape]`` unless stated otherwise."""

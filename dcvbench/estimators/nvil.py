@@ -140,7 +140,7 @@ class NVIL(Estimator):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> NVIL:
-        options = {option.name: settings[option.name] for option in cls.options}
+        options = {option.name: option.read(settings) for option in cls.options}
         return cls(family=shape.family, context=shape.context, **options)
 
     @property

@@ -32,6 +32,9 @@ class Option:
         choices: the valid values of a ``str`` option.
         check: ``value → message`` for a bad value, ``None`` for a good one (see :func:`positive`).
         job_defaults: defaults that differ by job (``{"toy": 5e-4}``: the published toy's α rate).
+        jobs: the jobs the option means something in, and so is offered, validated and saved by:
+            a variance study trains nothing, so learning rates are not among its options.
+        job_help: help lines that differ by job (``--alpha`` of a variance study defaults to α*).
     """
 
     name: str
@@ -42,6 +45,8 @@ class Option:
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     job_defaults: Mapping[str, Any] = field(default_factory=dict)
+    jobs: tuple[str, ...] = JOBS
+    job_help: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def flag(self) -> str:
@@ -50,10 +55,22 @@ class Option:
     def default_for(self, job: str) -> Any:
         return self.job_defaults.get(job, self.default)
 
+    def help_for(self, job: str) -> str:
+        return self.job_help.get(job, self.help)
+
+    def read(self, settings: Mapping[str, Any]) -> Any:
+        """The option's value in ``settings``; its default where the job has no such option (a
+        variance study builds rloo-dcv without α's learning rate, which it never uses)."""
+        return settings.get(self.name, self.default)
+
     def validate(self, value: Any) -> str | None:
         """A one-line message if ``value`` is not valid for this option, else ``None``."""
         if value is None:
             return None if self.optional else f"{self.flag} needs a value"
+        # A manifest edited by hand may hold anything: the wrong type is one line too, not a crash.
+        accepted = {str: (str,), float: (int, float), int: (int,)}[self.kind]
+        if not isinstance(value, accepted) or isinstance(value, bool):
+            return f"{self.flag} must be a {self.kind.__name__}, got {value!r}"
         if self.choices is not None and value not in self.choices:
             *first, last = self.choices
             listed = f"{', '.join(first)} or {last}" if first else last
@@ -81,8 +98,12 @@ def decay(value: float) -> str | None:
 TEMPERATURE = Option(
     "temperature",
     2.0 / 3.0,  # the Concrete paper's posterior temperature (Maddison et al. 2017, appendix)
-    "relaxation temperature λ (the VAE's posterior)",
+    "relaxation temperature λ",
     check=positive,
+    job_help={
+        "vae": "posterior temperature λ (the start, with --anneal exp)",
+        "variance": "relaxation temperature λ on the toy (a checkpoint: its run's)",
+    },
 )
 BASELINE_DECAY = Option(
     "baseline_decay",
@@ -90,4 +111,10 @@ BASELINE_DECAY = Option(
     "decay of the running averages",
     check=decay,
 )
-CONTROL_LR = Option("control_lr", 1e-3, "Adam learning rate of the estimator's learned parts", check=positive)
+CONTROL_LR = Option(
+    "control_lr",
+    1e-3,
+    "Adam learning rate of the estimator's learned parts",
+    check=positive,
+    jobs=("toy", "vae"),  # a variance study measures the learned parts as they are
+)

@@ -104,11 +104,16 @@ def build_estimator(name: str, settings: Mapping[str, Any], shape: ProblemShape)
     return estimator_class(name, shape.latent_type).from_settings(settings, shape)
 
 
-def estimator_options() -> dict[str, Option]:
-    """Every registered option by name, in the listing order of the first estimator declaring it."""
+def estimator_options(job: str | None = None) -> dict[str, Option]:
+    """Every registered option by name (only those of ``job``, when given: see ``Option.jobs``), in
+    the listing order of the first estimator declaring it."""
+    if job is not None and job not in JOBS:
+        raise EstimatorError(f"unknown job {job!r}; choose from: {', '.join(JOBS)}")
     options: dict[str, Option] = {}
     for cls in _classes():
         for option in cls.options:
+            if job is not None and job not in option.jobs:
+                continue
             known = options.setdefault(option.name, option)
             if known is not option:
                 raise RuntimeError(
@@ -124,14 +129,13 @@ def option_users(name: str) -> list[str]:
 
 def default_settings(job: str) -> dict[str, Any]:
     """Every registered option's default for ``job`` (``toy``, ``vae`` or ``variance``)."""
-    if job not in JOBS:
-        raise EstimatorError(f"unknown job {job!r}; choose from: {', '.join(JOBS)}")
-    return {name: option.default_for(job) for name, option in estimator_options().items()}
+    return {name: option.default_for(job) for name, option in estimator_options(job).items()}
 
 
-def check_settings(settings: Mapping[str, Any]) -> None:
-    """Raise :class:`EstimatorError` with a one-line message for an unknown option or a bad value."""
-    options = estimator_options()
+def check_settings(settings: Mapping[str, Any], job: str | None = None) -> None:
+    """Raise :class:`EstimatorError` with a one-line message for an unknown option (of ``job``, when
+    given) or a bad value."""
+    options = estimator_options(job)
     for name, value in settings.items():
         option = options.get(name)
         if option is None:

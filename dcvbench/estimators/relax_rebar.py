@@ -308,5 +308,5 @@ class Relax(ConditionalRelaxation):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], shape: ProblemShape) -> Relax:
         return cls(
-            shape.latent, context=shape.context, family=shape.family, control_lr=settings["control_lr"]
+            shape.latent, context=shape.context, family=shape.family, control_lr=CONTROL_LR.read(settings)
         )

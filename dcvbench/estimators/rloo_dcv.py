@@ -16,26 +16,35 @@ from dcvbench.estimators.score_function import leave_one_out_centre
 from dcvbench.latent import BINARY, LatentFamily
 from dcvbench.objectives import Objective
 
-ALPHA = Option("alpha", None, "fix the control-variate weight α (default: learn it)", optional=True)
+ALPHA = Option(
+    "alpha",
+    None,
+    "fix the control-variate weight α (default: learn it)",
+    optional=True,
+    job_help={"variance": "fix α (default: the variance-optimal α at θ, from separate draws)"},
+)
+# How α is learned: options of the jobs that train (a variance study sets α to its optimum).
+LEARNING_JOBS = ("toy", "vae")
 ALPHA_LEARNING = Option(
     "alpha_learning",
     "sgd",  # the paper's method
     "learn α by sgd on ‖g‖² (the paper) or by the running optimum",
     kind=str,
     choices=("sgd", "optimal"),
+    jobs=LEARNING_JOBS,
 )
-# The published toy tuned α with RMSprop at lr 5e-4 (DESIGN §4.1), the VAE with Adam at 1e-3; a
-# variance study takes the toy's.
+# The published toy tuned α with RMSprop at lr 5e-4 (DESIGN §4.1), the VAE with Adam at 1e-3.
 ALPHA_OPTIMIZER = Option(
     "alpha_optimizer",
     "adam",
     "optimiser of α for sgd: rmsprop, adam or sgd",
     kind=str,
     choices=("adam", "rmsprop", "sgd"),
-    job_defaults={"toy": "rmsprop", "variance": "rmsprop"},
+    job_defaults={"toy": "rmsprop"},
+    jobs=LEARNING_JOBS,
 )
 ALPHA_LR = Option(
-    "alpha_lr", 1e-3, "learning rate of α", check=positive, job_defaults={"toy": 5e-4, "variance": 5e-4}
+    "alpha_lr", 1e-3, "learning rate of α", check=positive, job_defaults={"toy": 5e-4}, jobs=LEARNING_JOBS
 )
 
 
