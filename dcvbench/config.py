@@ -333,6 +333,22 @@ def variance_config_from_dict(values: dict) -> VarianceConfig:
     return _config_from_dict(VarianceConfig, "variance", values, ("estimators", "ks"), problem=ToyProblem)
 
 
+def normalised_config(job: str, values: dict) -> dict:
+    """A manifest's ``config`` as this version's configuration would save it: migrated, validated,
+    options added since filled in, options not of the job dropped. What ``sweep`` and ``plot`` compare,
+    so that two runs of one configuration are one series whichever dcvbench wrote them. A
+    :class:`ConfigError` if it is no valid configuration of ``job``.
+    """
+    rebuild = {
+        "toy": toy_config_from_dict,
+        "vae": vae_config_from_dict,
+        "variance": variance_config_from_dict,
+    }
+    if job not in rebuild:
+        raise ConfigError(f"unknown job {job!r} in the manifest; choose from: {', '.join(rebuild)}")
+    return asdict(rebuild[job](values))
+
+
 def _config_from_dict(cls, job: str, values: dict, sequences: tuple[str, ...], **nested):
     """``cls`` from ``asdict`` output: nested dataclasses rebuilt, JSON lists back to tuples.
 

@@ -57,7 +57,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from dcvbench.config import toy_config_from_dict, vae_config_from_dict, variance_config_from_dict
+from dcvbench.config import normalised_config
 from dcvbench.results import ResultsError, config_key, find_runs, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError
 
@@ -71,13 +71,6 @@ RESUMABLE = ("toy", "vae")
 ONE_PER_RUN = ("estimator", "seed")
 # Exit codes of a run stopped by SIGINT or SIGTERM: it marked itself interrupted (see cli.main).
 INTERRUPTED_CODES = (130, 143)
-# A manifest's config back to the job's configuration (older forms migrated, defaults filled in), so
-# that a run's identity does not change with the dcvbench that wrote it.
-CONFIG_FROM_DICT: dict[str, Callable[[dict], Any]] = {
-    "toy": toy_config_from_dict,
-    "vae": vae_config_from_dict,
-    "variance": variance_config_from_dict,
-}
 
 Value = bool | int | float | str | list
 
@@ -310,9 +303,7 @@ def _configured_identity(job: str, config: Any) -> tuple:
 
 def _manifest_identity(job: str, manifest: dict[str, Any]) -> tuple:
     """The identity of a run directory, from its manifest; ConfigError if its config is not valid."""
-    config = manifest["config"]
-    if job in CONFIG_FROM_DICT:
-        config = asdict(CONFIG_FROM_DICT[job](config))
+    config = normalised_config(job, manifest["config"])  # as this version saves it
     return identity(job, config, manifest.get("estimator"), manifest.get("seed"))
 
 

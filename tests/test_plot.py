@@ -4,6 +4,7 @@ Runs are written with :class:`dcvbench.results.Run` exactly as the jobs write th
 values chosen so that means and standard errors over seeds can be worked out by hand.
 """
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -492,3 +493,22 @@ def test_an_estimators_stats_are_drawn_from_the_trace_columns(tmp_path):
         "toy-separable-d8-k2-baseline.png",  # an estimator's stat
         "toy-separable-d8-k2-sec_per_step.png",
     }  # bias_max_z is a diagnostic of the variance measurement: in the trace, not drawn
+
+
+def test_seeds_written_before_an_option_existed_are_one_series(tmp_path):
+    # plot compares configurations as sweep does: as this version saves them. A seed whose manifest
+    # lacks an option added since (its default then) joins the others without a warning; a seed
+    # made with another learning rate does not.
+    out = tmp_path / "runs"
+    argv = ["toy", "--estimator", "rloo", "--seed", "0", "--seed", "1", "--dim", "4", "--steps", "4", "-q"]
+    assert main([*argv, "--var-every", "2", "--var-samples", "4", "--device", "cpu", "--out", str(out)]) == 0
+    first, second = sorted(out.glob("*/run.json"))
+    manifest = json.loads(first.read_text())
+    del manifest["config"]["estimator_settings"]["control_lr"]
+    first.write_text(json.dumps(manifest))
+    assert plot_results(out, tmp_path / "plots").warnings == []
+    manifest = json.loads(second.read_text())
+    manifest["config"]["lr"] = 0.5
+    second.write_text(json.dumps(manifest))
+    (warning,) = plot_results(out, tmp_path / "plots2").warnings
+    assert "differ in lr" in warning

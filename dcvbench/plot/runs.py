@@ -12,6 +12,7 @@ configuration (:func:`~dcvbench.results.config_key`) are the seeds of one series
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig
+from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, normalised_config
 from dcvbench.results import (
     INVOCATION_FIELDS,
     MANIFEST,
@@ -31,6 +32,7 @@ from dcvbench.results import (
     read_table,
     read_trace,
 )
+from dcvbench.runtime import ConfigError
 
 RUNS, BASELINE = "runs", "baseline"  # values of the ``source`` column
 VARIANCE_TABLE = "variance.parquet"
@@ -181,8 +183,16 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "status": manifest.get("status", "unknown"),
         "last_step": manifest.get("last_step"),
         "started": manifest.get("started") or "",
-        "fingerprint": config_key(config, FINGERPRINT_IGNORES),
+        "fingerprint": _fingerprint(job, config),
     }
+
+
+def _fingerprint(job: str, config: dict[str, Any]) -> str:
+    """What seeds of one series share: the configuration as this version saves it (as ``sweep``
+    compares it), or as written when this version cannot read it (a newer dcvbench's run)."""
+    with contextlib.suppress(ConfigError):
+        config = normalised_config(job, config)
+    return config_key(config, FINGERPRINT_IGNORES)
 
 
 def _read_variance(path: Path, manifest: dict[str, Any], skipped: list[Skipped]) -> pd.DataFrame | None:
