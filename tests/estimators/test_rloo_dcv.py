@@ -83,13 +83,19 @@ def test_estimate_is_linear_in_alpha(k: int, objective: str):
 
 
 def _dcv_by_the_formula(logits: torch.Tensor, f, noise: torch.Tensor, alpha: float) -> torch.Tensor:
-    """DESIGN §3.1 written out with explicit loops over k and j, for one row at a time."""
+    """DESIGN §3.1 (§3.6 for classes) written out with explicit loops over k and j, one row at a time.
+
+    Logits ``[B, D]`` are bits, ``[B, N, C]`` categorical variables. The correction uses each
+    variable's covariance matrix ``diag(p) − ppᵀ``: a bit is a variable of one class with ``p = θ``,
+    whose covariance is ``θ − θ² = θ(1 − θ)``.
+    """
     k_samples = noise.shape[0]
-    probs = torch.sigmoid(logits)  # [B, D]
-    b = (noise < probs).to(logits.dtype)  # [K, B, D]
+    binary = logits.dim() == 2
+    probs = torch.sigmoid(logits) if binary else torch.softmax(logits, -1)  # [B, *event]
+    b = (noise < probs).to(logits.dtype) if binary else CATEGORICAL.sample(logits, noise)  # [K, B, *event]
     grads = torch.empty_like(logits)
     for row in range(logits.shape[0]):
-        theta = probs[row]
+        p = probs[row]
         samples = [b[k, row] for k in range(k_samples)]
         values, input_grads = [], []
         for sample in samples:
@@ -102,13 +108,17 @@ def _dcv_by_the_formula(logits: torch.Tensor, f, noise: torch.Tensor, alpha: flo
         for k in range(k_samples):
             others = [j for j in range(k_samples) if j != k]
             grad_others = sum(input_grads[j] for j in others) / (k_samples - 1)  # ḡ_{−k}
-            signals.append(values[k] + alpha * torch.dot(grad_others, samples[k] - theta))  # F_k
-        g = torch.zeros_like(theta)
+            signals.append(values[k] + alpha * (grad_others * (samples[k] - p)).sum())  # F_k
+        g = torch.zeros_like(p)
         for k in range(k_samples):
             others_mean = sum(signals[j] for j in range(k_samples) if j != k) / (k_samples - 1)
-            g += (signals[k] - others_mean) * (samples[k] - theta) / k_samples
+            g += (signals[k] - others_mean) * (samples[k] - p) / k_samples
         grad_mean = sum(input_grads) / k_samples  # ḡ
-        grads[row] = g - alpha * grad_mean * theta * (1.0 - theta)
+        per_variable = (p.unsqueeze(-1), grad_mean.unsqueeze(-1)) if binary else (p, grad_mean)
+        correction = torch.stack(
+            [(torch.diag(q) - torch.outer(q, q)) @ v for q, v in zip(*per_variable, strict=True)]
+        )  # Cov(b_n) ḡ_n per variable
+        grads[row] = g - alpha * correction.reshape(p.shape)
     return grads
 
 
@@ -315,48 +325,13 @@ def test_categorical_estimate_is_linear_in_alpha(objective: str):
         assert_close(estimate.grad, zero.grad + alpha * zero.control, rtol=1e-13, atol=1e-15)
 
 
-def _categorical_dcv_by_the_formula(
-    logits: torch.Tensor, f, noise: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """DESIGN §3.1 and §3.6 written out with loops over k and j and the C × C covariance, one row and
-    one variable at a time for the correction."""
-    k_samples = noise.shape[0]
-    probs = torch.softmax(logits, -1)  # [B, N, C]
-    b = CATEGORICAL.sample(logits, noise)  # [K, B, N, C]
-    grads = torch.empty_like(logits)
-    for row in range(logits.shape[0]):
-        pi = probs[row]  # [N, C]
-        samples = [b[k, row] for k in range(k_samples)]
-        values, input_grads = [], []
-        for sample in samples:
-            x = sample.clone().requires_grad_(True)
-            value = f(x[None, None])[0, 0]
-            (grad,) = torch.autograd.grad(value, x)
-            values.append(value.detach())
-            input_grads.append(grad)
-        signals = []
-        for k in range(k_samples):
-            grad_others = sum(input_grads[j] for j in range(k_samples) if j != k) / (k_samples - 1)
-            signals.append(values[k] + alpha * (grad_others * (samples[k] - pi)).sum())  # F_k
-        g = torch.zeros_like(pi)
-        for k in range(k_samples):
-            others_mean = sum(signals[j] for j in range(k_samples) if j != k) / (k_samples - 1)
-            g += (signals[k] - others_mean) * (samples[k] - pi) / k_samples
-        grad_mean = sum(input_grads) / k_samples  # ḡ: [N, C]
-        for n in range(logits.shape[1]):
-            covariance = torch.diag(pi[n]) - torch.outer(pi[n], pi[n])  # Cov(b_n) = diag(π) − ππᵀ
-            g[n] -= alpha * covariance @ grad_mean[n]
-        grads[row] = g
-    return grads
-
-
 @pytest.mark.parametrize("objective", CATEGORICAL_OBJECTIVES)
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_categorical_vectorised_estimate_matches_the_literal_formula(k: int, objective: str):
     logits, f = _categorical_point(), make_categorical_objective(objective, VARIABLES, CLASSES)
     estimator = get_estimator("rloo-dcv", latent="categorical", alpha=-0.7)
     noise = estimator.sample(logits, k, torch.Generator().manual_seed(9))  # [K, B, N, C]
-    expected = _categorical_dcv_by_the_formula(logits, f, noise, alpha=-0.7)
+    expected = _dcv_by_the_formula(logits, f, noise, alpha=-0.7)
     got = estimator.estimate(logits, f, noise).grad
     assert_close(got, expected, rtol=1e-12, atol=1e-14 * float(expected.abs().max()))
 
