@@ -27,8 +27,18 @@ from dcvbench.estimators import (
 from dcvbench.latent import LATENT_TYPES
 from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import CATEGORICAL_OBJECTIVES
+from dcvbench.problems.predict import parse_arch as parse_predict_arch
 from dcvbench.problems.toy import OBJECTIVES
-from dcvbench.problems.vae import CLASSES, KL_VARIANTS, LATENT_BITS, PRIOR_TEMPERATURE, VARIABLES
+from dcvbench.problems.vae import (
+    BOUNDS,
+    CLASSES,
+    KL_VARIANTS,
+    LATENT_BITS,
+    PIXELS,
+    PRIOR_TEMPERATURE,
+    VARIABLES,
+    parse_arch,
+)
 from dcvbench.runtime import DEVICES, DTYPES, ConfigError
 
 # The default estimators of `dcvbench toy` per latent type: the paper's comparison plus the oracle
@@ -185,25 +195,52 @@ VAE_PROTOCOLS = {
         50, 1e-4, 1e-4, learn_prior=True, prior_lr=1e-2, center_inputs=True, init_output_bias=True
     ),
 }
-VAE_ARCHS = ("linear", "nonlinear")
 VAR_METHODS = ("ema", "resample", "both")
 # Temperature schedules of the relaxed estimators: constant, or λ_t = max(floor, λ_0·exp(−rate·t)).
 ANNEAL_SCHEDULES = ("none", "exp")
 
 
+class TrainsBounds:
+    """What the model jobs (``vae``, ``predict``) share: ``objective``, what each estimator trains."""
+
+    estimators: tuple[str, ...]
+    objective: str | None
+    latent: str
+
+    def _check_objective(self) -> None:
+        if self.objective is None:
+            return
+        if self.objective not in BOUNDS:
+            raise ConfigError(f"unknown --objective {self.objective!r}; choose from: {', '.join(BOUNDS)}")
+        for name in self.estimators:
+            bounds = estimator_info(name, self.latent).bounds
+            if self.objective not in bounds:
+                trains = " or ".join(bounds)
+                raise ConfigError(f"{name} does not train --objective {self.objective}; it trains {trains}")
+
+    def bound(self, estimator: str) -> str:
+        """What ``estimator`` trains in this run: ``objective``, or (not given) the estimator's own."""
+        return self.objective or estimator_info(estimator, self.latent).bounds[0]
+
+
 @dataclass(frozen=True)
-class VaeConfig:
+class VaeConfig(TrainsBounds):
     """``dcvbench vae``: train a VAE with binary (DESIGN §4.2) or categorical (§3.6) latents with each
     estimator."""
 
     dataset: str = "mnist-subset"
     data_dir: str | None = None
-    arch: str = "linear"
+    arch: str = "linear"  # or a name in the Concrete paper's notation: 200H~200H~784V, …
     latent: str = "binary"
-    latent_vars: int | None = None  # D bits or N categorical variables; None: 200 bits, 20 variables
+    # D bits (of the first stochastic layer) or N categorical variables; None: 200 bits (or the
+    # width the architecture's name gives), 20 variables.
+    latent_vars: int | None = None
     classes: int | None = None  # categorical: C (None: 10, as the Gumbel-softmax paper); binary: none
     k: int = 2
     estimators: tuple[str, ...] = ("rloo-dcv",)
+    # What the estimators train: "elbo" (m = 1) or "iwae" (the K-sample bound, m = K); None: each its
+    # own (the ELBO; VIMCO's is the K-sample bound). An estimator that cannot train it is refused.
+    objective: str | None = None
     protocol: str = "dcv"
     steps: int = 2000
     batch_size: int = 100
@@ -245,14 +282,12 @@ class VaeConfig:
     def __post_init__(self):
         if self.dataset not in dataset_names():
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from: {', '.join(dataset_names())}")
-        if self.arch not in VAE_ARCHS:
-            raise ConfigError(f"unknown arch {self.arch!r}; choose from: {', '.join(VAE_ARCHS)}")
         if self.protocol not in VAE_PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose from: {', '.join(VAE_PROTOCOLS)}")
         _fill(self, "classes", latent_classes(self.latent, self.classes, CLASSES))
-        if self.latent_vars is None:
-            _fill(self, "latent_vars", LATENT_BITS if self.latent == "binary" else VARIABLES)
+        self._check_arch()
         check_estimators(self.estimators, self.k, "vae", self.latent)
+        self._check_objective()
         for option, value in (
             ("--latent-vars", self.latent_vars),
             ("--steps", self.steps),
@@ -278,26 +313,43 @@ class VaeConfig:
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "vae"))
         self._check_relaxation()
 
+    def _check_arch(self) -> None:
+        """A known architecture whose first layer is ``latent_vars`` wide (filled from the name)."""
+        default = LATENT_BITS if self.latent == "binary" else VARIABLES
+        if self.latent_vars is not None:
+            _positive("--latent-vars", self.latent_vars)
+        try:
+            layout = parse_arch(self.arch, default if self.latent_vars is None else self.latent_vars, PIXELS)
+        except ValueError as error:
+            raise ConfigError(f"--arch: {error}") from None
+        if self.latent_vars is None:
+            _fill(self, "latent_vars", layout.widths[0])
+        elif layout.widths[0] != self.latent_vars:
+            raise ConfigError(
+                f"--arch {self.arch} has {layout.widths[0]} latents next to the pixels, but --latent-vars "
+                f"is {self.latent_vars}; drop one of them"
+            )
+        if layout.depth > 1 and self.latent != "binary":
+            raise ConfigError(f"--arch {self.arch} has {layout.depth} stochastic layers: binary latents only")
+        if layout.depth > 1 and self.kl == "analytic":
+            raise ConfigError(
+                f"--kl analytic is for one stochastic layer; --arch {self.arch} has {layout.depth}"
+            )
+
+    @property
+    def depth(self) -> int:
+        """The number of stochastic layers of ``arch``."""
+        return parse_arch(self.arch, self.latent_vars, PIXELS).depth
+
     def _check_relaxation(self) -> None:
         _positive("--prior-temperature", self.prior_temperature)
         if self.kl not in KL_VARIANTS:
             raise ConfigError(f"unknown --kl {self.kl!r}; choose from: {', '.join(KL_VARIANTS)}")
-        if self.anneal not in ANNEAL_SCHEDULES:
-            raise ConfigError(f"unknown --anneal {self.anneal!r}; choose from: {', '.join(ANNEAL_SCHEDULES)}")
-        if not (math.isfinite(self.anneal_rate) and self.anneal_rate >= 0):
-            raise ConfigError(f"--anneal-rate must be ≥ 0, got {self.anneal_rate}")
-        _positive("--anneal-floor", self.anneal_floor)
-        if self.anneal == "exp":
-            # max(floor, λ_0·exp(−rate·t)) would *raise* a temperature that starts below the floor.
-            for option, start in (
-                ("--temperature", self.estimator_settings["temperature"]),
-                ("--prior-temperature", self.prior_temperature),
-            ):
-                if self.anneal_floor > start:
-                    raise ConfigError(
-                        f"--anneal-floor {self.anneal_floor} is above {option} {start}: annealing "
-                        "only lowers a temperature; lower the floor"
-                    )
+        starts = {
+            "--temperature": self.estimator_settings["temperature"],
+            "--prior-temperature": self.prior_temperature,
+        }
+        _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, starts)
 
     def temperatures(self, step: int) -> tuple[float, float]:
         """The (posterior, prior) temperatures of training step ``step`` (1-based; 0: the start).
@@ -305,16 +357,123 @@ class VaeConfig:
         Constant without annealing; with ``anneal="exp"`` each is ``max(floor, λ_0·exp(−rate·step))``,
         a function of the step alone, so a resumed run anneals exactly as an uninterrupted one.
         """
-        start = (self.estimator_settings["temperature"], self.prior_temperature)
-        if self.anneal == "none":
-            return start
-        decay = math.exp(-self.anneal_rate * step)
-        return tuple(max(self.anneal_floor, temperature * decay) for temperature in start)
+        return tuple(
+            _annealed(self.anneal, self.anneal_rate, self.anneal_floor, start, step)
+            for start in (self.estimator_settings["temperature"], self.prior_temperature)
+        )
+
+
+@dataclass(frozen=True)
+class PredictConfig(TrainsBounds):
+    """``dcvbench predict``: structured prediction (the Concrete paper's §5.2) with each estimator.
+
+    The lower half of a binarised digit from its upper half through one or two layers of binary
+    units (:class:`~dcvbench.problems.predict.Predictor`); trained as the VAE is (Adam, batch 100:
+    the double-CV protocol's settings), scored by the K-sample bound on ``log p(x_lower | x_upper)``
+    with ``eval_samples`` samples (its negative is the test NLL).
+    """
+
+    dataset: str = "mnist-subset"
+    data_dir: str | None = None
+    arch: str = "392V-240H-240H-392V"
+    k: int = 2
+    estimators: tuple[str, ...] = ("rloo-dcv",)
+    # "elbo": E log p(x_l|h) (m = 1); "iwae": log (1/K) Σ_k p(x_l|h_k) (m = K); None: each its own.
+    objective: str | None = None
+    steps: int = 2000
+    batch_size: int = 100
+    encoder_lr: float = 1e-3
+    decoder_lr: float = 1e-3
+    log_every: int = 50
+    eval_every: int = 500
+    eval_samples: int = 100  # samples per datum of the held-out bound (the test NLL's)
+    var_every: int = 250
+    var_method: str = "both"
+    var_samples: int = 100
+    checkpoint_every: int = 500
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"
+    estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("predict"))
+    anneal: str = "none"
+    anneal_rate: float = 1e-4
+    anneal_floor: float = 0.5
+    out: str = "results"
+
+    # Not options: structured prediction's latents are bits, its relaxation has no densities (the
+    # prior is the proposal, so they cancel) and no prior is learned.
+    latent = "binary"
+    kl = "relaxed"
+    prior_lr = 0.0
+
+    def __post_init__(self):
+        if self.dataset not in dataset_names():
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from: {', '.join(dataset_names())}")
+        try:
+            parse_predict_arch(self.arch, PIXELS)
+        except ValueError as error:
+            raise ConfigError(f"--arch: {error}") from None
+        check_estimators(self.estimators, self.k, "predict", "binary")
+        self._check_straight_through()
+        self._check_objective()
+        for option, value in (
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--encoder-lr", self.encoder_lr),
+            ("--decoder-lr", self.decoder_lr),
+            ("--log-every", self.log_every),
+            ("--eval-every", self.eval_every),
+            ("--eval-samples", self.eval_samples),
+            ("--var-every", self.var_every),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
+            _positive(option, value)
+        if self.var_method not in VAR_METHODS:
+            raise ConfigError(
+                f"unknown --var-method {self.var_method!r}; choose from: {', '.join(VAR_METHODS)}"
+            )
+        _at_least("--var-samples", self.var_samples, 2)
+        if not self.seeds:
+            raise ConfigError("give at least one --seed")
+        _check_runtime(self.device, "float32")
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "predict"))
+        _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, {"--temperature": self.temperature})
+
+    def _check_straight_through(self) -> None:
+        """Refuse an estimator that would leave a layer untrained.
+
+        Applied layer by layer, an estimator of ``∇_{h_l} f`` alone (straight-through) sees ``f``
+        with the layers below held at their samples; here ``f = −log p(x_lower | h_L)`` depends on
+        ``h_l`` for ``l < L`` only through those samples, so its gradient there is zero.
+        """
+        if parse_predict_arch(self.arch, PIXELS).depth == 1:
+            return
+        for name in self.estimators:
+            info = estimator_info(name, "binary")
+            if info.needs_input_grad and not info.unbiased and not info.trains_chain:
+                raise ConfigError(
+                    f"{name} estimates from ∇_h f alone, which is zero above the last layer of "
+                    f"{self.arch} (the layers below are held at their samples): choose a one-layer arch"
+                )
+
+    @property
+    def temperature(self) -> float:
+        """The relaxations' starting temperature λ."""
+        return self.estimator_settings["temperature"]
+
+    def temperatures(self, step: int) -> tuple[float, None]:
+        """(λ at training step ``step``, ``None``): the engine's (posterior, prior) pair; there is no
+        prior density to relax here. Annealed as the VAE's (:meth:`VaeConfig.temperatures`)."""
+        return _annealed(self.anneal, self.anneal_rate, self.anneal_floor, self.temperature, step), None
 
 
 def toy_config_from_dict(values: dict) -> ToyConfig:
     """Rebuild a :class:`ToyConfig` from its manifest form (``asdict``), validating it again."""
     return _config_from_dict(ToyConfig, "toy", values, ("estimators", "seeds"), problem=ToyProblem)
+
+
+def predict_config_from_dict(values: dict) -> PredictConfig:
+    """Rebuild a :class:`PredictConfig` from its manifest form (``asdict``), validating it again."""
+    return _config_from_dict(PredictConfig, "predict", values, ("estimators", "seeds"))
 
 
 def vae_config_from_dict(values: dict) -> VaeConfig:
@@ -342,6 +501,7 @@ def normalised_config(job: str, values: dict) -> dict:
     rebuild = {
         "toy": toy_config_from_dict,
         "vae": vae_config_from_dict,
+        "predict": predict_config_from_dict,
         "variance": variance_config_from_dict,
     }
     if job not in rebuild:
@@ -414,7 +574,8 @@ def check_estimators(names: tuple[str, ...], k: int, problem: str, latent: str |
         except EstimatorError as error:
             raise ConfigError(f"--k {k}: {error}") from None
         if problem not in info.problems:
-            raise ConfigError(f"{name} runs on the {' and '.join(info.problems)} problem only, not {problem}")
+            problems = " and ".join(info.problems) + (" problems" if len(info.problems) > 1 else " problem")
+            raise ConfigError(f"{name} runs on the {problems} only, not {problem}")
 
 
 def _estimator_info(name: str, latent: str | None) -> EstimatorInfo:
@@ -453,6 +614,31 @@ def estimator_settings(given: Mapping[str, Any], job: str) -> dict[str, Any]:
     except EstimatorError as error:
         raise ConfigError(str(error)) from None
     return {**default_settings(job), **given}
+
+
+def _check_anneal(anneal: str, rate: float, floor: float, starts: Mapping[str, float]) -> None:
+    """A known schedule, a rate ≥ 0 and a floor below each starting temperature (``{option: λ_0}``)."""
+    if anneal not in ANNEAL_SCHEDULES:
+        raise ConfigError(f"unknown --anneal {anneal!r}; choose from: {', '.join(ANNEAL_SCHEDULES)}")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ConfigError(f"--anneal-rate must be ≥ 0, got {rate}")
+    _positive("--anneal-floor", floor)
+    if anneal == "exp":
+        # max(floor, λ_0·exp(−rate·t)) would *raise* a temperature that starts below the floor.
+        for option, start in starts.items():
+            if floor > start:
+                raise ConfigError(
+                    f"--anneal-floor {floor} is above {option} {start}: annealing only lowers a "
+                    "temperature; lower the floor"
+                )
+
+
+def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -> float:
+    """``λ_0`` without annealing; with ``"exp"``, ``max(floor, λ_0·exp(−rate·step))``: a function of
+    the step alone, so a resumed run anneals exactly as an uninterrupted one."""
+    if anneal == "none":
+        return start
+    return max(floor, start * math.exp(-rate * step))
 
 
 def _finite(option: str, value: float) -> None:

@@ -11,7 +11,13 @@ Every objective maps latent samples ``b [K, B, *event]`` to values ``[K, B]``
 - :class:`HasRelaxation`: the objective of the relaxed model (Concrete densities in place of the
   discrete log-probabilities);
 - :class:`HasContext`: a per-row input ``[B, W]`` an estimator's own networks may condition on;
-- :class:`HasExpectation`: ``E_q[f]`` in closed form (the toys).
+- :class:`HasExpectation`: ``E_q[f]`` in closed form (the toys);
+- :class:`HasBound`: which bound a multi-sample-capable estimator trains (the ELBO, or the K-sample
+  bound ``L_K``);
+- :class:`HasSmoothCompletion`: ``f`` with the layers it samples itself relaxed, a continuous
+  function of ``b`` for a control variate (REBAR, RELAX);
+- :class:`HasImportanceWeight`: whether ``f = −log w`` carries ``−log q(b; η)`` (a VAE's) or not
+  (structured prediction, which samples the model's own prior).
 """
 
 from __future__ import annotations
@@ -116,3 +122,41 @@ class HasExpectation(Protocol):
     """An objective with a closed-form ``E_q[f]``: ``expectation(probs [B, *event]) → [B]``."""
 
     def expectation(self, probs: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class HasBound(Protocol):
+    """An objective that says what a multi-sample-capable estimator (``concrete``) trains with it.
+
+    ``bound``: ``"elbo"``, the mean of ``f`` over the K samples (the paper's "m = 1"), or ``"iwae"``,
+    the K-sample bound ``L_K = log (1/K) Σ_k exp(−f_k)`` (Burda et al. 2016; "m = K").
+    """
+
+    @property
+    def bound(self) -> str: ...
+
+
+@runtime_checkable
+class HasImportanceWeight(Protocol):
+    """``f = −log w`` of an importance weight; ``proposal_in_weight`` says whether ``log w`` contains
+    ``−log q(b; η)`` (a VAE's, whose direct gradient in ``η`` VIMCO adds itself), or not (structured
+    prediction samples the model's own prior, ``w = p(y | b)``: no direct term). An objective without
+    this protocol is taken to carry the proposal (the VAE's)."""
+
+    @property
+    def proposal_in_weight(self) -> bool: ...
+
+
+@runtime_checkable
+class HasSmoothCompletion(Protocol):
+    """An objective that samples layers of its own below ``b`` (a model with several stochastic
+    layers), and can complete the chain with *relaxed* samples at ``temperature`` instead of hard
+    ones: ``smooth(b, temperature)`` ``[..., B, *event]`` → ``[..., B]``, continuous in ``b``.
+
+    A hard completion jumps where a lower sample flips; a control variate built from ``f`` at
+    relaxed points (REBAR, RELAX) must be differentiable in ``b`` for its reparameterised
+    correction to cancel its score-function part, so it uses this instead. Without layers below,
+    ``smooth(b, ·)`` is ``f(b)``.
+    """
+
+    def smooth(self, b: Tensor, temperature: float | Tensor) -> Tensor: ...

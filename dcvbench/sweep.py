@@ -2,7 +2,7 @@
 
 A spec is a TOML file::
 
-    job = "toy"                      # toy, vae or variance
+    job = "toy"                      # toy, vae, predict or variance
 
     [options]                        # the same for every run: the command's option names
     dim = 200                        # (dashes or underscores), values as TOML values
@@ -61,13 +61,13 @@ from dcvbench.config import normalised_config
 from dcvbench.results import ResultsError, config_key, find_runs, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError
 
-JOBS = ("toy", "vae", "variance")
+JOBS = ("toy", "vae", "predict", "variance")
 BACKENDS = ("local", "dask")
 # Set by the sweep for every run, never by a spec: where runs go, and how they report.
 SWEEP_OPTIONS = ("out", "quiet", "resume")
 # Jobs whose runs can be resumed, and whose invocation makes one run directory per (estimator, seed):
 # a sweep gives them one of each per run, so each run directory is skipped or resumed on its own.
-RESUMABLE = ("toy", "vae")
+RESUMABLE = ("toy", "vae", "predict")
 ONE_PER_RUN = ("estimator", "seed")
 # Exit codes of a run stopped by SIGINT or SIGTERM: it marked itself interrupted (see cli.main).
 INTERRUPTED_CODES = (130, 143)

@@ -9,12 +9,14 @@ the encoder receives the estimator's ``g ≈ ∇_η E_q[f]`` through one vector�
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from dcvbench.estimators import Estimate, Estimator
+from dcvbench.latent.noise import uniform_noise
 from dcvbench.problems.vae import PRIOR_TEMPERATURE, VAE
 
 
@@ -25,12 +27,15 @@ class StepOutput:
     Attributes:
         train_elbo: 0-d, the mean over batch and samples of ``−f``: the training ELBO (the relaxed
             ELBO for an estimator that trains on the objective's ``relaxed`` model).
-        estimate: the estimator's :class:`~dcvbench.estimators.Estimate` (``grad`` is ``g``,
+        estimate: the first layer's :class:`~dcvbench.estimators.Estimate` (``grad`` is ``g``,
             ``[B, *latent]``, the per-row logit gradient of ``E[f]``).
+        upper_estimates: the estimates of the layers above the first, in order, when a model with
+            several stochastic layers is trained layer by layer; ``()`` otherwise.
     """
 
     train_elbo: Tensor
     estimate: Estimate
+    upper_estimates: tuple[Estimate, ...] = ()
 
 
 def train_step(
@@ -45,6 +50,8 @@ def train_step(
     *,
     prior_temperature: float = PRIOR_TEMPERATURE,
     kl: str = "relaxed",
+    bound: str = "elbo",
+    upper_estimators: Sequence[Estimator] = (),
 ) -> StepOutput:
     """One step on the minibatch ``x [B, P]``, minimising ``(1/B) Σ_b E_q[f_b]`` (= −mean ELBO).
 
@@ -52,7 +59,8 @@ def train_step(
        returns ``g ≈ ∇_η E[f]`` ``[B, *latent]``. ``prior_temperature`` and ``kl`` configure the
        relaxed objective (:meth:`~dcvbench.problems.vae.NegativeELBO.relaxed`), for estimators that
        train on it (``concrete``: then ``f`` is the negative relaxed ELBO throughout, values and
-       ``g`` alike).
+       ``g`` alike); ``bound`` is what a multi-sample-capable estimator trains (``"iwae"``: the
+       K-sample bound).
     2. Generative model: the gradient of ``mean(f)`` over the estimator's sample values — the
        estimate's ``param_grads`` when its values came from the objective's shared backward pass
        (:meth:`~dcvbench.problems.vae.NegativeELBO.value_and_input_grad`), else by autograd — or of
@@ -62,18 +70,39 @@ def train_step(
     4. The optimisers step; then ``estimator.update`` learns its own state (``α``), after ``g`` was
        used, so ``g`` stays unbiased.
 
+    **Several stochastic layers** (``model.depth = L > 1``). An estimator that trains the whole
+    chain (``EstimatorInfo.trains_chain``: ``concrete``, ``vimco``) estimates the first layer only;
+    its ``chain_surrogate`` (or the generative model's surrogate) also trains the encoders of the
+    layers below, through the graph the objective keeps. Any other is applied layer by layer, as in
+    the DisARM / RODEO multi-layer code: ``upper_estimators`` (one per layer above the first, built
+    for :meth:`~dcvbench.problems.vae.VAE.layer_shape`) estimate ``∇_{η_l}`` at
+    ``η_l = η_l(b_{l−1})``, with the layers above fixed at one sample ``b_1, …, b_{l−1} ~ q`` per
+    row (drawn here, hard) and the layers below sampled by the objective given each ``b_l``. Each
+    layer's ``g_l`` reaches its encoder by its own vector–Jacobian product; the generative model
+    trains on the first layer's estimate only, whose samples are whole chains from ``q``.
+
     The prior's gradient is written when the prior is learned: step it with ``prior_optimizer``
     (the DisARM protocol's SGD), or put it in ``decoder_optimizer``'s parameters. Gradients stay
     in ``.grad`` after the step (for :class:`~dcvbench.measure.vae_variance.EMAVariance`); nothing
     here waits on the device.
     """
+    chain = estimator.info.trains_chain
+    expected = 0 if chain else model.depth - 1
+    if len(upper_estimators) != expected:
+        raise ValueError(
+            f"a model with {model.depth} stochastic layers and {estimator.info.name} needs {expected} "
+            f"upper estimators, got {len(upper_estimators)}"
+        )
     model.zero_grad(set_to_none=True)
     logits = model.encode(x)  # [B, *latent]
-    f = model.objective(x, logits, prior_temperature=prior_temperature, kl=kl)
+    f = model.objective(
+        x, logits, prior_temperature=prior_temperature, kl=kl, generator=generator, bound=bound
+    )
     estimate = estimator(logits, f, k, generator)
     values = estimate.values  # [E, B]
 
     params = f.generative_parameters()
+    lower_encoders = f.downstream_parameters() if chain else []
     if estimate.param_grads is not None:
         if estimate.surrogate is not None:  # two answers to one question: refuse, do not pick one
             raise RuntimeError(f"{type(estimator).__name__} returned both param_grads and a surrogate")
@@ -81,20 +110,64 @@ def train_step(
             param.grad = grad
     else:
         surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
+        chain_surrogate = surrogate if estimate.chain_surrogate is None else estimate.chain_surrogate
         if surrogate.requires_grad:
-            # inputs=params: the surrogate may also reach an estimator's own leaves (a relaxed
-            # sample's logits), which are not the generative model's to train.
-            surrogate.backward(inputs=params)
+            # inputs=...: the surrogate may also reach an estimator's own leaves (a relaxed sample's
+            # logits), which are not the generative model's to train.
+            if chain_surrogate is surrogate:
+                surrogate.backward(inputs=params + lower_encoders)
+            else:
+                surrogate.backward(inputs=params, retain_graph=bool(lower_encoders))
+                if lower_encoders:
+                    chain_surrogate.backward(inputs=lower_encoders)
         elif params:
             raise RuntimeError(
                 f"{type(estimator).__name__} returned objective values without a graph and without "
                 "the gradients of the objective's value_and_input_grad: the decoder cannot be trained"
             )
     logits.backward(estimate.grad / x.shape[0])
+    upper_estimates = _train_upper_layers(
+        model, upper_estimators, x, logits, k, generator, prior_temperature, kl
+    )
 
     encoder_optimizer.step()
     decoder_optimizer.step()
     if prior_optimizer is not None:
         prior_optimizer.step()
     estimator.update(estimate)
-    return StepOutput(train_elbo=-values.detach().mean(), estimate=estimate)
+    for upper, upper_estimate in zip(upper_estimators, upper_estimates, strict=True):
+        upper.update(upper_estimate)
+    return StepOutput(train_elbo=-values.detach().mean(), estimate=estimate, upper_estimates=upper_estimates)
+
+
+def _train_upper_layers(
+    model: VAE,
+    estimators: Sequence[Estimator],
+    x: Tensor,
+    logits: Tensor,
+    k: int,
+    generator: torch.Generator,
+    prior_temperature: float,
+    kl: str,
+) -> tuple[Estimate, ...]:
+    """Layers 2 … L, one estimator each, with the layers above fixed at one sample per row."""
+    estimates = []
+    upstream: list[Tensor] = []
+    eta = logits.detach()  # η_1: [B, D_1]
+    for layer, estimator in enumerate(estimators, start=2):
+        upstream.append(model.family.sample(eta, uniform_noise(eta.shape, eta, generator)))  # b_{l−1}
+        eta_graph = model.layer_logits(layer, upstream[-1])  # η_l: [B, D_l], graph to its encoder
+        f = model.objective(
+            x,
+            eta_graph,
+            generative_grads=False,  # the generative model trains on the first layer's estimate
+            prior_temperature=prior_temperature,
+            kl=kl,
+            generator=generator,
+            upstream=tuple(upstream),
+        )
+        estimate = estimator(eta_graph, f, k, generator)
+        eta_graph.backward(estimate.grad / x.shape[0])
+        estimates.append(estimate)
+        eta = eta_graph.detach()
+    return tuple(estimates)

@@ -158,7 +158,10 @@ CASES = [
         "train-images-idx3-ubyte.gz",
     ),
     (["vae", "--batch-size", "5000", "--out", "{out}"], "exceeds the 4000 training images"),
-    (["vae", "--arch", "conv", "--out", "{out}"], "unknown arch 'conv'; choose from: linear, nonlinear"),
+    (
+        ["vae", "--arch", "conv", "--out", "{out}"],
+        "unknown architecture 'conv'; choose from: linear, nonlinear, 200H-784V",
+    ),
     (["vae", "--protocol", "iwae", "--out", "{out}"], "unknown protocol 'iwae'; choose from: dcv, disarm"),
     (["vae", "--var-method", "bogus", "--out", "{out}"], "unknown --var-method 'bogus'"),
     pytest.param(["vae", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),

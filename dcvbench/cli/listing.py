@@ -30,7 +30,8 @@ def estimators(
     table = Table(title="dcvbench estimators" + ("" if latent is None else f" for {latent} latents"))
     columns = ("name", "latents", "f evals", "unbiased", "K", "needs ∇_b f", "problems", "options")
     for column in (*columns, "description"):
-        table.add_column(column)
+        # A name and its latent types read whole; the long free text wraps instead.
+        table.add_column(column, no_wrap=column in ("name", "latents"))
     for name in estimator_names(latent):
         info = estimator_info(name)
         options = estimator_class(name, latent or info.families[0]).options

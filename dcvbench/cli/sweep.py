@@ -13,6 +13,7 @@ from rich.table import Table
 from dcvbench.cli.app import CLICK_ERROR, USER_ERRORS, app, reports_user_errors
 from dcvbench.cli.console import RichProgress, stdout
 from dcvbench.cli.options import Out, Quiet
+from dcvbench.cli.predict import predict_config
 from dcvbench.cli.toy import toy_config
 from dcvbench.cli.vae import vae_config
 from dcvbench.cli.variance import variance_config
@@ -22,6 +23,7 @@ from dcvbench.sweep import JobCommand, SweepCounts, expand, load_spec, run_sweep
 CONFIGURE: dict[str, Callable[[typer.Context], Any]] = {
     "toy": toy_config,
     "vae": vae_config,
+    "predict": predict_config,
     "variance": variance_config,
 }
 

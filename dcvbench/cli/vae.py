@@ -36,6 +36,7 @@ def vae_config(ctx: typer.Context) -> VaeConfig:
         classes=p["classes"],
         k=p["k"],
         estimators=tuple(p["estimator"] or VaeConfig.estimators),
+        objective=p["objective"],
         steps=p["steps"],
         batch_size=p["batch_size"],
         encoder_lr=p["lr"] if p["encoder_lr"] is None else p["encoder_lr"],
@@ -78,7 +79,15 @@ def vae(
         str, typer.Option(help="mnist-subset (embedded, default), mnist, fashion-mnist or omniglot.")
     ] = VaeConfig.dataset,
     data_dir: Annotated[str | None, typer.Option(help="Directory of the data set's files.")] = None,
-    arch: Annotated[str, typer.Option(help="linear or nonlinear (DESIGN §4.2).")] = VaeConfig.arch,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "linear, nonlinear, or the Concrete paper's names: 200H-784V (= linear), 200H-200H-784V, "
+                "200H~784V (= nonlinear), 200H~200H~784V (two stochastic layers; see docs/vae.md)."
+            )
+        ),
+    ] = VaeConfig.arch,
     latent: Latent = VaeConfig.latent,
     latent_vars: Annotated[
         int | None,
@@ -91,6 +100,15 @@ def vae(
         typer.Option(help=f"Categorical latents: classes per variable C (default {CLASSES}); uniform prior."),
     ] = None,
     k: Annotated[int, typer.Option("--k", help="Samples per datum K.")] = VaeConfig.k,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "elbo (m = 1) or iwae (the K-sample bound, m = K: vimco, concrete). "
+                "Default: each estimator's own (vimco: iwae; the rest: elbo)."
+            )
+        ),
+    ] = None,
     protocol: Annotated[
         str, typer.Option(help="dcv (batch 100, Adam 1e-3, fixed prior) or disarm (batch 50, Adam 1e-4, …).")
     ] = VaeConfig.protocol,

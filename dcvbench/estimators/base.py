@@ -57,6 +57,10 @@ class Estimate:
         surrogate: a 0-d tensor whose gradient trains ``f``'s own parameters (the generative model)
             when that is not the gradient of ``mean(values)`` — VIMCO trains the decoder on the
             K-sample bound, through self-normalised importance weights. ``None``: ``mean(values)``.
+        chain_surrogate: a 0-d tensor whose gradient trains the encoder layers that the objective
+            sampled itself, below the estimated layer, for an estimator that trains a whole chain of
+            stochastic layers from one estimate (:attr:`EstimatorInfo.trains_chain`); ``None``: the
+            same tensor as trains the generative model (``surrogate``, or ``mean(values)``).
         learning: a 0-d loss whose gradient with respect to the estimator's own parameters trains
             them (RELAX: ``‖g‖²``; NVIL: the baseline's squared error), applied by
             :meth:`Estimator.update` after the estimate was used; ``None`` when nothing is learned
@@ -69,6 +73,7 @@ class Estimate:
     stats: dict[str, Tensor] = field(default_factory=dict)
     control: Tensor | None = None
     surrogate: Tensor | None = None
+    chain_surrogate: Tensor | None = None
     learning: Tensor | None = None
 
 
@@ -97,14 +102,23 @@ class EstimatorInfo:
     evals_per_sample: int = 1  # evaluations of f per sample (RELAX: f(b), c(z), c(z̃))
     extra_evals: int = 0  # evaluations of f beyond those of the K samples (MuProp evaluates f at θ)
     # The problems it runs on: exact-baseline needs the toy's closed-form E_q[f]; VIMCO needs f to be
-    # a negative log importance weight, which only the VAE's objective is.
-    problems: tuple[str, ...] = ("toy", "vae")
+    # a negative log importance weight, which the VAE's and structured prediction's objectives are.
+    problems: tuple[str, ...] = ("toy", "vae", "predict")
     families: tuple[str, ...] = ("binary",)  # the latent types it is registered for
     order: int = 1000  # place in listings, ascending (ties by name); undeclared: after the rest
     stats: tuple[Stat, ...] = ()
     # "relaxed": trains the relaxed objective (concrete); "straight-through": discrete forward,
     # relaxed backward (st-concrete). Such an estimator has a settable ``temperature`` (annealing).
     relaxation: Literal["relaxed", "straight-through"] | None = None
+    # The bounds it trains on a VAE or structured prediction ("elbo": the mean of f; "iwae": the
+    # K-sample bound L_K, objectives.HasBound): VIMCO trains L_K only, concrete either.
+    bounds: tuple[str, ...] = ("elbo",)
+    # With several stochastic layers: False, one estimate per layer, with the layers above fixed at
+    # one sample and those below sampled by the objective (the DisARM / RODEO multi-layer code);
+    # True, one estimate of the first layer whose values (or chain_surrogate) carry the graph
+    # through every layer below it, which trains them too (concrete relaxes the whole chain; VIMCO
+    # trains L_K of whole chains).
+    trains_chain: bool = False
 
     def evals(self, k: int) -> int:
         """Evaluations of ``f`` per estimate with ``k`` samples."""

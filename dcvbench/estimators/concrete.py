@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from dcvbench.estimators.base import Estimate, EstimatorInfo, Stat
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.relaxed import RelaxedEstimator, relaxed_objective
-from dcvbench.objectives import Objective
+from dcvbench.objectives import HasBound, Objective
 
 
 @register(
@@ -24,6 +26,8 @@ from dcvbench.objectives import Objective
         order=100,
         stats=(Stat("temperature"),),
         relaxation="relaxed",
+        bounds=("elbo", "iwae"),
+        trains_chain=True,
     )
 )
 class Concrete(RelaxedEstimator):
@@ -36,14 +40,27 @@ class Concrete(RelaxedEstimator):
     ``∂z/∂η = z(1 − z)/λ`` for bits and ``(diag z − zzᵀ)/λ`` per categorical variable. The values
     keep their graph, so a model trains its own parameters (the VAE's decoder and learned prior) on
     the same relaxed objective. Biased for the discrete objective.
+
+    With an objective whose :class:`~dcvbench.objectives.HasBound` ``bound`` is ``"iwae"``, the
+    relaxed K-sample bound instead (the Concrete paper's "m = K"): ``g = ∇_η (−L̃_K)``,
+    ``L̃_K = log (1/K) Σ_k exp(−f̃_k)``, and the model trains on the same ``−L̃_K`` (``surrogate``).
+    With several stochastic layers, ``f̃`` relaxes every layer below the first too and its graph runs
+    through them, so this one estimate trains the whole chain (``trains_chain``).
     """
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
+        multi_sample = isinstance(f, HasBound) and f.bound == "iwae"
         with torch.enable_grad():
             eta = logits.detach().requires_grad_(True)  # [B, *event]: g is the gradient at this leaf
             y = self.family.relax(eta, noise, self.temperature)  # [K, B, *event]
             values = relaxed_objective(f, self.family, y, eta, self.temperature)  # [K, B]
-            # Rows are independent, so the gradient of the sum over rows is each row's own;
-            # retain_graph: the model still back-propagates these values into its parameters.
-            (grad,) = torch.autograd.grad(values.mean(0).sum(), eta, retain_graph=True)
-        return Estimate(grad=grad, values=values, stats={"temperature": self.temperature_stat(grad)})
+            k = values.shape[0]
+            # Per row: the mean of f̃, or −L̃_K. Rows are independent, so the gradient of the sum
+            # over rows is each row's own.
+            per_row = -(torch.logsumexp(-values, 0) - math.log(k)) if multi_sample else values.mean(0)  # [B]
+            # retain_graph: the model still back-propagates into its parameters.
+            (grad,) = torch.autograd.grad(per_row.sum(), eta, retain_graph=True)
+        surrogate = per_row.mean() if multi_sample else None
+        return Estimate(
+            grad=grad, values=values, stats={"temperature": self.temperature_stat(grad)}, surrogate=surrogate
+        )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Jobs an option's default may differ in.
-JOBS = ("toy", "vae", "variance")
+JOBS = ("toy", "vae", "predict", "variance")
 
 
 @dataclass(frozen=True)
@@ -116,5 +116,5 @@ CONTROL_LR = Option(
     1e-3,
     "Adam learning rate of the estimator's learned parts",
     check=positive,
-    jobs=("toy", "vae"),  # a variance study measures the learned parts as they are
+    jobs=("toy", "vae", "predict"),  # a variance study measures the learned parts as they are
 )

@@ -47,7 +47,7 @@ from dcvbench.estimators.registry import register
 from dcvbench.estimators.score_function import score_function_gradient
 from dcvbench.latent import BINARY, LatentFamily
 from dcvbench.latent.noise import logistic_from_uniform, uniform_noise
-from dcvbench.objectives import HasContext, Objective, ProblemShape
+from dcvbench.objectives import HasContext, HasSmoothCompletion, Objective, ProblemShape
 
 INITIAL_TEMPERATURE = 0.5  # λ: REBAR's relaxation starts sharp, close to the hard b
 HIDDEN = 50  # ReLU units of RELAX's control network: a small net, our choice (one hidden layer)
@@ -149,7 +149,11 @@ class ConditionalRelaxation(Estimator):
     def control(self, z: Tensor, f: Objective, context: Tensor | None) -> Tensor:
         """``c(z) = s·f(σ(z/λ)) + r_ψ(σ(z/λ), x)``: ``z [..., B, D]`` → ``[..., B]``."""
         relaxed = torch.sigmoid(z / self.temperature)  # [..., B, D]
-        value = self.scale * f(relaxed)
+        # With layers below b, f's hard completion jumps where a lower sample flips: the control
+        # must be continuous in z for its reparameterised correction to cancel, so those layers
+        # are relaxed too (at the control's temperature).
+        smooth = f.smooth(relaxed, self.temperature) if isinstance(f, HasSmoothCompletion) else f(relaxed)
+        value = self.scale * smooth
         return value if self.network is None else value + self.network(relaxed, context)
 
     def conditional(self, logits: Tensor, b: Tensor, v: Tensor) -> Tensor:

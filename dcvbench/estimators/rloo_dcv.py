@@ -24,7 +24,7 @@ ALPHA = Option(
     job_help={"variance": "fix α (default: the variance-optimal α at θ, from separate draws)"},
 )
 # How α is learned: options of the jobs that train (a variance study sets α to its optimum).
-LEARNING_JOBS = ("toy", "vae")
+LEARNING_JOBS = ("toy", "vae", "predict")
 ALPHA_LEARNING = Option(
     "alpha_learning",
     "sgd",  # the paper's method

@@ -25,7 +25,22 @@ Everything in dcvbench is minimised, so the estimate is of ``∇_η E[−L_K]``:
 Contract on ``f``: ``f(b) = −log w(b) = −[log p(x, b) − log q(b|x)]``, the negative log importance
 weight, with ``q``'s logits *detached* inside ``f`` (the VAE's
 :class:`~dcvbench.problems.vae.NegativeELBO`); the term for ``η``'s direct dependence is added here.
-Any other ``f`` gives a number, not the gradient of a bound — hence ``problems=("vae",)``. As an
+Structured prediction samples the model's own prior, ``w = p(y|b)`` has no ``q`` term and no direct
+term is added (:class:`~dcvbench.objectives.HasImportanceWeight`)::
+
+    g = −Σ_k (L_K − L_{−k}) (b_k − θ)
+
+Any other ``f`` gives a number, not the gradient of a bound — hence ``problems=("vae", "predict")``.
+
+**Several stochastic layers** (``trains_chain``): the K samples are K whole chains, the layers below
+the first sampled by the objective; a lower layer's logits ``η_l(b_{l−1,k})`` differ per sample, and
+``∇_{φ_l} L_K = Σ_k (L_K − L_{−k} − w̃_k) ∇_{φ_l} log q(b_{l,k} | b_{l−1,k})``. The objective keeps
+``f_k``'s graph to those logits, where ``∇_{φ_l} f_k = ∇_{φ_l} log q(b_{l,k} | …)`` (its only
+dependence on them), so the estimate's ``chain_surrogate`` ``Σ_k (w̃_k − (L_K − L_{−k})) f_k`` (the
+coefficients detached, summed over samples, averaged over rows) trains them by their gradient of
+``−L_K``. Without the proposal in ``w`` (structured prediction) the coefficient is
+``−(L_K − L_{−k})``, and the objective keeps the lower layers' score graph in ``f_k`` as a term of
+value zero, ``log q − [log q]_detached``. As an
 estimate of ``∇_η E_q[f]`` (the ELBO's gradient, what ``EstimatorInfo.unbiased`` is about) it is
 biased: it is unbiased for the K-sample bound, a different objective; compare its runs on the
 held-out bound.
@@ -44,7 +59,7 @@ from torch import Tensor
 from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo, Stat
 from dcvbench.estimators.evaluation import evaluate
 from dcvbench.estimators.registry import register
-from dcvbench.objectives import Objective
+from dcvbench.objectives import HasImportanceWeight, Objective
 
 
 def leave_one_out_bounds(log_w: Tensor) -> Tensor:
@@ -70,8 +85,10 @@ def leave_one_out_bounds(log_w: Tensor) -> Tensor:
         unbiased=False,
         needs_input_grad=False,
         min_k=2,
-        problems=("vae",),
+        problems=("vae", "predict"),
         families=("binary",),
+        bounds=("iwae",),
+        trains_chain=True,
         order=140,
         stats=(Stat("train_bound", "mean"),),
     )
@@ -93,7 +110,17 @@ class VIMCO(Estimator):
         bound = torch.logsumexp(log_w, 0) - math.log(k)  # L_K: [B]
         signal = bound - leave_one_out_bounds(log_w)  # L_K − L_{−k}: [K, B]
         weights = torch.softmax(log_w, 0)  # w̃_k: [K, B]
-        # Score part −(L_K − L_{−k})(b_k − θ) and pathwise part −w̃_k ∇_η log w_k = w̃_k (b_k − θ).
-        grad = ((weights - signal).unsqueeze(-1) * (b - probs)).sum(0)  # [B, D]
+        # Score part −(L_K − L_{−k})(b_k − θ) and pathwise part −w̃_k ∇_η log w_k = w̃_k (b_k − θ),
+        # when log w has the proposal's −log q(b; η).
+        proposal = f.proposal_in_weight if isinstance(f, HasImportanceWeight) else True
+        coefficient = weights - signal if proposal else -signal  # [K, B]
+        grad = (coefficient.unsqueeze(-1) * (b - probs)).sum(0)  # [B, D]
         surrogate = (weights * values).sum(0).mean()  # ∇_θ: −mean_rows ∇_θ L_K
-        return Estimate(grad=grad, values=values, stats={"train_bound": bound.mean()}, surrogate=surrogate)
+        chain_surrogate = (coefficient * values).sum(0).mean()  # lower layers' −∇ L_K
+        return Estimate(
+            grad=grad,
+            values=values,
+            stats={"train_bound": bound.mean()},
+            surrogate=surrogate,
+            chain_surrogate=chain_surrogate,
+        )

@@ -1,133 +1,68 @@
 """``dcvbench vae``: train a VAE with each estimator and measure what it does to learning.
 
-DESIGN §4.2–§4.3; binary latents or categorical ones (§3.6, uniform prior) in one
-:class:`~dcvbench.problems.vae.VAE`, trained (:func:`~dcvbench.training.train_step`) and scored the
-same way. One run per (estimator, seed). Rows of the trace are written every ``--log-every`` steps
-(training ELBO averaged since the last row, seconds per step, the EMA gradient variance, and what
-the estimator reports: rloo-dcv's ``α``, vimco's ``train_bound``, …), every ``--var-every`` steps
-(the ``resample`` variance at a fixed snapshot minibatch), every ``--eval-every`` steps (the
-importance-weighted bound with ``--eval-samples`` samples per datum on the test and validation
-splits) and at every checkpoint.
+DESIGN §4.2–§4.4; binary latents (one stochastic layer, or a chain of them in the Concrete paper's
+architectures) or categorical ones (§3.6, uniform prior) in one :class:`~dcvbench.problems.vae.VAE`,
+trained and scored by the shared engine (:mod:`dcvbench.jobs.trainer`); this module says what is the
+VAE's: its model, its held-out bound (the importance-weighted bound with hard samples,
+:func:`~dcvbench.problems.vae.iwae_bound`), its manifest.
 
 The relaxed estimators (``concrete``, ``st-concrete``: those with an
 :attr:`~dcvbench.estimators.EstimatorInfo.relaxation`) train at temperatures that may anneal with
-the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train.
-Every bound is on the discrete model, so all estimators are scored alike.
-
-Runs with the same seed share their initial weights, minibatch order and estimator noise stream;
-the evaluation images are binarised once with a fixed seed, the same for every run, so every
-estimator is scored on the same binary images.
+the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train, and
+its ``objective`` what each estimator trains (``elbo``, or ``iwae``: the K-sample bound).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
 from dcvbench.config import VaeConfig, vae_config_from_dict
-from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
-from dcvbench.estimators import Estimator, build_estimator
-from dcvbench.jobs import (
-    NoProgress,
-    Progress,
-    RunSummary,
-    StatTrace,
-    as_floats,
-    non_finite,
-    resumed_columns,
-    run_summary,
-    run_to_resume,
-    stat_columns,
-)
-from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
+from dcvbench.data import Dataset, load_dataset
+from dcvbench.estimators import Estimator
+from dcvbench.jobs import Progress, RunSummary
+from dcvbench.jobs.trainer import MODEL_METRICS, ModelJob, evaluation_data, resume_job, run_job
 from dcvbench.problems.vae import VAE, iwae_bound
-from dcvbench.results import Run, prepare_output_root, read_manifest
-from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
-from dcvbench.training import train_step
+from dcvbench.results import read_manifest
+from dcvbench.runtime import ConfigError, make_generator
 
-# The VAE's own trace columns; a run adds its estimator's stats (stat_columns): rloo-dcv's α,
-# vimco's train_bound (the K-sample bound it trains), the relaxations' posterior temperature, ….
-VAE_METRICS = (
-    "train_elbo",
-    "test_bound",
-    "valid_bound",
-    "grad_var_ema",
-    "grad_var_resample",
-    "logit_var_resample",
-    "sec_per_step",
-)
-EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
-EVAL_CHUNK = 100  # evaluation rows per IWAE call: bounds memory at eval_samples × rows × pixels
+VAE_METRICS = MODEL_METRICS  # test_bound / valid_bound: the importance-weighted bound
+
+__all__ = ["VAE_METRICS", "VaeJob", "evaluation_data", "load_checkpointed_model", "resume_vae", "run_vae"]
 
 
-@dataclass
-class Training:
-    """Everything a VAE run carries from step to step: what a checkpoint saves and restores."""
+class VaeJob(ModelJob):
+    """The VAE: :class:`~dcvbench.problems.vae.VAE`, scored by the IWAE bound on the discrete model."""
 
-    model: VAE
-    estimator: Estimator
-    encoder_optimizer: torch.optim.Optimizer
-    decoder_optimizer: torch.optim.Optimizer
-    prior_optimizer: torch.optim.Optimizer | None
-    sampler: BatchSampler
-    train_generator: torch.Generator  # the estimator's noise
-    measure_generator: torch.Generator  # resample variance draws
-    eval_generator: torch.Generator  # importance samples of the held-out bound
-    ema: EMAVariance | None
-    step: int = 0
+    name = "vae"
 
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "estimator": self.estimator.state_dict(),
-            "encoder_optimizer": self.encoder_optimizer.state_dict(),
-            "decoder_optimizer": self.decoder_optimizer.state_dict(),
-            "prior_optimizer": self.prior_optimizer.state_dict() if self.prior_optimizer else None,
-            "sampler": self.sampler.state_dict(),
-            "train_generator": self.train_generator.get_state(),
-            "measure_generator": self.measure_generator.get_state(),
-            "eval_generator": self.eval_generator.get_state(),
-            "ema": self.ema.state_dict() if self.ema else None,
+    def config_from_dict(self, values: dict) -> VaeConfig:
+        return vae_config_from_dict(values)
+
+    def build_model(self, config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:
+        return build_model(config, seed, dataset, device)
+
+    def bound(self, model: VAE, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+        return iwae_bound(model, x, generator, samples)
+
+    def manifest(self, config: VaeConfig, estimator: Estimator) -> dict:
+        entries = {
+            "dataset": config.dataset,
+            "arch": config.arch,
+            "objective": config.bound(estimator.info.name),  # what this estimator trains: elbo or iwae
+            "objective_direction": "maximize ELBO",
         }
+        relaxation = relaxation_record(config, estimator)
+        if relaxation is not None:
+            entries["relaxation"] = relaxation
+        return entries
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
-        self.model.load_state_dict(state["model"])
-        self.estimator.load_state_dict(state["estimator"])
-        self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
-        self.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
-        if self.prior_optimizer:
-            self.prior_optimizer.load_state_dict(state["prior_optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.train_generator.set_state(state["train_generator"].cpu())
-        self.measure_generator.set_state(state["measure_generator"].cpu())
-        self.eval_generator.set_state(state["eval_generator"].cpu())
-        if self.ema:
-            self.ema.load_state_dict(state["ema"])
-
-
-@dataclass(frozen=True)
-class EvaluationData:
-    """Fixed binarised evaluation splits and the snapshot minibatch for the resample variance."""
-
-    test: torch.Tensor  # [N_test, P]
-    valid: torch.Tensor  # [N_valid, P]
-    snapshot: torch.Tensor  # [batch, P]
-
-
-def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> EvaluationData:
-    """Binarise the held-out splits and pick the variance snapshot batch, with a fixed seed."""
-    generator = torch.Generator().manual_seed(EVAL_SEED)
-    test = binarize(dataset.test, generator)
-    valid = binarize(dataset.valid, generator)
-    rows = torch.randperm(dataset.train.shape[0], generator=generator)[:batch_size]
-    snapshot = binarize(dataset.train[rows], generator)
-    return EvaluationData(test.to(device), valid.to(device), snapshot.to(device))
+    def name_hint(self, config: VaeConfig, estimator: str, seed: int) -> str:
+        kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
+        bound = "" if config.objective is None else f"-{config.objective}"
+        return f"vae-{config.dataset}-{config.arch}{kind}-{estimator}{bound}-k{config.k}-seed{seed}"
 
 
 def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:
@@ -144,96 +79,14 @@ def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.de
     return VAE(config.latent_vars, config.classes, **options).to(device)
 
 
-def build_training(
-    config: VaeConfig, name: str, seed: int, dataset: Dataset, device: torch.device
-) -> Training:
-    """A fresh model, optimisers, estimator, sampler and generators for one run."""
-    model = build_model(config, seed, dataset, device)
-    prior = model.prior_parameters()
-    return Training(
-        model=model,
-        estimator=build_estimator(name, config.estimator_settings, model.problem_shape).to(device),
-        encoder_optimizer=torch.optim.Adam(model.encoder_parameters(), lr=config.encoder_lr),
-        decoder_optimizer=torch.optim.Adam(model.decoder_parameters(), lr=config.decoder_lr),
-        prior_optimizer=torch.optim.SGD(prior, lr=config.prior_lr) if prior else None,
-        sampler=BatchSampler(
-            dataset.train,
-            config.batch_size,
-            generator=make_generator(torch.device("cpu"), seed, "vae", "data"),
-            device=device,
-        ),
-        train_generator=make_generator(device, seed, "vae", "train"),
-        measure_generator=make_generator(device, seed, "vae", "measure"),
-        eval_generator=make_generator(device, seed, "vae", "eval"),
-        ema=EMAVariance(0.999) if config.var_method in ("ema", "both") else None,
-    )
-
-
 def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSummary]:
     """Train one run per (seed, estimator) of ``config``; return their summaries in that order."""
-    progress = progress or NoProgress()
-    device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    _check_batch_size(config, dataset)
-    root = prepare_output_root(config.out)
-    evaluation = evaluation_data(dataset, config.batch_size, device)
-    summaries = []
-    for seed in config.seeds:
-        for name in config.estimators:
-            training = build_training(config, name, seed, dataset, device)
-            progress.start(f"vae {name} K={config.k} seed={seed}", config.steps)
-            identity = {
-                "problem": "vae",
-                "estimator": name,
-                "k": config.k,
-                "seed": seed,
-                "latent": config.latent,
-            }
-            manifest = {
-                "job": "vae",
-                "dataset": config.dataset,
-                "arch": config.arch,
-                "objective_direction": "maximize ELBO",
-                "config": asdict(config),
-                "data": dict(dataset.metadata),
-                "device": str(device),
-                "versions": provenance(device),
-            }
-            relaxation = relaxation_record(config, training.estimator)
-            if relaxation is not None:
-                manifest["relaxation"] = relaxation
-            kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
-            name_hint = f"vae-{config.dataset}-{config.arch}{kind}-{name}-k{config.k}-seed{seed}"
-            columns = VAE_METRICS + stat_columns(training.estimator)
-            with Run.create(root, name_hint, identity, columns, manifest) as run:
-                _train(config, training, evaluation, run, progress)
-            summaries.append(run_summary(run.path, run.manifest, columns))
-    return summaries
+    return run_job(VaeJob(), config, progress)
 
 
 def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
-    """Continue a VAE run from its last checkpoint, in its own directory, with its own config.
-
-    On the same device the rows after the checkpoint are the ones an uninterrupted run writes
-    (rows already written past the checkpoint are written again and supersede the old ones).
-    A finished run is left as it is.
-    """
-    progress = progress or NoProgress()
-    run_dir, manifest, checkpoint = run_to_resume(run_dir, "vae")
-    if manifest["status"] == "finished":
-        return run_summary(run_dir, manifest, resumed_columns(run_dir, VAE_METRICS))
-    config = vae_config_from_dict(manifest["config"])
-    device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    training = build_training(config, manifest["estimator"], manifest["seed"], dataset, device)
-    load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
-    evaluation = evaluation_data(dataset, config.batch_size, device)
-    progress.start(f"vae {manifest['estimator']} (resumed at {training.step})", config.steps)
-    progress.advance(training.step)
-    columns = resumed_columns(run_dir, VAE_METRICS + stat_columns(training.estimator))
-    with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
-        _train(config, training, evaluation, run, progress)
-    return run_summary(run.path, run.manifest, columns)
+    """Continue a VAE run from its last checkpoint (:func:`~dcvbench.jobs.trainer.resume_job`)."""
+    return resume_job(VaeJob(), run_dir, progress)
 
 
 def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE, VaeConfig, dict]:
@@ -254,97 +107,6 @@ def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE
     return model, config, {**manifest, "checkpoint_step": state.get("step")}
 
 
-def _train(
-    config: VaeConfig, training: Training, evaluation: EvaluationData, run: Run, progress: Progress
-) -> None:
-    model, estimator = training.model, training.estimator
-    device = next(model.parameters()).device
-    relaxed = estimator.info.relaxation is not None
-    if training.step == 0:
-        _record(config, training, evaluation, run, estimator.state_stats(), elbo=None, step_seconds=None)
-    elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-    stats = StatTrace(estimator)
-    busy, busy_steps = 0.0, 0
-    while training.step < config.steps:
-        start = time.perf_counter()
-        x = training.sampler.next_batch()  # [B, P]
-        posterior_temperature, prior_temperature = config.temperatures(training.step + 1)
-        if relaxed:
-            estimator.temperature = posterior_temperature
-        output = train_step(
-            model,
-            estimator,
-            x,
-            config.k,
-            training.train_generator,
-            training.encoder_optimizer,
-            training.decoder_optimizer,
-            training.prior_optimizer,
-            prior_temperature=prior_temperature,
-            kl=config.kl,
-        )
-        elbo_sum += output.train_elbo
-        stats.add(output.estimate)
-        training.step += 1
-        step = training.step
-        row = _is_row_step(config, step)
-        if row:
-            _synchronize(device)  # so the steps' time includes the work still queued on a GPU
-        busy += time.perf_counter() - start
-        busy_steps += 1
-        if training.ema:
-            training.ema.update(model.encoder_parameters())
-        progress.advance()
-        if not row:
-            continue
-        elbo = elbo_sum / busy_steps
-        reported = stats.row(output.estimate, busy_steps)  # the α this step's estimate used, …
-        bad = non_finite(train_elbo=elbo, **reported, gradient=output.estimate.grad)
-        bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
-        if bad:
-            run.finish("diverged", diverged_at=step, non_finite=bad)
-            return
-        _record(config, training, evaluation, run, as_floats(reported), float(elbo), busy / busy_steps)
-        elbo_sum.zero_()
-        busy, busy_steps = 0.0, 0
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            run.flush()
-            write_checkpoint(run.path / CHECKPOINT, training.state_dict())
-
-
-def _record(
-    config: VaeConfig,
-    training: Training,
-    evaluation: EvaluationData,
-    run: Run,
-    stats: dict[str, float | None],
-    elbo: float | None,
-    step_seconds: float | None,
-) -> None:
-    step = training.step
-    model = training.model
-    metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, **stats}
-    _, prior_temperature = config.temperatures(step)  # the estimator's now
-    if training.ema and step > 0:
-        metrics["grad_var_ema"] = float(training.ema.value())
-    if config.var_method in ("resample", "both") and (step % config.var_every == 0 or step == config.steps):
-        result = resample_encoder_variance(
-            model,
-            training.estimator,
-            evaluation.snapshot,
-            config.k,
-            config.var_samples,
-            training.measure_generator,
-            prior_temperature=prior_temperature,
-            kl=config.kl,
-        )
-        metrics.update(grad_var_resample=result.param_variance, logit_var_resample=result.logit_variance)
-    if step % config.eval_every == 0 or step == config.steps:
-        metrics["test_bound"] = _bound(model, evaluation.test, config.eval_samples, training.eval_generator)
-        metrics["valid_bound"] = _bound(model, evaluation.valid, config.eval_samples, training.eval_generator)
-    run.log(step, **metrics)
-
-
 def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     """What a relaxed estimator's run trains, at which temperatures: the manifest's ``relaxation``.
 
@@ -359,7 +121,9 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
         objective, kl = "discrete ELBO at hard samples, gradient through the relaxed sample", None
     elif config.kl == "relaxed":
         densities = "Concrete" if config.latent == "binary" else "ExpConcrete"
-        objective, kl = f"relaxed ELBO ({densities} densities)", "relaxed"
+        bound = "K-sample bound" if config.bound(estimator.info.name) == "iwae" else "ELBO"
+        layers = ", every stochastic layer relaxed" if config.depth > 1 else ""
+        objective, kl = f"relaxed {bound} ({densities} densities{layers})", "relaxed"
     else:
         objective, kl = "relaxed reconstruction + analytic KL", "analytic"
     return {
@@ -372,29 +136,3 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
         "anneal_floor": config.anneal_floor if annealed else None,
         "evaluation": "discrete model: hard samples, importance-weighted bound",
     }
-
-
-def _bound(model: VAE, images: torch.Tensor, samples: int, generator: torch.Generator) -> float:
-    """Mean IWAE bound over ``images`` with ``samples`` importance samples each."""
-    total = sum(
-        float(iwae_bound(model, chunk, generator, samples).sum()) for chunk in images.split(EVAL_CHUNK)
-    )
-    return total / images.shape[0]
-
-
-def _is_row_step(config: VaeConfig, step: int) -> bool:
-    every = (config.log_every, config.var_every, config.eval_every, config.checkpoint_every)
-    return step == config.steps or any(step % n == 0 for n in every)
-
-
-def _check_batch_size(config: VaeConfig, dataset: Dataset) -> None:
-    rows = dataset.train.shape[0]
-    if config.batch_size > rows:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} exceeds the {rows} training images of {config.dataset}"
-        )
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -145,7 +145,12 @@ class VaePoint:
         # The relaxation as the run trained it at this step: its temperatures (annealed or not), its KL.
         posterior, prior = run_config.temperatures(self.manifest["checkpoint_step"])
         self.settings = {**config.estimator_settings, "temperature": posterior}
-        self.relaxation = {"prior_temperature": prior, "kl": run_config.kl}
+        # The bound a multi-sample-capable estimator trains: the run's --objective (else the ELBO).
+        self.relaxation = {
+            "prior_temperature": prior,
+            "kl": run_config.kl,
+            "bound": run_config.objective or "elbo",
+        }
 
     def context(self) -> dict:
         return {
@@ -160,7 +165,9 @@ class VaePoint:
         }
 
     def optimal_alpha(self, estimator, k, draws, generator) -> float:
-        objective = self.model.objective(self.x, self.logits, generative_grads=False, **self.relaxation)
+        objective = self.model.objective(
+            self.x, self.logits, generative_grads=False, generator=generator, **self.relaxation
+        )
         return optimal_alpha(estimator, self.logits, objective, k, draws, generator)
 
     def measure(self, estimator, k, draws, generator) -> dict:

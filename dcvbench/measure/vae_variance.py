@@ -170,11 +170,14 @@ def resample_encoder_variance(
     *,
     prior_temperature: float = PRIOR_TEMPERATURE,
     kl: str = "relaxed",
+    bound: str = "elbo",
 ) -> EncoderVarianceResult:
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
-    ``prior_temperature`` and ``kl`` configure the relaxed objective as in training
-    (:func:`~dcvbench.training.train_step`). Each draw is a fresh estimate ``g`` ``[B, *latent]`` at
+    ``prior_temperature``, ``kl`` and ``bound`` configure the objective as in training
+    (:func:`~dcvbench.training.train_step`). With several stochastic layers, this is the variance
+    of the first layer's encoder gradient (the layers below are sampled by the objective, from
+    ``generator`` too). Each draw is a fresh estimate ``g`` ``[B, *latent]`` at
     the same logits; its encoder gradient
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds
@@ -183,7 +186,7 @@ def resample_encoder_variance(
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
     rows = x.shape[0]
-    encoder_size = sum(p.numel() for p in model.encoder_parameters())
+    encoder_size = sum(p.numel() for p in model.encoder.parameters())
     evals = estimator.info.evals(k)
     per_draw = evals * rows * model.pixels + encoder_size  # the largest tensors one draw adds
     chunk = chunk or max(1, CHUNK_ELEMENTS // per_draw)
@@ -192,7 +195,15 @@ def resample_encoder_variance(
     vjp = encoder_vjp(model, x)
     with torch.no_grad():
         logits = model.encode(x)  # [B, *latent]
-    f = model.objective(x, logits, generative_grads=False, prior_temperature=prior_temperature, kl=kl)
+    f = model.objective(
+        x,
+        logits,
+        generative_grads=False,
+        prior_temperature=prior_temperature,
+        kl=kl,
+        generator=generator,
+        bound=bound,
+    )
     params: Moments | None = None
     logit_moments: Moments | None = None
     for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, *latent]

@@ -16,7 +16,11 @@ from dcvbench.plot.runs import RUNS, Results
 from dcvbench.plot.style import estimator_order
 
 # The summary's "final variance" per problem: the estimator's own (resample) variance first.
-VARIANCE_COLUMNS = {"toy": ("grad_var",), "vae": ("grad_var_resample", "grad_var_ema")}
+VARIANCE_COLUMNS = {
+    "toy": ("grad_var",),
+    "vae": ("grad_var_resample", "grad_var_ema"),
+    "predict": ("grad_var_resample", "grad_var_ema"),
+}
 FINAL_COLUMNS = ("objective", "train_elbo", "test_bound")
 # Columns of summary.csv, in order (a stable schema: every column, even where all-empty).
 # fmt: off

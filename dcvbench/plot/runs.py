@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 
 from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, normalised_config
+from dcvbench.estimators import EstimatorError, estimator_info
+from dcvbench.estimators.options import TEMPERATURE
 from dcvbench.results import (
     INVOCATION_FIELDS,
     MANIFEST,
@@ -36,7 +38,7 @@ from dcvbench.runtime import ConfigError
 
 RUNS, BASELINE = "runs", "baseline"  # values of the ``source`` column
 VARIANCE_TABLE = "variance.parquet"
-TRAINING_JOBS = ("toy", "vae")  # jobs that write a trace (a variance study writes a table)
+TRAINING_JOBS = ("toy", "vae", "predict")  # jobs that write a trace (a variance study writes a table)
 
 # Columns of Results.runs: one row per training run.
 # fmt: off
@@ -153,11 +155,18 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
             suffix = "" if math.isclose(target, ToyProblem.target) else f"-t{target:g}"
             group = f"toy-{objective}-d{dim}{suffix}-k{k}"
             title = f"toy {objective}, D={dim}{'' if not suffix else f', t={target:g}'}, K={k}"
+    elif job == "predict":
+        dataset, arch = manifest["dataset"], manifest["arch"]
+        bound = "" if config.get("objective") is None else f"-{config['objective']}"
+        group = f"predict-{dataset}-{arch}{bound}-k{k}"
+        title = f"structured prediction {dataset}, {arch}{_bound_title(config)}, K={k}"
     else:
         dataset, arch = manifest["dataset"], manifest["arch"]
         protocol = config.get("protocol", VaeConfig.protocol)
         suffix = "" if protocol == VaeConfig.protocol else f"-{protocol}"
         extra = "" if protocol == VaeConfig.protocol else f", {protocol} protocol"
+        suffix += "" if config.get("objective") is None else f"-{config['objective']}"
+        extra += _bound_title(config)
         if config.get("latent") == "categorical":
             variables, classes = int(config["latent_vars"]), int(config["classes"])
             group = f"vae-categorical-{dataset}-{arch}{suffix}-n{variables}-c{classes}-k{k}"
@@ -177,7 +186,7 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "problem": job,
         "group": group,
         "title": title,
-        "estimator": manifest["estimator"],
+        "estimator": series_label(manifest["estimator"], config),
         "k": k,
         "seed": int(manifest["seed"]),
         "status": manifest.get("status", "unknown"),
@@ -185,6 +194,29 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "started": manifest.get("started") or "",
         "fingerprint": _fingerprint(job, config),
     }
+
+
+def series_label(estimator: str, config: dict[str, Any]) -> str:
+    """The name a run's series is drawn under: the estimator's, with its temperature when that is
+    not the default (``concrete λ=0.1``, ``concrete λ=2/3→0.5 exp``), so that a temperature study's
+    runs are series of their own, not seeds of one."""
+    settings = config.get("estimator_settings") or {}
+    with contextlib.suppress(EstimatorError):
+        if estimator_info(estimator, config.get("latent", "binary")).relaxation is None:
+            return estimator
+    temperature = settings.get("temperature", TEMPERATURE.default)
+    anneal = config.get("anneal", "none")
+    if math.isclose(temperature, TEMPERATURE.default) and anneal == "none":
+        return estimator
+    label = f"{estimator} λ={temperature:.3g}"
+    if anneal != "none":
+        label += f"→{config['anneal_floor']:.3g} {anneal}"
+    return label
+
+
+def _bound_title(config: dict[str, Any]) -> str:
+    """What a group's estimators train, when it was chosen: ``, m = K bound``."""
+    return {None: "", "elbo": ", ELBO", "iwae": ", K-sample bound"}[config.get("objective")]
 
 
 def _fingerprint(job: str, config: dict[str, Any]) -> str:

@@ -174,12 +174,13 @@ def test_defaults_per_job_are_today_s():
     learning = {"alpha_learning": "sgd", "control_lr": 1e-3}
     # The published toy tuned α with RMSprop at 5e-4, the VAE with Adam at 1e-3; a variance study
     # trains nothing, so it has no learning options (α is set to its optimum there).
-    toy, vae, variance = (default_settings(job) for job in ("toy", "vae", "variance"))
+    toy, vae, predict, variance = (default_settings(job) for job in ("toy", "vae", "predict", "variance"))
     assert toy.items() >= {**common, **learning, "alpha_optimizer": "rmsprop", "alpha_lr": 5e-4}.items()
     assert vae.items() >= {**common, **learning, "alpha_optimizer": "adam", "alpha_lr": 1e-3}.items()
+    assert predict == vae  # structured prediction trains as the VAE does
     assert variance.items() >= common.items()
     assert not set(variance) & {*learning, "alpha_optimizer", "alpha_lr"}
-    assert set(JOBS) == {"toy", "vae", "variance"}
+    assert set(JOBS) == {"toy", "vae", "predict", "variance"}
     with pytest.raises(EstimatorError, match="unknown job 'train'"):
         default_settings("train")
 
@@ -233,6 +234,7 @@ def test_every_estimator_builds_from_the_shared_settings_for_each_problem_and_fa
         shapes = {
             "toy": ProblemShape(5, classes=classes),
             "vae": ProblemShape(5, context=12, classes=classes),
+            "predict": ProblemShape(5, context=12, classes=classes),
         }
         for problem in info.problems:
             estimator = build_estimator(name, default_settings(problem), shapes[problem])

@@ -195,7 +195,7 @@ def test_variance_at_a_categorical_vae_checkpoint_uses_the_runs_latents_and_rela
     posterior, prior = trained.temperatures(10)
     assert point.shape == vae.VAE(4, 3, pixels=784).problem_shape
     assert point.settings["temperature"] == posterior < 2 / 3  # annealed, as the run trained at step 10
-    assert point.relaxation == {"prior_temperature": prior, "kl": "analytic"}
+    assert point.relaxation == {"prior_temperature": prior, "kl": "analytic", "bound": "elbo"}
     table = run_variance(config).table
     assert set(table["latent"]) == {"categorical"} and set(table["latent_vars"]) == {4}
     assert set(table["classes"]) == {3} and set(table["checkpoint_step"]) == {10}

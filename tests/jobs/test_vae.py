@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-import dcvbench.jobs.vae
+import dcvbench.jobs.trainer
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.config import VaeConfig
 from dcvbench.jobs.vae import VAE_METRICS, load_checkpointed_model, resume_vae, run_vae
@@ -57,14 +57,14 @@ def test_vae_run_writes_every_metric(tmp_path):
 def test_a_mean_stat_is_averaged_over_the_steps_since_the_last_row(tmp_path, monkeypatch):
     # vimco reports the K-sample bound it trains ("mean"): each row holds its mean since the last row.
     bounds = []
-    original = dcvbench.jobs.vae.train_step
+    original = dcvbench.jobs.trainer.train_step
 
     def recording(*args, **kwargs):
         output = original(*args, **kwargs)
         bounds.append(float(output.estimate.stats["train_bound"]))
         return output
 
-    monkeypatch.setattr(dcvbench.jobs.vae, "train_step", recording)
+    monkeypatch.setattr(dcvbench.jobs.trainer, "train_step", recording)
     config = replace(TINY, estimators=("vimco",), steps=20, log_every=5, var_method="ema", out=str(tmp_path))
     (summary,) = run_vae(config)
     trace = read_trace(summary.path)
@@ -151,7 +151,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
 def test_divergence_stops_only_that_run(tmp_path, poison_estimator):
     # rloo's 7th training estimate is NaN: the encoder is NaN from step 7 on, so the mean training
     # ELBO of steps 6–10 is NaN at the row of step 10; rloo-dcv, the next run, is untouched.
-    poison_estimator(dcvbench.jobs.vae, "rloo", rows=TINY.batch_size, after=7)
+    poison_estimator(dcvbench.jobs.trainer, "rloo", rows=TINY.batch_size, after=7)
     config = replace(TINY, estimators=("rloo", "rloo-dcv"), steps=20, log_every=5, out=str(tmp_path))
     diverged, finished = run_vae(config)
     manifest = read_manifest(diverged.path)
