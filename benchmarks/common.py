@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dcvbench.estimators import Estimator, get_estimator
+from dcvbench.estimators import Estimator, build_estimator, default_settings, get_estimator
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import Moments, resample_variance
 from dcvbench.problems.toy import make_objective
@@ -191,19 +191,27 @@ class VaeTrainer:
     encoder_optimizer: torch.optim.Optimizer
     decoder_optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    # Several stochastic layers: one estimator per layer above the first, unless it trains the chain.
+    upper_estimators: tuple[Estimator, ...] = ()
+    bound: str = "elbo"
 
     @classmethod
     def build(
         cls, name: str, arch: str, k: int, latent: int = LATENT, compile_modules: bool = False
     ) -> VaeTrainer:
         model = vae_model(arch, latent, compile_modules)
+        settings = default_settings("vae")
+        estimator = build_estimator(name, settings, model.problem_shape)
+        layers = () if estimator.info.trains_chain else range(2, model.depth + 1)
         return cls(
             model,
-            get_estimator(name),
+            estimator,
             k,
             torch.optim.Adam(model.encoder_parameters(), lr=1e-3),
             torch.optim.Adam(model.generative_parameters(), lr=1e-3),
             torch.Generator().manual_seed(2),
+            tuple(build_estimator(name, settings, model.layer_shape(layer)) for layer in layers),
+            estimator.info.bounds[0],
         )
 
     def step(self, x: Tensor) -> None:
@@ -215,6 +223,8 @@ class VaeTrainer:
             self.generator,
             self.encoder_optimizer,
             self.decoder_optimizer,
+            bound=self.bound,
+            upper_estimators=self.upper_estimators,
         )
 
 

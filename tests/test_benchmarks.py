@@ -75,3 +75,14 @@ def test_multiply_add_floor_of_the_nonlinear_step(quick):
     assert ratio["macs_rloo"] == 100 * 553_600 + 200 * 670_400 == 189_440_000
     assert ratio["macs_rloo_dcv"] == 189_440_000 + 200 * 40_000
     assert ratio["floor"] == pytest.approx(197.44 / 189.44)
+
+
+def test_layers_benchmark_times_every_estimator_on_every_architecture():
+    script = RUN.parent / "layers.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for arch in ("200H-784V", "200H~784V", "200H-200H-784V", "200H~200H~784V"):
+        assert f"\n{arch}\n" in done.stdout
+    assert done.stdout.count("| vimco |") == 4 and done.stdout.count("| rloo | ") == 4

@@ -42,7 +42,7 @@ def plot(
         for path in written:
             print(path)
         return
-    for title, frame in summary_tables(report.summary, report.variance):
+    for title, frame in summary_tables(report.summary, report.variance, report.temperature):
         table = Table(title=f"{title} (mean ± s.e. over seeds)")
         for column in frame.columns:
             left = column in ("estimator", "status")

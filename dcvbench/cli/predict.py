@@ -72,7 +72,7 @@ def predict(
         typer.Option(
             help=(
                 "Input half, binary layers, output half: 392V-240H-392V, 392V-240H-240H-392V, "
-                "392V~240H~392V, 392V~240H~240H~392V ('~': the nonlinear block; see docs/predict.md)."
+                "392V~240H~392V, 392V~240H~240H~392V ('~': the nonlinear block; docs/concrete-paper.md)."
             )
         ),
     ] = PredictConfig.arch,
@@ -112,7 +112,7 @@ def predict(
         int, typer.Option(help="Resample variance every N steps.")
     ] = PredictConfig.var_every,
     var_method: Annotated[
-        str, typer.Option(help="ema, resample or both (docs/measurement.md).")
+        str, typer.Option(help="ema, resample or both (see README).")
     ] = PredictConfig.var_method,
     var_samples: Annotated[
         int, typer.Option(help="Estimates drawn for the resample variance.")

@@ -84,7 +84,7 @@ def vae(
         typer.Option(
             help=(
                 "linear, nonlinear, or the Concrete paper's names: 200H-784V (= linear), 200H-200H-784V, "
-                "200H~784V (= nonlinear), 200H~200H~784V (two stochastic layers; see docs/vae.md)."
+                "200H~784V (= nonlinear), 200H~200H~784V (two stochastic layers; docs/concrete-paper.md)."
             )
         ),
     ] = VaeConfig.arch,

@@ -18,6 +18,12 @@ Here ``c(z) = s·f(σ(z/λ)) + r_ψ(σ(z/λ))`` with a learned temperature ``λ`
 has ``r ≡ 0``, RELAX adds a small network ``r_ψ`` (Grathwohl et al. call the combination
 "relaxed-REBAR" and use it for their VAEs). K samples average K independent such estimates.
 
+``c`` must be differentiable in ``z``. An objective that samples stochastic layers of its own below
+``b`` (a VAE with several layers) would complete the chain with hard samples, and ``f(σ(z/λ))``
+would jump where one of them flips; the control then completes it with relaxed samples at ``λ``
+(:class:`~dcvbench.objectives.HasSmoothCompletion`), which keeps ``g`` unbiased (tested on an
+enumerable two-layer VAE, where the hard completion measured |z| up to 73).
+
 ``z̃`` depends on ``η`` directly and through ``θ = σ(η)`` inside the conditional noise
 ``v' = b(vθ + 1 − θ) + (1 − b)v(1 − θ)``, ``z̃ = η + log v' − log(1 − v')``; ``∇_η c(z̃)`` must
 follow both (a published PyTorch port dropped the second and was biased). Simplified, the two are

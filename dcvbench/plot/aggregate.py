@@ -133,6 +133,40 @@ def _over_seeds(results: Results, per_run: pd.DataFrame, prefix: str) -> pd.Data
     return pd.DataFrame(rows, columns=columns)
 
 
+def temperature_frame(results: Results) -> pd.DataFrame:
+    """The temperature study: the final held-out bound per (source, group, estimator, schedule, λ).
+
+    Only estimators run at two or more temperatures (or schedules) in a group appear; ``λ`` is the
+    fixed temperature, or the floor an annealed run reached. Columns: ``source, group, title,
+    estimator, annealed, temperature, mean, se, n``.
+    """
+    columns = ["source", "group", "title", "estimator", "annealed", "temperature", "mean", "se", "n"]
+    runs = results.runs.dropna(subset=["temperature"])
+    final = _per_run_final(results, "test_bound")
+    if runs.empty or final.empty:
+        return pd.DataFrame(columns=columns)
+    merged = final.merge(runs, on=["source", "run_id"])
+    rows = []
+    for (source, group, estimator), frame in merged.groupby(["source", "group", "base_estimator"], sort=True):
+        settings = frame[["annealed", "temperature"]].drop_duplicates()
+        if len(settings) < 2:
+            continue
+        for (annealed, temperature), runs_at in frame.groupby(["annealed", "temperature"], sort=True):
+            mean, se, n = _mean_se(runs_at["value"].astype(float))
+            title = runs_at["title"].iloc[0]
+            rows.append(
+                {"source": source, "group": group, "title": title, "estimator": estimator}
+                | {
+                    "annealed": bool(annealed),
+                    "temperature": float(temperature),
+                    "mean": mean,
+                    "se": se,
+                    "n": n,
+                }
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def time_frame(results: Results) -> pd.DataFrame:
     """Seconds per step per (source, group, estimator): mean over seeds of each run's mean."""
     frame = _over_seeds(results, _per_run_mean(results, "sec_per_step"), "sec_per_step")

@@ -217,6 +217,34 @@ def draw_time(timing: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def draw_temperature(study: pd.DataFrame, title: str) -> Figure:
+    """The final held-out bound against the relaxation's temperature λ (log axis), one line per
+    estimator and schedule: fixed λ solid with filled circles, annealed to the floor λ dashed with
+    open squares; ± s.e. over seeds."""
+    fig, ax = _new_figure()
+    for (estimator, annealed), frame in study.groupby(["estimator", "annealed"], sort=True):
+        frame = frame.sort_values("temperature")
+        ax.errorbar(
+            frame["temperature"],
+            frame["mean"],
+            yerr=frame["se"].fillna(0.0),
+            color=estimator_color(estimator),
+            linestyle="--" if annealed else "-",
+            marker="s" if annealed else "o",
+            markerfacecolor="none" if annealed else estimator_color(estimator),
+            markersize=3,
+            capsize=2,
+            label=f"{estimator}, {'annealed to λ' if annealed else 'fixed λ'}",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("temperature λ (annealed: its floor)")
+    ax.set_ylabel("final test bound")
+    seeds = _seeds_phrase(study["n"])
+    ax.set_title(f"{title}: temperature\n{seeds}" if seeds else f"{title}: temperature")
+    _legend(fig, ax)
+    return fig
+
+
 def _k_positions(ks: Sequence[int], estimators: Sequence[str], width: float = 0.8):
     """x of each (K, estimator): K at integer positions, estimators spread within ``width``."""
     step = width / max(len(estimators), 1)

@@ -10,10 +10,11 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dcvbench.plot.aggregate import curve_frame, summary_frame, time_frame, variance_frame
+from dcvbench.plot.aggregate import curve_frame, summary_frame, temperature_frame, time_frame, variance_frame
 from dcvbench.plot.draw import (
     draw_cost_variance,
     draw_curves,
+    draw_temperature,
     draw_time,
     draw_variance_ratio,
     metrics_of,
@@ -34,6 +35,7 @@ class PlotReport:
     figures: list[Path]
     summary: pd.DataFrame
     variance: pd.DataFrame
+    temperature: pd.DataFrame
     skipped: list[Skipped]
     warnings: list[str]
 
@@ -47,9 +49,11 @@ def plot_results(
     """Read every run below ``root``, draw every figure its data allows, write the summary.
 
     Figures go to ``out_dir`` (default ``root/plots``), named ``<group>-<metric>.<fmt>``;
-    ``summary.md`` and ``summary.csv`` (and ``variance-summary.csv`` for variance studies) beside
-    them. Runs under ``baseline`` are drawn dashed in the same colours, labelled "(baseline)", in
-    the groups that ``root`` has. Nothing is written if ``root`` holds no readable run.
+    ``summary.md`` and ``summary.csv`` (and ``variance-summary.csv`` for variance studies,
+    ``temperature-summary.csv`` and ``<group>-temperature-study`` for a relaxation run at several
+    temperatures) beside them. Runs under ``baseline`` are drawn dashed in the same colours,
+    labelled "(baseline)", in the groups that ``root`` has. Nothing is written if ``root`` holds no
+    readable run.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -61,16 +65,20 @@ def plot_results(
     _check_output(out, results)
     summary = summary_frame(results)
     variance = variance_frame(results)
+    temperature = temperature_frame(results)
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     with matplotlib.rc_context(STYLE):
         figures += _draw_training(results, out, fmt)
         figures += _draw_variance(variance, out, fmt)
+        figures += _draw_temperature(temperature, out, fmt)
     summary.to_csv(out / "summary.csv", index=False)
+    if len(temperature):
+        temperature.to_csv(out / "temperature-summary.csv", index=False)
     if len(variance):
         variance.to_csv(out / "variance-summary.csv", index=False)
-    (out / "summary.md").write_text(summary_markdown(summary, variance))
-    return PlotReport(out, figures, summary, variance, results.skipped, results.warnings)
+    (out / "summary.md").write_text(summary_markdown(summary, variance, temperature))
+    return PlotReport(out, figures, summary, variance, temperature, results.skipped, results.warnings)
 
 
 def _check_output(out: Path, results: Results) -> None:
@@ -110,6 +118,15 @@ def _draw_training(results: Results, out: Path, fmt: str) -> list[Path]:
         frame = timing[timing["group"] == row.group]
         if (frame["source"] == RUNS).any():
             _save(draw_time(frame, row.title), out / f"{row.group}-sec_per_step.{fmt}", figures)
+    return figures
+
+
+def _draw_temperature(temperature: pd.DataFrame, out: Path, fmt: str) -> list[Path]:
+    figures: list[Path] = []
+    for group, frame in temperature.groupby("group", sort=True):
+        if (frame["source"] == RUNS).any():
+            fig = draw_temperature(frame[frame["source"] == RUNS], frame["title"].iloc[0])
+            _save(fig, out / f"{group}-temperature-study.{fmt}", figures)
     return figures
 
 

@@ -38,13 +38,18 @@ from dcvbench.runtime import ConfigError
 
 RUNS, BASELINE = "runs", "baseline"  # values of the ``source`` column
 VARIANCE_TABLE = "variance.parquet"
-TRAINING_JOBS = ("toy", "vae", "predict")  # jobs that write a trace (a variance study writes a table)
+TRAINING_JOBS = ("toy", "vae", "predict")
+# The Concrete paper's names of the two one-layer architectures: one model, one group, whichever name.
+VAE_ARCH_ALIASES = {
+    "200H-784V": "linear",
+    "200H~784V": "nonlinear",
+}  # jobs that write a trace (a variance study writes a table)
 
 # Columns of Results.runs: one row per training run.
 # fmt: off
 RUN_COLUMNS = [
     "source", "run_id", "path", "job", "problem", "group", "title", "estimator", "k", "seed", "status",
-    "last_step", "started", "fingerprint",
+    "last_step", "started", "fingerprint", "base_estimator", "temperature", "annealed",
 ]
 # fmt: on
 # Config fields that may differ between runs averaged together: beside how they were invoked, where
@@ -161,7 +166,7 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         group = f"predict-{dataset}-{arch}{bound}-k{k}"
         title = f"structured prediction {dataset}, {arch}{_bound_title(config)}, K={k}"
     else:
-        dataset, arch = manifest["dataset"], manifest["arch"]
+        dataset, arch = manifest["dataset"], VAE_ARCH_ALIASES.get(manifest["arch"], manifest["arch"])
         protocol = config.get("protocol", VaeConfig.protocol)
         suffix = "" if protocol == VaeConfig.protocol else f"-{protocol}"
         extra = "" if protocol == VaeConfig.protocol else f", {protocol} protocol"
@@ -193,25 +198,52 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "last_step": manifest.get("last_step"),
         "started": manifest.get("started") or "",
         "fingerprint": _fingerprint(job, config),
+        "base_estimator": manifest["estimator"],
+        **_temperature(manifest["estimator"], config),
     }
 
 
 def series_label(estimator: str, config: dict[str, Any]) -> str:
     """The name a run's series is drawn under: the estimator's, with its temperature when that is
-    not the default (``concrete λ=0.1``, ``concrete λ=2/3→0.5 exp``), so that a temperature study's
-    runs are series of their own, not seeds of one."""
+    not the default (``concrete λ=0.1``, ``concrete λ=2→0.5 exp``; with a non-default annealing
+    rate, KL or prior temperature, those too), so that a temperature study's runs are series of
+    their own, not seeds of one."""
     settings = config.get("estimator_settings") or {}
     with contextlib.suppress(EstimatorError):
         if estimator_info(estimator, config.get("latent", "binary")).relaxation is None:
             return estimator
     temperature = settings.get("temperature", TEMPERATURE.default)
     anneal = config.get("anneal", "none")
-    if math.isclose(temperature, TEMPERATURE.default) and anneal == "none":
+    # The other settings of the relaxation that a study may vary, each named when not the default.
+    extras = []
+    rate = config.get("anneal_rate", VaeConfig.anneal_rate)
+    if anneal != "none" and not math.isclose(rate, VaeConfig.anneal_rate):
+        extras.append(f"rate {rate:.3g}")
+    if config.get("kl", "relaxed") != "relaxed":
+        extras.append(f"{config['kl']} KL")
+    prior = config.get("prior_temperature")
+    if prior is not None and not math.isclose(prior, VaeConfig.prior_temperature):
+        extras.append(f"prior λ={prior:.3g}")
+    if math.isclose(temperature, TEMPERATURE.default) and anneal == "none" and not extras:
         return estimator
     label = f"{estimator} λ={temperature:.3g}"
     if anneal != "none":
         label += f"→{config['anneal_floor']:.3g} {anneal}"
-    return label
+    return label + "".join(f", {extra}" for extra in extras)
+
+
+def _temperature(estimator: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A relaxed run's temperature λ (the floor it anneals to, when annealed) and whether it
+    annealed: what the temperature study compares. ``None`` for an estimator that does not relax."""
+    with contextlib.suppress(EstimatorError):
+        if estimator_info(estimator, config.get("latent", "binary")).relaxation is not None:
+            annealed = config.get("anneal", "none") != "none"
+            settings = config.get("estimator_settings") or {}
+            temperature = (
+                config["anneal_floor"] if annealed else settings.get("temperature", TEMPERATURE.default)
+            )
+            return {"temperature": float(temperature), "annealed": annealed}
+    return {"temperature": None, "annealed": None}
 
 
 def _bound_title(config: dict[str, Any]) -> str:

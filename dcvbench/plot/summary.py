@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dcvbench.plot.runs import BASELINE
+from dcvbench.plot.runs import BASELINE, RUNS
 
 
 def _pm(mean: float, se: float, digits: int) -> str:
@@ -69,9 +69,27 @@ def variance_display(variance: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def summary_tables(summary: pd.DataFrame, variance: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, text frame) per group of runs, then per variance study: what the terminal and
-    ``summary.md`` show. Each table keeps only the columns its group has values for."""
+def temperature_display(temperature: pd.DataFrame) -> pd.DataFrame:
+    """The temperature study as text columns (one row per estimator, schedule and λ)."""
+    return pd.DataFrame(
+        {
+            "estimator": temperature["estimator"],
+            "schedule": ["annealed to λ" if annealed else "fixed λ" for annealed in temperature["annealed"]],
+            "λ": [f"{t:.3g}" for t in temperature["temperature"]],
+            "seeds": temperature["n"].astype(str),
+            "final test bound": _pm_column(
+                temperature.rename(columns={"mean": "b_mean", "se": "b_se"}), "b", 5
+            ),
+        }
+    )
+
+
+def summary_tables(
+    summary: pd.DataFrame, variance: pd.DataFrame, temperature: pd.DataFrame | None = None
+) -> list[tuple[str, pd.DataFrame]]:
+    """(title, text frame) per group of runs, then per variance study, then per temperature study:
+    what the terminal and ``summary.md`` show. Each table keeps only the columns its group has
+    values for."""
     tables = []
     for group in dict.fromkeys(summary["group"]) if len(summary) else ():
         frame = summary_display(summary[summary["group"] == group]).drop(columns="group")
@@ -79,14 +97,20 @@ def summary_tables(summary: pd.DataFrame, variance: pd.DataFrame) -> list[tuple[
     for group in dict.fromkeys(variance["group"]) if len(variance) else ():
         frame = variance_display(variance[variance["group"] == group]).drop(columns="study")
         tables.append((group, frame))
+    if temperature is not None and len(temperature):
+        main = temperature[temperature["source"] == RUNS]
+        for group in dict.fromkeys(main["group"]):
+            tables.append((f"{group}: temperature", temperature_display(main[main["group"] == group])))
     return tables
 
 
-def summary_markdown(summary: pd.DataFrame, variance: pd.DataFrame) -> str:
+def summary_markdown(
+    summary: pd.DataFrame, variance: pd.DataFrame, temperature: pd.DataFrame | None = None
+) -> str:
     """``summary.md``: one Markdown table per group; values are mean ± s.e. over seeds."""
     text = "# dcvbench summary\n\n"
     text += "Final values are each run's last recorded value, then mean ± s.e. over seeds.\n"
-    for title, frame in summary_tables(summary, variance):
+    for title, frame in summary_tables(summary, variance, temperature):
         text += f"\n## {title}\n\n" + markdown_table(frame.reset_index(drop=True))
     return text
 
