@@ -1,4 +1,4 @@
-"""``dcvbench sweep``: a grid of runs, each exactly one ``dcvbench toy|vae|variance`` invocation.
+"""``dcvbench sweep``: a grid of runs, each exactly one ``dcvbench toy|vae|predict|variance`` invocation.
 
 A spec is a TOML file::
 
@@ -14,8 +14,8 @@ A spec is a TOML file::
 
 Each run is the invocation a user could type (``dcvbench toy --dim 200 --steps 500 --estimator rloo
 --seed 1 --out OUT -q``), started in a fresh Python process, so a sweep's runs are indistinguishable
-from hand-made ones. A toy or VAE run names one estimator and one seed (one run directory each), so
-that every run can be skipped or resumed on its own.
+from hand-made ones. A toy, VAE or predict run names one estimator and one seed (one run directory
+each), so that every run can be skipped or resumed on its own.
 
 The sweep knows a job's command line only through the :class:`JobCommand` the CLI hands it (its
 option names and a parser to the job's configuration): this module never imports the CLI.
@@ -26,7 +26,7 @@ and, for a toy or VAE run, its own ``estimator`` and ``seed``: so ``dcvbench toy
 --estimator disarm --seed 1 --seed 2`` typed by hand covers four runs of a sweep, and renaming an
 option changes no identity. A sweep's run is configured by the job's own parser, without running it.
 
-On a re-launch a run with a ``finished`` directory is skipped; an ``interrupted`` toy or VAE run is
+On a re-launch a run with a ``finished`` directory is skipped; an ``interrupted`` toy, VAE or predict run is
 resumed (``--resume RUN_DIR``); a ``failed`` or ``diverged`` one is reported and left alone unless
 ``retry_failed`` (a new run directory is made; the old one stays); one still ``running`` is left to
 whatever runs it. An invocation that failed before making a directory (a usage error) leaves no
@@ -254,7 +254,7 @@ def _named(table: Any, section: str, job: str, params: Mapping[str, Any], source
 
 def _check_value(job: str, param: Any, value: Any, source: str) -> None:
     """One run's value of an option: a TOML scalar, or a list of them for a repeatable option."""
-    # A toy or VAE run names one estimator and one seed, though the command repeats them.
+    # A toy, VAE or predict run names one estimator and one seed, though the command repeats them.
     many = param.multiple and not (job in RESUMABLE and param.name in ONE_PER_RUN)
     for item in value if isinstance(value, list) and many else [value]:
         if isinstance(item, list):

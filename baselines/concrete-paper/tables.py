@@ -42,7 +42,7 @@ def group_settings(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def print_table(frame: pd.DataFrame, column: str, sign: float, digits: int) -> None:
-    archs = list(dict.fromkeys(frame["arch"]))
+    archs = sorted(dict.fromkeys(frame["arch"]), key=lambda arch: ("~" in arch, arch.count("H"), arch))
     print("| estimator | " + " | ".join(archs) + " |")
     print("|---|" + "---|" * len(archs))
     for estimator, rows in frame.groupby("estimator", sort=False):

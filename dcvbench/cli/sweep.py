@@ -82,7 +82,7 @@ def sweep(
     ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """A grid of toy, VAE or variance runs, skipping finished ones and resuming interrupted ones."""
+    """A grid of toy, VAE, predict or variance runs, skipping finished ones and resuming interrupted ones."""
     parsed = load_spec(spec, job_commands())
     runs = expand(parsed)
     if dry_run:

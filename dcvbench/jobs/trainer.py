@@ -117,6 +117,22 @@ class Training:
     ema: EMAVariance | None
     step: int = 0
 
+    def stat_columns(self) -> tuple[str, ...]:
+        """The estimators' trace columns: the first layer's stats by their names, each upper
+        layer's with its layer (``alpha_layer2``)."""
+        columns = stat_columns(self.estimator)
+        for layer, upper in enumerate(self.upper_estimators, 2):
+            columns += tuple(layer_named(dict.fromkeys(stat_columns(upper)), layer))
+        return columns
+
+    def state_stats(self) -> dict[str, float]:
+        """The estimators' ``"last"`` stats before any estimate (the step-0 row), named as
+        :meth:`stat_columns`."""
+        stats = self.estimator.state_stats()
+        for layer, upper in enumerate(self.upper_estimators, 2):
+            stats |= layer_named(upper.state_stats(), layer)
+        return stats
+
     def state_dict(self) -> dict:
         return {
             "step": self.step,
@@ -158,6 +174,11 @@ class EvaluationData:
     test: torch.Tensor  # [N_test, P]
     valid: torch.Tensor  # [N_valid, P]
     snapshot: torch.Tensor  # [batch, P]
+
+
+def layer_named(values: dict, layer: int) -> dict:
+    """``values`` of stochastic layer ``layer``'s estimator, keyed as its trace columns: ``alpha_layer2``."""
+    return {f"{name}_layer{layer}": value for name, value in values.items()}
 
 
 def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> EvaluationData:
@@ -229,7 +250,7 @@ def run_job(job: ModelJob, config, progress: Progress | None = None) -> list[Run
                 "device": str(device),
                 "versions": provenance(device),
             }
-            columns = MODEL_METRICS + stat_columns(training.estimator)
+            columns = MODEL_METRICS + training.stat_columns()
             with Run.create(root, job.name_hint(config, name, seed), identity, columns, manifest) as run:
                 _train(job, config, training, evaluation, run, progress)
             summaries.append(run_summary(run.path, run.manifest, columns))
@@ -255,7 +276,7 @@ def resume_job(job: ModelJob, run_dir: Path | str, progress: Progress | None = N
     evaluation = evaluation_data(dataset, config.batch_size, device)
     progress.start(f"{job.name} {manifest['estimator']} (resumed at {training.step})", config.steps)
     progress.advance(training.step)
-    columns = resumed_columns(run_dir, MODEL_METRICS + stat_columns(training.estimator))
+    columns = resumed_columns(run_dir, MODEL_METRICS + training.stat_columns())
     with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
         _train(job, config, training, evaluation, run, progress)
     return run_summary(run.path, run.manifest, columns)
@@ -269,9 +290,10 @@ def _train(
     relaxed = estimator.info.relaxation is not None
     bound = config.bound(estimator.info.name)
     if training.step == 0:
-        _record(job, config, training, evaluation, run, estimator.state_stats(), elbo=None, step_seconds=None)
+        _record(job, config, training, evaluation, run, training.state_stats(), elbo=None, step_seconds=None)
     elbo_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     stats = StatTrace(estimator)
+    upper_stats = [StatTrace(upper) for upper in training.upper_estimators]
     busy, busy_steps = 0.0, 0
     while training.step < config.steps:
         start = time.perf_counter()
@@ -296,6 +318,8 @@ def _train(
         )
         elbo_sum += output.train_elbo
         stats.add(output.estimate)
+        for trace, estimate in zip(upper_stats, output.upper_estimates, strict=True):
+            trace.add(estimate)
         training.step += 1
         step = training.step
         row = _is_row_step(config, step)
@@ -310,6 +334,8 @@ def _train(
             continue
         elbo = elbo_sum / busy_steps
         reported = stats.row(output.estimate, busy_steps)  # the α this step's estimate used, …
+        for layer, (trace, estimate) in enumerate(zip(upper_stats, output.upper_estimates, strict=True), 2):
+            reported |= layer_named(trace.row(estimate, busy_steps), layer)
         bad = non_finite(train_elbo=elbo, **reported, gradient=output.estimate.grad)
         bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
         if bad:

@@ -65,6 +65,12 @@ def test_layer_by_layer_and_whole_chain_estimators_train_two_layers(arch, tmp_pa
     assert second.dtype == torch.float64 and torch.isfinite(second)
     assert second != 0.0  # α starts at 0: the upper layer's was learned, and saved
     assert second != first  # …on its own layer's estimates, not a copy of the first layer's
+    # …and its trace has both: the first layer's α as `alpha`, the second's as `alpha_layer2`, the
+    # value each last row's estimate used (the checkpoint's is the one after that step's update).
+    trace = read_trace(dcv.path)
+    assert trace["alpha_layer2"].iloc[0] == 0.0 and trace["alpha_layer2"].notna().all()
+    assert (trace["alpha_layer2"] != trace["alpha"]).iloc[1:].all()
+    assert not any(column.endswith("_layer2") for column in read_trace(vimco.path).columns)
     # concrete and vimco estimate the whole chain at once: there are no upper estimators to save.
     for summary in (concrete, vimco):
         assert load_checkpoint(summary.path / CHECKPOINT, CPU)["upper_estimators"] == []
