@@ -481,8 +481,8 @@ def test_plot_baselines_produces_every_figure(tmp_path, capsys):
     ):
         assert f"{group}-test_bound.png" in drawn
     assert {
-        "vae-mnist-subset-linear-k2-temperature-study.png",
-        "predict-mnist-subset-392V-240H-392V-k2-temperature-study.png",
+        "vae-mnist-subset-linear-elbo-k2-temperature-study.png",
+        "predict-mnist-subset-392V-240H-392V-elbo-k2-temperature-study.png",
     } <= drawn
     assert {"summary.md", "summary.csv", "variance-summary.csv"} <= {path.name for path in out.iterdir()}
 
