@@ -46,6 +46,13 @@ cli.main()
 """
 
 
+def default_sigint() -> None:
+    """In the child, before it starts: SIGINT at its default, as a process started from a terminal
+    has it. A shell running this suite in the background (``cmd &`` without job control) ignores
+    SIGINT, the child would inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(root, pattern, process, timeout=120.0):
     """Block until a file matching ``pattern`` exists below ``root`` (``process`` is mid-run)."""
     deadline = time.monotonic() + timeout
@@ -66,7 +73,9 @@ def wait_for_rows(root, process, timeout=120.0):
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_run_keeps_the_trace_and_says_interrupted(tmp_path, sig, code):
     command = [sys.executable, "-c", "from dcvbench.cli import main; main()", *LONG_TOY]
-    process = subprocess.Popen([*command, "--out", str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--out", str(tmp_path)], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         wait_for_rows(tmp_path, process)
         process.send_signal(sig)
