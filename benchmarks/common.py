@@ -12,6 +12,7 @@ share, and only the wall time counts.
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import platform
@@ -146,6 +147,21 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> di
     return {"median": median, "q1": q1, "q3": q3}
 
 
+def sign_test_above(ratios: Sequence[float], bar: float) -> dict:
+    """One-sided paired sign test of "the step-by-step ratio is typically above ``bar``".
+
+    Each interleaved round gives one ratio, measured under that round's conditions, so the rounds
+    are the pairs: a load spike slows both sides of a round and leaves its ratio alone, and a sign
+    test ignores how far a round is from the bar. Under the null hypothesis that the median ratio
+    is at (or below) ``bar``, the number of rounds above it is at most Binomial(n, ½); ``p_value``
+    is ``P(X ≥ above)``. A small p says the bar is missed beyond what noise explains.
+    """
+    n = len(ratios)
+    above = sum(ratio > bar for ratio in ratios)
+    p_value = sum(math.comb(n, i) for i in range(above, n + 1)) / 2**n
+    return {"bar": bar, "rounds": n, "above": above, "p_value": p_value}
+
+
 def step_ratio(arch: str, k: int, dcv: Timings, rloo: Timings) -> dict:
     """``rloo-dcv / rloo`` per training step (thread CPU and wall), beside the multiply-add floor."""
     rloo_macs, dcv_macs = multiply_adds(arch, k)
@@ -159,10 +175,22 @@ def step_ratio(arch: str, k: int, dcv: Timings, rloo: Timings) -> dict:
         "macs_rloo_dcv": dcv_macs,
         "floor": floor,
         "cpu_ratio_over_floor": cpu_ratio / floor,
+        "check": sign_test_above(
+            [a / b for a, b in zip(dcv.cpu, rloo.cpu, strict=True)], step_bar(arch, floor)
+        ),
     }
 
 
+def step_bar(arch: str, floor: float) -> float:
+    """The cost bar of DESIGN §7 for ``rloo-dcv / rloo`` per VAE step: within 10 % of ``rloo`` for the
+    nonlinear architecture, within 10 % of the multiply-add floor for the linear one."""
+    return BAR_SLACK * (1.0 if arch == "nonlinear" else floor)
+
+
 # -- the VAE ------------------------------------------------------------------------------------
+
+
+BAR_SLACK = 1.10  # DESIGN §7: "within 10 %"
 
 
 def binary_images(batch: int = BATCH, seed: int = 0) -> Tensor:

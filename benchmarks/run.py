@@ -16,6 +16,10 @@ Measures, and prints as Markdown tables:
 5. peak resident memory of each kind of work, each in a fresh process;
 6. with ``--compile``: the nonlinear K = 2 step with ``torch.compile``-d encoder and decoder.
 
+``--check`` tests each ``rloo-dcv / rloo`` ratio against its bar of DESIGN §7 (within 10 % of
+``rloo`` for nonlinear, of the multiply-add floor for linear) with a one-sided paired sign test over
+the interleaved rounds, and exits 1 when a bar is missed beyond noise (family-wise p < 0.01).
+
 Medians throughout, of wall time and of this thread's CPU time (with one torch thread, the default,
 that is all of the work and the least disturbed by other processes). Writes everything, with the
 machine and the load average before and after, to ``--out`` (default ``benchmarks/results.json``).
@@ -51,6 +55,7 @@ SCHEMA_VERSION = 1
 ESTIMATORS = ("rloo", "rloo-dcv", "disarm", "arms", "concrete")
 PAIR = ("rloo", "rloo-dcv")  # the comparison the double control variate's cost bar is about
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+CHECK_ALPHA = 0.01  # --check: family-wise significance level of a missed bar
 
 
 @dataclass(frozen=True)
@@ -378,6 +383,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--threads", type=int, default=1, help="torch threads (default 1: thread CPU time is all the work)"
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile-d encoder/decoder")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 when a cost bar is missed (paired sign test over the rounds, p < {CHECK_ALPHA})",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
@@ -406,7 +416,35 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(report(results))
     print(f"\nwritten: {args.out}")
+    if args.check:
+        missed = check_report(results)
+        if missed:
+            sys.exit(1)
     return results
+
+
+def missed_bars(results: dict) -> list[dict]:
+    """The step ratios whose bar a one-sided sign test says is missed: p below ``CHECK_ALPHA`` divided
+    by the number of bars checked (Bonferroni), so that a passing run is not failed by chance."""
+    ratios = results["vae_step_ratio"]
+    return [r for r in ratios if r["check"]["p_value"] < CHECK_ALPHA / len(ratios)]
+
+
+def check_report(results: dict) -> list[dict]:
+    """Print each bar's test; return the missed ones."""
+    missed = missed_bars(results)
+    print(
+        f"\nbars (rloo-dcv / rloo per step; sign test, p < {CHECK_ALPHA} / {len(results['vae_step_ratio'])}):"
+    )
+    for r in results["vae_step_ratio"]:
+        check = r["check"]
+        verdict = "MISSED" if r in missed else "ok"
+        print(
+            f"  {r['arch']:>9} K={r['k']:<2} median ratio {r['paired_cpu_ratio']['median']:.3f}, bar "
+            f"{check['bar']:.3f}: {check['above']}/{check['rounds']} rounds above, "
+            f"p = {check['p_value']:.2g}  {verdict}"
+        )
+    return missed
 
 
 if __name__ == "__main__":

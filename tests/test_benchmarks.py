@@ -7,7 +7,9 @@ section ran and the arithmetic that does not depend on the machine (the multiply
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,8 @@ RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("benchmark") / "results.json"
     done = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--out", str(out)],
+        # --check: 4 rounds can never reject a bar (p ≥ 1/16), so the quick run passes it by design.
+        [sys.executable, str(RUN), "--quick", "--check", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -86,3 +89,49 @@ def test_layers_benchmark_times_every_estimator_on_every_architecture():
     for arch in ("200H-784V", "200H~784V", "200H-200H-784V", "200H~200H~784V"):
         assert f"\n{arch}\n" in done.stdout
     assert done.stdout.count("| vimco |") == 4 and done.stdout.count("| rloo | ") == 4
+
+
+def _script(name: str):
+    """A benchmark script as a module (benchmarks/ is no package: its scripts import each other)."""
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", RUN.parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(RUN.parent))
+    return module
+
+
+def test_the_sign_test_is_the_binomial_tail():
+    common = _script("common")
+    # 3 of 4 rounds above the bar: P(X ≥ 3), X ~ Binomial(4, ½) = (4 + 1) / 16.
+    assert common.sign_test_above([1.2, 1.3, 1.0, 1.25], bar=1.1) == {
+        "bar": 1.1,
+        "rounds": 4,
+        "above": 3,
+        "p_value": 5 / 16,
+    }
+    assert common.sign_test_above([1.2] * 20, bar=1.1)["p_value"] == 2.0**-20
+    assert common.sign_test_above([1.0] * 20, bar=1.1)["p_value"] == 1.0
+
+
+def test_check_fails_a_bar_missed_beyond_noise_and_passes_one_met():
+    run, common = _script("run"), _script("common")
+    rng = random.Random(0)
+
+    def ratio(arch: str, typical: float, rounds: int = 60) -> dict:
+        ratios = [typical * rng.uniform(0.9, 1.1) for _ in range(rounds)]  # load noise of ±10 %
+        return {"arch": arch, "k": 2, "check": common.sign_test_above(ratios, bar=1.10)}
+
+    met, missed = ratio("nonlinear", 1.02), ratio("nonlinear", 1.30)
+    assert run.missed_bars({"vae_step_ratio": [met, missed]}) == [missed]
+    # A ratio right at the bar is not failed by chance: about half its rounds are above it.
+    assert run.missed_bars({"vae_step_ratio": [ratio("nonlinear", 1.10)]}) == []
+
+
+def test_the_bars_are_design_s():
+    common = _script("common")
+    assert common.step_bar("nonlinear", floor=1.02) == 1.10
+    assert common.step_bar("linear", floor=4 / 3) == 1.10 * 4 / 3
