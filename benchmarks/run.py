@@ -238,7 +238,7 @@ def _progress(message: str) -> None:
 
 
 def report(results: dict) -> str:
-    """The results as Markdown tables (what the README's Performance section shows)."""
+    """The results as Markdown tables (what docs/performance.md shows)."""
     machine, load = results["machine"], results["load_average"]
     head = (
         f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "

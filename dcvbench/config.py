@@ -201,7 +201,8 @@ ANNEAL_SCHEDULES = ("none", "exp")
 
 
 class TrainsBounds:
-    """What the model jobs (``vae``, ``predict``) share: ``objective``, what each estimator trains."""
+    """What the model jobs (``vae``, ``predict``) share: ``objective`` (what each estimator trains)
+    and the checks of the training loop's settings."""
 
     estimators: tuple[str, ...]
     objective: str | None
@@ -221,6 +222,31 @@ class TrainsBounds:
     def bound(self, estimator: str) -> str:
         """What ``estimator`` trains in this run: ``objective``, or (not given) the estimator's own."""
         return self.objective or estimator_info(estimator, self.latent).bounds[0]
+
+    def _check_training(self, job: str) -> None:
+        """The settings of the training loop both jobs run (jobs/trainer.py); fills in the estimator
+        settings of ``job``."""
+        for option, value in (
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--encoder-lr", self.encoder_lr),
+            ("--decoder-lr", self.decoder_lr),
+            ("--log-every", self.log_every),
+            ("--eval-every", self.eval_every),
+            ("--eval-samples", self.eval_samples),
+            ("--var-every", self.var_every),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
+            _positive(option, value)
+        if self.var_method not in VAR_METHODS:
+            raise ConfigError(
+                f"unknown --var-method {self.var_method!r}; choose from: {', '.join(VAR_METHODS)}"
+            )
+        _at_least("--var-samples", self.var_samples, 2)
+        if not self.seeds:
+            raise ConfigError("give at least one --seed")
+        _check_runtime(self.device, "float32")
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, job))
 
 
 @dataclass(frozen=True)
@@ -288,29 +314,9 @@ class VaeConfig(TrainsBounds):
         self._check_arch()
         check_estimators(self.estimators, self.k, "vae", self.latent)
         self._check_objective()
-        for option, value in (
-            ("--latent-vars", self.latent_vars),
-            ("--steps", self.steps),
-            ("--batch-size", self.batch_size),
-            ("--encoder-lr", self.encoder_lr),
-            ("--decoder-lr", self.decoder_lr),
-            ("--prior-lr", self.prior_lr),
-            ("--log-every", self.log_every),
-            ("--eval-every", self.eval_every),
-            ("--eval-samples", self.eval_samples),
-            ("--var-every", self.var_every),
-            ("--checkpoint-every", self.checkpoint_every),
-        ):
-            _positive(option, value)
-        if self.var_method not in VAR_METHODS:
-            raise ConfigError(
-                f"unknown --var-method {self.var_method!r}; choose from: {', '.join(VAR_METHODS)}"
-            )
-        _at_least("--var-samples", self.var_samples, 2)
-        if not self.seeds:
-            raise ConfigError("give at least one --seed")
-        _check_runtime(self.device, "float32")
-        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "vae"))
+        _positive("--latent-vars", self.latent_vars)
+        _positive("--prior-lr", self.prior_lr)
+        self._check_training("vae")
         self._check_relaxation()
 
     def _check_arch(self) -> None:
@@ -415,27 +421,7 @@ class PredictConfig(TrainsBounds):
         check_estimators(self.estimators, self.k, "predict", "binary")
         self._check_straight_through()
         self._check_objective()
-        for option, value in (
-            ("--steps", self.steps),
-            ("--batch-size", self.batch_size),
-            ("--encoder-lr", self.encoder_lr),
-            ("--decoder-lr", self.decoder_lr),
-            ("--log-every", self.log_every),
-            ("--eval-every", self.eval_every),
-            ("--eval-samples", self.eval_samples),
-            ("--var-every", self.var_every),
-            ("--checkpoint-every", self.checkpoint_every),
-        ):
-            _positive(option, value)
-        if self.var_method not in VAR_METHODS:
-            raise ConfigError(
-                f"unknown --var-method {self.var_method!r}; choose from: {', '.join(VAR_METHODS)}"
-            )
-        _at_least("--var-samples", self.var_samples, 2)
-        if not self.seeds:
-            raise ConfigError("give at least one --seed")
-        _check_runtime(self.device, "float32")
-        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "predict"))
+        self._check_training("predict")
         _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, {"--temperature": self.temperature})
 
     def _check_straight_through(self) -> None:

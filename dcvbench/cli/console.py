@@ -49,6 +49,35 @@ class RichProgress:
         self.bar.advance(self.task, steps)
 
 
+def report_model_runs(title: str, summaries: list, quiet: bool, test_column: str, test_sign: float) -> None:
+    """The end of a model job (vae, predict): run directories when quiet, else one row per run.
+
+    ``test_column`` names the held-out column, ``test_bound`` times ``test_sign`` (−1: an NLL)."""
+    if quiet:
+        for summary in summaries:
+            print(summary.path)
+        return
+    columns = ("estimator", "K", "seed", "status", "train bound", test_column, "grad var (resample)")
+    table = results_table(title, (*columns, "grad var (ema)", "α", "s/step"))
+    for s in summaries:
+        m = s.metrics
+        bound = m.get("test_bound")
+        table.add_row(
+            s.estimator,
+            str(s.k),
+            str(s.seed),
+            s.status,
+            number(m.get("train_elbo"), 5),
+            number(None if bound is None else test_sign * bound, 5),
+            number(m.get("grad_var_resample"), 3),
+            number(m.get("grad_var_ema"), 3),
+            number(m.get("alpha"), 3),
+            number(m.get("sec_per_step"), 2),
+        )
+    stdout.print(table)
+    stdout.print(f"runs written under {summaries[0].path.parent}/")
+
+
 def number(value: float | None, digits: int = 4) -> str:
     """A table cell: ``digits`` significant digits, ``–`` where nothing was measured."""
     if value is None or pd.isna(value):

@@ -48,6 +48,34 @@ Quiet = Annotated[
 CheckpointEvery = Annotated[
     int, typer.Option(help="Checkpoint (atomically, for --resume) every N steps, at a flushed row.")
 ]
+# The options of the model-training jobs (vae, predict), their defaults the job's config's.
+Dataset = Annotated[
+    str, typer.Option(help="mnist-subset (embedded, default), mnist, fashion-mnist or omniglot.")
+]
+DataDir = Annotated[str | None, typer.Option(help="Directory of the data set's files.")]
+Bound = Annotated[
+    str | None,
+    typer.Option(
+        "--objective",
+        help=(
+            "elbo (m = 1) or iwae (the K-sample bound, m = K: vimco, concrete). "
+            "Default: each estimator's own (vimco: iwae; the rest: elbo)."
+        ),
+    ),
+]
+Steps = Annotated[int, typer.Option(help="Training steps.")]
+LogEvery = Annotated[int, typer.Option(help="Write a row (training bound, α, s/step) every N steps.")]
+EvalEvery = Annotated[int, typer.Option(help="Held-out bounds every N steps.")]
+EvalSamples = Annotated[int, typer.Option(help="Samples per datum of the held-out bound.")]
+VarEvery = Annotated[int, typer.Option(help="Resample variance every N steps.")]
+VarMethod = Annotated[str, typer.Option(help="ema, resample or both (docs/measurement.md).")]
+VarSamples = Annotated[int, typer.Option(help="Estimates drawn for the resample variance.")]
+Seeds = Annotated[list[int] | None, typer.Option("--seed", help="Seed (repeatable: one run per seed).")]
+Anneal = Annotated[
+    str, typer.Option(help="concrete, st-concrete: none, or exp: λ_t = max(floor, λ_0·exp(−rate·t)).")
+]
+AnnealRate = Annotated[float, typer.Option(help="--anneal exp: decay rate per step.")]
+AnnealFloor = Annotated[float, typer.Option(help="--anneal exp: the lowest temperature.")]
 Resume = Annotated[
     str | None,
     typer.Option(
@@ -151,3 +179,20 @@ def toy_latents(problem: ToyProblem) -> str:
     if problem.latent == "binary":
         return f"D={problem.dim}, t={problem.target}"
     return f"N={problem.dim} categorical, C={problem.classes}"
+
+
+def training_options(p: Mapping[str, Any], job: str, config: type) -> dict[str, Any]:
+    """The options ``vae`` and ``predict`` share, from their parsed command line ``p``, as keyword
+    arguments of their configuration class ``config`` (whose defaults fill repeatable options left
+    out). The learning rates fall back on ``--lr``."""
+    shared = ("dataset", "data_dir", "arch", "k", "objective", "steps", "batch_size", "log_every")
+    shared += ("eval_every", "eval_samples", "var_every", "var_method", "var_samples", "checkpoint_every")
+    shared += ("device", "anneal", "anneal_rate", "anneal_floor", "out")
+    return {
+        **{name: p[name] for name in shared},
+        "estimators": tuple(p["estimator"] or config.estimators),
+        "seeds": tuple(p["seed"] or config.seeds),
+        "encoder_lr": p["lr"] if p["encoder_lr"] is None else p["encoder_lr"],
+        "decoder_lr": p["lr"] if p["decoder_lr"] is None else p["decoder_lr"],
+        "estimator_settings": estimator_settings(p, job),
+    }

@@ -7,16 +7,30 @@ from typing import Annotated
 import typer
 
 from dcvbench.cli.app import app, reports_user_errors
-from dcvbench.cli.console import RichProgress, number, results_table, stdout
+from dcvbench.cli.console import RichProgress, report_model_runs
 from dcvbench.cli.options import (
+    Anneal,
+    AnnealFloor,
+    AnnealRate,
+    Bound,
     CheckpointEvery,
+    DataDir,
+    Dataset,
     Device,
+    EvalEvery,
+    EvalSamples,
     Latent,
+    LogEvery,
     Out,
     Quiet,
     Resume,
-    estimator_settings,
+    Seeds,
+    Steps,
+    VarEvery,
+    VarMethod,
+    VarSamples,
     refuse_options_with_resume,
+    training_options,
     with_estimator_options,
 )
 from dcvbench.config import CLASSES, LATENT_BITS, VARIABLES, VaeConfig
@@ -28,39 +42,16 @@ def vae_config(ctx: typer.Context) -> VaeConfig:
     p = ctx.params
     return VaeConfig.for_protocol(
         p["protocol"],
-        dataset=p["dataset"],
-        data_dir=p["data_dir"],
-        arch=p["arch"],
+        **training_options(p, "vae", VaeConfig),
         latent=p["latent"],
         latent_vars=p["latent_vars"],
         classes=p["classes"],
-        k=p["k"],
-        estimators=tuple(p["estimator"] or VaeConfig.estimators),
-        objective=p["objective"],
-        steps=p["steps"],
-        batch_size=p["batch_size"],
-        encoder_lr=p["lr"] if p["encoder_lr"] is None else p["encoder_lr"],
-        decoder_lr=p["lr"] if p["decoder_lr"] is None else p["decoder_lr"],
         learn_prior=p["learn_prior"],
         prior_lr=p["prior_lr"],
         center_inputs=p["center_inputs"],
         init_output_bias=p["init_output_bias"],
-        log_every=p["log_every"],
-        eval_every=p["eval_every"],
-        eval_samples=p["eval_samples"],
-        var_every=p["var_every"],
-        var_method=p["var_method"],
-        var_samples=p["var_samples"],
-        checkpoint_every=p["checkpoint_every"],
-        seeds=tuple(p["seed"] or VaeConfig.seeds),
-        device=p["device"],
-        estimator_settings=estimator_settings(p, "vae"),
         prior_temperature=p["prior_temperature"],
         kl=p["kl"],
-        anneal=p["anneal"],
-        anneal_rate=p["anneal_rate"],
-        anneal_floor=p["anneal_floor"],
-        out=p["out"],
     )
 
 
@@ -75,10 +66,8 @@ def vae(
             help=f"Estimator (repeatable: one run each). Default: {', '.join(VaeConfig.estimators)}."
         ),
     ] = None,
-    dataset: Annotated[
-        str, typer.Option(help="mnist-subset (embedded, default), mnist, fashion-mnist or omniglot.")
-    ] = VaeConfig.dataset,
-    data_dir: Annotated[str | None, typer.Option(help="Directory of the data set's files.")] = None,
+    dataset: Dataset = VaeConfig.dataset,
+    data_dir: DataDir = None,
     arch: Annotated[
         str,
         typer.Option(
@@ -100,19 +89,11 @@ def vae(
         typer.Option(help=f"Categorical latents: classes per variable C (default {CLASSES}); uniform prior."),
     ] = None,
     k: Annotated[int, typer.Option("--k", help="Samples per datum K.")] = VaeConfig.k,
-    objective: Annotated[
-        str | None,
-        typer.Option(
-            help=(
-                "elbo (m = 1) or iwae (the K-sample bound, m = K: vimco, concrete). "
-                "Default: each estimator's own (vimco: iwae; the rest: elbo)."
-            )
-        ),
-    ] = None,
+    objective: Bound = None,
     protocol: Annotated[
         str, typer.Option(help="dcv (batch 100, Adam 1e-3, fixed prior) or disarm (batch 50, Adam 1e-4, …).")
     ] = VaeConfig.protocol,
-    steps: Annotated[int, typer.Option(help="Training steps.")] = VaeConfig.steps,
+    steps: Steps = VaeConfig.steps,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the protocol's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate of encoder and decoder.")] = None,
     encoder_lr: Annotated[float | None, typer.Option(help="Encoder learning rate (overrides --lr).")] = None,
@@ -131,22 +112,14 @@ def vae(
             "--init-output-bias/--zero-output-bias", help="Decoder output bias at logit(mean image)."
         ),
     ] = None,
-    log_every: Annotated[
-        int, typer.Option(help="Write a row (training ELBO, α, s/step) every N steps.")
-    ] = VaeConfig.log_every,
-    eval_every: Annotated[int, typer.Option(help="Held-out bounds every N steps.")] = VaeConfig.eval_every,
-    eval_samples: Annotated[
-        int, typer.Option(help="Importance samples per datum for the bound.")
-    ] = VaeConfig.eval_samples,
-    var_every: Annotated[int, typer.Option(help="Resample variance every N steps.")] = VaeConfig.var_every,
-    var_method: Annotated[
-        str, typer.Option(help="ema, resample or both (see README).")
-    ] = VaeConfig.var_method,
-    var_samples: Annotated[
-        int, typer.Option(help="Estimates drawn for the resample variance.")
-    ] = VaeConfig.var_samples,
+    log_every: LogEvery = VaeConfig.log_every,
+    eval_every: EvalEvery = VaeConfig.eval_every,
+    eval_samples: EvalSamples = VaeConfig.eval_samples,
+    var_every: VarEvery = VaeConfig.var_every,
+    var_method: VarMethod = VaeConfig.var_method,
+    var_samples: VarSamples = VaeConfig.var_samples,
     checkpoint_every: CheckpointEvery = VaeConfig.checkpoint_every,
-    seed: Annotated[list[int] | None, typer.Option(help="Seed (repeatable: one run per seed).")] = None,
+    seed: Seeds = None,
     device: Device = VaeConfig.device,
     prior_temperature: Annotated[
         float, typer.Option(help="concrete: temperature of the relaxed prior (with --kl relaxed).")
@@ -157,16 +130,9 @@ def vae(
             help="concrete: relaxed (Concrete densities of prior and posterior) or analytic (discrete KL)."
         ),
     ] = VaeConfig.kl,
-    anneal: Annotated[
-        str,
-        typer.Option(help="concrete, st-concrete: none, or exp: λ_t = max(floor, λ_0·exp(−rate·t)), both λ."),
-    ] = VaeConfig.anneal,
-    anneal_rate: Annotated[
-        float, typer.Option(help="--anneal exp: decay rate per step.")
-    ] = VaeConfig.anneal_rate,
-    anneal_floor: Annotated[
-        float, typer.Option(help="--anneal exp: the lowest temperature.")
-    ] = VaeConfig.anneal_floor,
+    anneal: Anneal = VaeConfig.anneal,
+    anneal_rate: AnnealRate = VaeConfig.anneal_rate,
+    anneal_floor: AnnealFloor = VaeConfig.anneal_floor,
     resume: Resume = None,
     out: Out = VaeConfig.out,
     quiet: Quiet = False,
@@ -181,25 +147,4 @@ def vae(
             summaries = [resume_vae(resume, progress)]
         else:
             summaries = run_vae(vae_config(ctx), progress)
-    if quiet:
-        for summary in summaries:
-            print(summary.path)
-        return
-    columns = ("estimator", "K", "seed", "status", "train ELBO", "test bound", "grad var (resample)")
-    table = results_table("vae", (*columns, "grad var (ema)", "α", "s/step"))
-    for s in summaries:
-        m = s.metrics
-        table.add_row(
-            s.estimator,
-            str(s.k),
-            str(s.seed),
-            s.status,
-            number(m.get("train_elbo"), 5),
-            number(m.get("test_bound"), 5),
-            number(m.get("grad_var_resample"), 3),
-            number(m.get("grad_var_ema"), 3),
-            number(m.get("alpha"), 3),
-            number(m.get("sec_per_step"), 2),
-        )
-    stdout.print(table)
-    stdout.print(f"runs written under {summaries[0].path.parent}/")
+    report_model_runs("vae", summaries, quiet, "test bound", 1.0)

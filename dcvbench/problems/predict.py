@@ -45,7 +45,16 @@ from torch import Tensor, nn
 from dcvbench.latent import BINARY, LatentFamily
 from dcvbench.latent.noise import uniform_noise
 from dcvbench.objectives import Evaluation, ProblemShape
-from dcvbench.problems.vae import BOUNDS, HIDDEN, PIXELS, PRIOR_TEMPERATURE, Layout, iwae_bound, networks
+from dcvbench.problems.vae import (
+    BOUNDS,
+    HIDDEN,
+    PIXELS,
+    PRIOR_TEMPERATURE,
+    Layout,
+    iwae_bound,
+    networks,
+    one_backward_pass,
+)
 
 # The Concrete paper's names (§5.2), read from the input half to the output half: "-" a linear map
 # between neighbours, "~" the nonlinear block.
@@ -384,18 +393,8 @@ class NegativeLogLikelihood:
         :meth:`generative_parameters`, returned as ``param_grads``. Below the last layer ``f`` does
         not depend on ``h_l`` with the samples below held fixed (class docstring): its gradient is 0.
         """
-        params = self.generative_parameters() if self.generative_grads else []
-        with torch.enable_grad():
-            b = b.detach().requires_grad_(True)
-            values = self(b)  # [..., B]
-            # Seeded with 1/n, as values.mean().backward() is: the parameters get ∇ mean f exactly
-            # as on the autograd path, and only the (smaller) input gradient needs rescaling.
-            count = values.numel()
-            seed = torch.full_like(values, 1.0 / count)
-            grads = torch.autograd.grad(values, [b, *params], grad_outputs=seed, materialize_grads=True)
-        param_grads = tuple(grads[1:]) if self.generative_grads else None
-        # ∇_b f_k: each value depends only on its own b.
-        return Evaluation(values.detach(), grads[0] * count, param_grads)
+        params = self.generative_parameters() if self.generative_grads else None
+        return one_backward_pass(self, b, params)
 
 
 def test_nll(

@@ -617,18 +617,25 @@ class NegativeELBO:
         :meth:`generative_parameters`, returned as ``param_grads``: the gradients of *these* values,
         which a training step assigns instead of differentiating the values again.
         """
-        params = self.generative_parameters() if self.generative_grads else []
-        with torch.enable_grad():
-            b = b.detach().requires_grad_(True)
-            values = self(b)  # [..., B]
-            # Seeded with 1/n, as values.mean().backward() is: the parameters get ∇ mean f exactly
-            # as on the autograd path, and only the (smaller) input gradient needs rescaling.
-            count = values.numel()
-            seed = torch.full_like(values, 1.0 / count)
-            grads = torch.autograd.grad(values, [b, *params], grad_outputs=seed)
-        param_grads = tuple(grads[1:]) if self.generative_grads else None
-        # ∇_b f_k: each value depends only on its own b.
-        return Evaluation(values.detach(), grads[0] * count, param_grads)
+        params = self.generative_parameters() if self.generative_grads else None
+        return one_backward_pass(self, b, params)
+
+
+def one_backward_pass(f, b: Tensor, params: list[nn.Parameter] | None) -> Evaluation:
+    """``f(b)`` ``[..., B]`` (detached), ``∇_b f`` and, unless ``params`` is ``None``, ``∇ mean(f)``
+    for ``params``: one backward pass, the objectives' :meth:`value_and_input_grad` (VAE, structured
+    prediction). A parameter or input ``f`` does not reach gets a zero gradient."""
+    with torch.enable_grad():
+        b = b.detach().requires_grad_(True)
+        values = f(b)  # [..., B]
+        # Seeded with 1/n, as values.mean().backward() is: the parameters get ∇ mean f exactly
+        # as on the autograd path, and only the (smaller) input gradient needs rescaling.
+        count = values.numel()
+        seed = torch.full_like(values, 1.0 / count)
+        grads = torch.autograd.grad(values, [b, *(params or [])], grad_outputs=seed, materialize_grads=True)
+    param_grads = None if params is None else tuple(grads[1:])
+    # ∇_b f_k: each value depends only on its own b.
+    return Evaluation(values.detach(), grads[0] * count, param_grads)
 
 
 @torch.no_grad()
