@@ -24,6 +24,7 @@ from dcvbench.estimators import (
     estimator_names,
     estimator_options,
 )
+from dcvbench.estimators.registry import did_you_mean
 from dcvbench.latent import LATENT_TYPES
 from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import CATEGORICAL_OBJECTIVES
@@ -39,7 +40,7 @@ from dcvbench.problems.vae import (
     VARIABLES,
     parse_arch,
 )
-from dcvbench.runtime import DEVICES, DTYPES, ConfigError
+from dcvbench.runtime import DEFAULT_THREADS, DEVICES, DTYPES, ConfigError
 
 # The default estimators of `dcvbench toy` per latent type: the paper's comparison plus the oracle
 # baseline; for categorical latents the Gumbel-softmax relaxation stands in for DisARM, which has no
@@ -104,6 +105,7 @@ class ToyConfig:
     var_samples: int = 2000
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
+    threads: int = DEFAULT_THREADS  # torch threads (not part of a run's identity: results.INVOCATION_FIELDS)
     dtype: str = "float64"  # the toy's gradients are ~1e-5: float64 keeps the variance exact
     # Every estimator option by name (dcvbench.estimators.estimator_options); not given: the toy's
     # defaults (the published toy's α optimiser, RMSprop at lr 5e-4).
@@ -121,7 +123,7 @@ class ToyConfig:
         _at_least("--var-samples", self.var_samples, 2)
         if not self.seeds:
             raise ConfigError("give at least one --seed")
-        _check_runtime(self.device, self.dtype)
+        _check_runtime(self.device, self.dtype, self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "toy"))
 
 
@@ -144,6 +146,7 @@ class VarianceConfig:
     samples: int = 20000
     seed: int = 0
     device: str = "auto"
+    threads: int = DEFAULT_THREADS  # torch threads (not part of a run's identity: results.INVOCATION_FIELDS)
     dtype: str = "float64"  # the toy's; a VAE checkpoint is measured in its own precision
     estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("variance"))
     out: str = "results"
@@ -167,7 +170,7 @@ class VarianceConfig:
                     f"--theta {self.theta!r}: categorical latents take {' or '.join(CATEGORICAL_THETAS)}, "
                     "not a probability"
                 )
-        _check_runtime(self.device, self.dtype)
+        _check_runtime(self.device, self.dtype, self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "variance"))
 
 
@@ -245,7 +248,7 @@ class TrainsBounds:
         _at_least("--var-samples", self.var_samples, 2)
         if not self.seeds:
             raise ConfigError("give at least one --seed")
-        _check_runtime(self.device, "float32")
+        _check_runtime(self.device, "float32", self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, job))
 
 
@@ -285,6 +288,7 @@ class VaeConfig(TrainsBounds):
     checkpoint_every: int = 500
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
+    threads: int = DEFAULT_THREADS  # torch threads (not part of a run's identity: results.INVOCATION_FIELDS)
     # Every estimator option (not given: the VAE's defaults, α by Adam at 1e-3); its temperature is
     # the posterior's (concrete, st-concrete).
     estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("vae"))
@@ -399,6 +403,7 @@ class PredictConfig(TrainsBounds):
     checkpoint_every: int = 500
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
+    threads: int = DEFAULT_THREADS  # torch threads (not part of a run's identity: results.INVOCATION_FIELDS)
     estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("predict"))
     anneal: str = "none"
     anneal_rate: float = 1e-4
@@ -572,7 +577,8 @@ def _estimator_info(name: str, latent: str | None) -> EstimatorInfo:
     valid = ", ".join(estimator_names(latent or "binary"))
     if latent is not None and any(name in estimator_names(other) for other in LATENT_TYPES):
         raise ConfigError(f"{name} has no {latent} version; for {latent} latents choose from: {valid}")
-    raise ConfigError(f"unknown estimator {name!r}{_for_latent(latent)}; choose from: {valid}")
+    hint = did_you_mean(name, estimator_names(latent or "binary"))
+    raise ConfigError(f"unknown estimator {name!r}{_for_latent(latent)}; {hint}")
 
 
 def _for_latent(latent: str | None) -> str:
@@ -585,7 +591,8 @@ def _fill(config, name: str, value) -> None:
     object.__setattr__(config, name, value)
 
 
-def _check_runtime(device: str, dtype: str) -> None:
+def _check_runtime(device: str, dtype: str, threads: int) -> None:
+    _positive("--threads", threads)
     if device not in DEVICES:
         raise ConfigError(f"unknown device {device!r}; choose from: {', '.join(DEVICES)}")
     if dtype not in DTYPES:

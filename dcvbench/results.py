@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from dcvbench.runtime import ConfigError
 
@@ -56,7 +57,7 @@ TIMING_COLUMNS = ["run_id", "wall_s", "sec_per_step"]
 FLUSH_SECONDS = 5.0
 # Fields of a job's configuration that say how it was invoked, not what one of its runs computes:
 # where runs go, and the estimators and seeds it ran one by one (each run's manifest names its own).
-INVOCATION_FIELDS = ("out", "estimators", "seeds")
+INVOCATION_FIELDS = ("out", "estimators", "seeds", "threads")
 
 
 class ResultsError(ValueError):
@@ -203,7 +204,9 @@ class Run:
         extra = [name for name in trace.columns if name not in IDENTITY_SCHEMA.names and name not in metrics]
         identity.update({label: trace[label].iloc[0] for label in extra})
         before = trace.loc[trace["step"] <= resumed_from, "wall_s"] if len(trace) else []
-        resumes = [*manifest.get("resumes", []), {"from_step": resumed_from, "at": now_iso()}]
+        # The machine may have changed since the run began: say with how many threads it went on.
+        resume = {"from_step": resumed_from, "at": now_iso(), "torch_threads": torch.get_num_threads()}
+        resumes = [*manifest.get("resumes", []), resume]
         manifest.update(status="running", ended=None, last_step=resumed_from, resumes=resumes)
         elapsed = float(before.iloc[-1]) if len(before) else 0.0
         return cls(path, identity, metrics, manifest, parts=len(parts), elapsed=elapsed)

@@ -11,6 +11,8 @@ import platform
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,10 @@ import dcvbench
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# torch threads of a job when not given (--threads). One, by measurement (docs/performance.md#threads):
+# on an idle machine more threads bought nothing at these sizes, and on a machine shared with other
+# jobs torch's default (one per core) made runs several times slower.
+DEFAULT_THREADS = 1
 
 
 class ConfigError(ValueError):
@@ -44,6 +50,20 @@ def resolve_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ConfigError(f"unknown dtype {name!r}; choose from: {', '.join(DTYPES)}") from None
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch (intra-op) threads, then restore the caller's count.
+
+    The count is process-wide torch state, so a job sets it for its own duration only.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:

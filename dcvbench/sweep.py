@@ -549,9 +549,12 @@ def launch(argv: Sequence[str], threads: int, processes: RunProcesses) -> Launch
 
     A fresh process per run isolates runs (a crash, a leak, torch's global thread pool) and sets the
     thread count before torch starts: N runs at once get cores // N threads each, so together they
-    never oversubscribe the machine. ``processes`` tracks the run, so that its sweep can stop it.
+    never oversubscribe the machine (``--threads``, unless the spec sets it; the environment for the
+    other libraries). ``processes`` tracks the run, so that its sweep can stop it.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if not any(arg == "--threads" or arg.startswith("--threads=") for arg in argv):
+        argv = [*argv, "--threads", str(threads)]
     code, stdout, stderr = processes.run([sys.executable, "-m", "dcvbench", *argv], env)
     errors = [line for line in stderr.splitlines() if line.strip()]
     run_dirs = tuple(line for line in stdout.splitlines() if line.strip())  # what -q prints

@@ -232,6 +232,59 @@ CASES = [
     ),
     pytest.param(["variance", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
     (["variance", "--out", "{blocker}/below"], "cannot write to --out"),
+    # contradictions: an option beside a value of another under which it does nothing
+    (
+        ["toy", "--alpha", "-0.1", "--alpha-learning", "optimal", "--out", "{out}"],
+        "--alpha-learning optimal does nothing with --alpha -0.1: it applies only when --alpha is not "
+        "given; drop one of them",
+    ),
+    (
+        ["vae", "--alpha-learning", "optimal", "--alpha-lr", "0.01", "--out", "{out}"],
+        "--alpha-lr 0.01 does nothing with --alpha-learning optimal: it applies only with "
+        "--alpha-learning sgd",
+    ),
+    (
+        ["predict", "--alpha", "0.5", "--alpha-optimizer", "sgd", "--out", "{out}"],
+        "--alpha-optimizer sgd does nothing with --alpha 0.5",
+    ),
+    (
+        [
+            "vae",
+            "--estimator",
+            "concrete",
+            "--kl",
+            "analytic",
+            "--prior-temperature",
+            "0.7",
+            "--out",
+            "{out}",
+        ],
+        "--prior-temperature 0.7 does nothing with --kl analytic: it applies only with --kl relaxed; "
+        "drop one of them",
+    ),
+    (
+        ["vae", "--estimator", "concrete", "--anneal-rate", "0.01", "--out", "{out}"],
+        "--anneal-rate 0.01 does nothing with --anneal none: it applies only with --anneal exp; "
+        "drop --anneal-rate",
+    ),
+    (
+        ["predict", "--anneal-floor", "0.3", "--out", "{out}"],
+        "--anneal-floor 0.3 does nothing with --anneal none",
+    ),
+    (["vae", "--prior-lr", "0.1", "--out", "{out}"], "--prior-lr applies to a learned prior only"),
+    (
+        ["vae", "--lr", "1e-3", "--encoder-lr", "1e-3", "--decoder-lr", "1e-3", "--out", "{out}"],
+        "--lr does nothing beside both --encoder-lr and --decoder-lr",
+    ),
+    (["toy", "--w-scale", "2", "--out", "{out}"], "--w-scale 2.0 does nothing with --objective separable"),
+    (["variance", "--checkpoint", "{linear}", "--dim", "5", "--out", "{out}"], "drop --dim"),
+    (
+        ["variance", "--checkpoint", "{linear}", "--temperature", "0.5", "--out", "{out}"],
+        "drop --temperature",
+    ),
+    # --threads: checked, and the one run option a resume may change (the machine may have)
+    (["toy", "--threads", "0", "--out", "{out}"], "--threads must be positive, got 0"),
+    (["toy", "--resume", "{empty}", "--threads", "2"], "run.json is missing"),
     # data and plot
     (["estimators", "--latent", "foo"], "unknown --latent 'foo'; choose from: binary, categorical"),
     (["data", "download", "cifar"], "unknown data set 'cifar'; choose from:"),

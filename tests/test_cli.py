@@ -135,16 +135,20 @@ def test_vae_end_to_end_small(tmp_path):
 def test_vae_relaxation_options_reach_the_run(tmp_path):
     args = "vae --estimator concrete --latent-vars 8 --batch-size 20 --steps 10 --log-every 5"
     args += " --eval-every 10 --var-every 10 --var-samples 4 --eval-samples 2 --device cpu -q"
-    args += " --temperature 0.9 --prior-temperature 0.7 --kl analytic --anneal exp --anneal-rate 0.05"
+    args += " --temperature 0.9 --prior-temperature 0.7 --kl relaxed --anneal exp --anneal-rate 0.05"
     args += f" --anneal-floor 0.6 --out {tmp_path}"
     result = runner.invoke(app, args.split())
     assert result.exit_code == 0, result.output
     (run,) = find_runs(tmp_path)
     config = read_manifest(run)["config"]
     assert config["estimator_settings"]["temperature"] == 0.9
-    assert (config["prior_temperature"], config["kl"]) == (0.7, "analytic")
+    assert (config["prior_temperature"], config["kl"]) == (0.7, "relaxed")
     assert (config["anneal"], config["anneal_rate"], config["anneal_floor"]) == ("exp", 0.05, 0.6)
-    assert read_manifest(run)["relaxation"]["objective"] == "relaxed reconstruction + analytic KL"
+    relaxation = read_manifest(run)["relaxation"]
+    assert (
+        relaxation["objective"] == "relaxed ELBO (Concrete densities)"
+        and relaxation["prior_temperature"] == 0.7
+    )
     temperatures = read_trace(run)["temperature"].tolist()
     assert temperatures[0] == 0.9 and temperatures[1] < 0.9 and temperatures[2] == 0.6  # at the floor
 
@@ -188,7 +192,7 @@ def test_every_estimator_option_of_a_job_is_an_option_of_its_command(job):
     for name, option in estimator_options(job).items():
         assert params[name].opts == [option.flag]
         assert params[name].default == default_settings(job)[name]
-        assert params[name].help.endswith(option.help_for(job))
+        assert params[name].help.endswith(f"{option.help_for(job)}.")
     assert not set(estimator_options()) - set(estimator_options(job)) & set(params)
     assert "rloo-dcv: " in params["alpha"].help
     if job == "variance":  # a study trains nothing: no learning rates; α defaults to α*

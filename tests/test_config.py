@@ -33,6 +33,9 @@ from dcvbench.runtime import ConfigError
         (lambda: ToyConfig(var_samples=1), "--var-samples must be at least 2"),
         (lambda: ToyConfig(seeds=()), "at least one --seed"),
         (lambda: ToyConfig(device="tpu"), "unknown device"),
+        (lambda: ToyConfig(threads=0), "--threads must be positive, got 0"),
+        (lambda: VarianceConfig(threads=-1), "--threads must be positive, got -1"),
+        (lambda: VaeConfig(threads=0), "--threads must be positive, got 0"),
         (
             lambda: ToyConfig(estimator_settings={"temperature": 0.0}),
             "--temperature must be positive, got 0.0",

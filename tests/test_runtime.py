@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from dcvbench.runtime import ConfigError, derive_seed, make_generator, provenance, resolve_device
+from dcvbench.runtime import (
+    ConfigError,
+    derive_seed,
+    make_generator,
+    provenance,
+    resolve_device,
+    torch_threads,
+)
 
 
 def test_derived_seeds_are_deterministic_and_distinct_per_stream():
@@ -32,3 +39,14 @@ def test_device_resolution():
 def test_provenance_names_versions():
     info = provenance(torch.device("cpu"))
     assert {"dcvbench", "python", "torch", "numpy", "device"} <= set(info)
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    with torch_threads(wanted):
+        assert torch.get_num_threads() == wanted
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(wanted):
+        raise RuntimeError("a job that fails")
+    assert torch.get_num_threads() == before

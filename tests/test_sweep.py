@@ -201,13 +201,14 @@ def test_local_sweep_matches_hand_made_runs(local_sweep, reference):
     assert result.exit_code == 0, result.output
     assert result.output.count("│ finished ") == 3 and result.output.count("│ resumed ") == 1
     assert_same_traces(out, reference)
-    # The runs the sweep started record the invocation --dry-run prints; the one resumed keeps its own.
+    # The runs the sweep started record the invocation --dry-run prints, with the threads that the
+    # sweep gave each (two runs at once share the cores: half of them each); the one resumed keeps its own.
+    threads = max(1, usable_cores() // 2)
     manifests = [read_manifest(run) for run in find_runs(out)]
-    typed = {run.command(out) for run in expand(load_spec(spec, COMMANDS))}
+    typed = {f"{run.command(out)} --threads {threads}" for run in expand(load_spec(spec, COMMANDS))}
     started = [manifest for manifest in manifests if manifest["command"] in typed]
     assert len(started) == 3 and len({manifest["command"] for manifest in manifests}) == 4
-    # Two runs at once share the cores: each started with half of them as torch threads.
-    assert {manifest["versions"]["torch_threads"] for manifest in started} == {max(1, usable_cores() // 2)}
+    assert {manifest["versions"]["torch_threads"] for manifest in started} == {threads}
 
 
 def test_relaunch_skips_everything(local_sweep):

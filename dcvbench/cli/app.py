@@ -11,9 +11,12 @@ import functools
 import signal
 import sys
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
+from dcvbench import __version__
 from dcvbench.data import DataError
 from dcvbench.estimators import EstimatorError
 from dcvbench.results import ResultsError
@@ -23,14 +26,68 @@ from dcvbench.runtime import ConfigError
 CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 USER_ERRORS = (ConfigError, DataError, EstimatorError, ResultsError)
 
-app = typer.Typer(
+
+class HelpLayout:
+    """A command whose ``--help`` shows no value type beside a flag (Typer shows ``<bool>``, as if
+    ``--quiet`` took one), and lists ``--help`` itself in the last panel of grouped options rather
+    than alone in a panel of its own."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)
+        # The panels in the order --help prints them (of their first options).
+        panels = [
+            panel for panel in dict.fromkeys(getattr(p, "rich_help_panel", None) for p in params) if panel
+        ]
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        help_option = self.get_help_option(ctx)
+        if help_option is not None and panels:
+            help_option.rich_help_panel = panels[-1]
+        return params
+
+
+class Command(HelpLayout, TyperCommand):
+    """A job's command."""
+
+
+class Group(HelpLayout, TyperGroup):
+    """A group of commands (``dcvbench``, ``dcvbench data``)."""
+
+
+class App(typer.Typer):
+    """A Typer app whose commands are :class:`Command` objects."""
+
+    def command(self, *args, cls: type[TyperCommand] = Command, **kwargs):
+        return super().command(*args, cls=cls, **kwargs)
+
+
+app = App(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Benchmark gradient estimators for discrete latent variables, side by side.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Data sets for the VAE: list them, download them.")
+data_app = App(cls=Group, no_args_is_help=True, help="Data sets for the VAE: list them, download them.")
 app.add_typer(data_app, name="data")
+
+
+def print_version(value: bool) -> None:
+    """``dcvbench --version``: print ``dcvbench X.Y.Z`` and exit."""
+    if value:
+        print(f"dcvbench {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def dcvbench(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Benchmark gradient estimators for discrete latent variables, side by side."""
 
 
 def main(argv: list[str] | None = None) -> int:

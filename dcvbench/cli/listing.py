@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dcvbench.cli.app import app, data_app, reports_user_errors
 from dcvbench.cli.console import stdout
+from dcvbench.cli.options import choices
 from dcvbench.data import DataError, dataset_info, dataset_names, default_data_dir
 from dcvbench.estimators import estimator_class, estimator_info, estimator_names
 from dcvbench.latent import LATENT_TYPES
@@ -21,7 +22,11 @@ from dcvbench.runtime import ConfigError
 def estimators(
     latent: Annotated[
         str | None,
-        typer.Option(help="Only the estimators for this latent type, binary or categorical (default: all)."),
+        typer.Option(
+            metavar=choices(LATENT_TYPES),
+            help="Only the estimators for this latent type.",
+            show_default="all",
+        ),
     ] = None,
 ) -> None:
     """List the registered estimators, the latent types each supports, its options and what it needs."""

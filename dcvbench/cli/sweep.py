@@ -12,14 +12,15 @@ from rich.table import Table
 
 from dcvbench.cli.app import CLICK_ERROR, USER_ERRORS, app, reports_user_errors
 from dcvbench.cli.console import RichProgress, stdout
-from dcvbench.cli.options import Out, Quiet
+from dcvbench.cli.options import Out, Quiet, choices
 from dcvbench.cli.predict import predict_config
 from dcvbench.cli.toy import toy_config
 from dcvbench.cli.vae import vae_config
 from dcvbench.cli.variance import variance_config
 from dcvbench.runtime import ConfigError
-from dcvbench.sweep import JobCommand, SweepCounts, expand, load_spec, run_sweep
+from dcvbench.sweep import BACKENDS, JobCommand, SweepCounts, expand, load_spec, run_sweep
 
+SWEEP = "Sweep"  # the panel of the sweep's own options in its --help, before those of each run (RUN)
 CONFIGURE: dict[str, Callable[[typer.Context], Any]] = {
     "toy": toy_config,
     "vae": vae_config,
@@ -63,23 +64,45 @@ def sweep(
     spec: Annotated[
         str, typer.Argument(metavar="SPEC.toml", help="The job, its fixed options, the grid to cross.")
     ],
-    out: Out = "results",
     backend: Annotated[
-        str, typer.Option(help="local (runs at once on this machine) or dask (a cluster on 127.0.0.1).")
+        str,
+        typer.Option(
+            metavar=choices(BACKENDS),
+            help="local (runs at once on this machine) or dask (a cluster on 127.0.0.1).",
+            rich_help_panel=SWEEP,
+        ),
     ] = "local",
     workers: Annotated[
-        int | None, typer.Option(help="Runs at once, each with cores/N threads (default: one per core).")
+        int | None,
+        typer.Option(
+            help="Runs at once, each with cores/N threads.",
+            show_default="one per core",
+            rich_help_panel=SWEEP,
+        ),
     ] = None,
     scheduler: Annotated[
         str | None,
-        typer.Option(metavar="ADDRESS", help="Run on this existing Dask cluster (tcp://HOST:8786) instead."),
+        typer.Option(
+            metavar="ADDRESS",
+            help="Run on this existing Dask cluster (tcp://HOST:8786) instead.",
+            rich_help_panel=SWEEP,
+        ),
     ] = None,
     retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Start again the runs that failed or diverged before.")
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Start again the runs that failed or diverged before.",
+            rich_help_panel=SWEEP,
+        ),
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print each run's invocation, one a line; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Print each run's invocation, one a line; run nothing.", rich_help_panel=SWEEP
+        ),
     ] = False,
+    out: Out = "results",
     quiet: Quiet = False,
 ) -> None:
     """A grid of toy, VAE, predict or variance runs, skipping finished ones and resuming interrupted ones."""

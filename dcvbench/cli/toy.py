@@ -7,8 +7,12 @@ from typing import Annotated
 import typer
 
 from dcvbench.cli.app import app, reports_user_errors
-from dcvbench.cli.console import RichProgress, number, results_table, stdout
+from dcvbench.cli.console import RichProgress, report_toy_runs
 from dcvbench.cli.options import (
+    ESTIMATORS,
+    MEASUREMENT,
+    RUN,
+    TRAINING,
     CheckpointEvery,
     Device,
     Dim,
@@ -19,18 +23,22 @@ from dcvbench.cli.options import (
     Quiet,
     Resume,
     Target,
+    Threads,
     ToyClasses,
     WScale,
     WSeed,
+    estimator_choice,
     estimator_settings,
+    refuse_contradictions,
     refuse_options_with_resume,
     refuse_target_with_categorical,
+    resume_threads,
     toy_latents,
     toy_problem,
+    warn_unused_options,
     with_estimator_options,
 )
 from dcvbench.config import TOY_DEFAULT_ESTIMATORS, ToyConfig, ToyProblem
-from dcvbench.estimators import REFERENCE_ESTIMATOR
 
 
 def toy_config(ctx: typer.Context) -> ToyConfig:
@@ -38,7 +46,7 @@ def toy_config(ctx: typer.Context) -> ToyConfig:
     p = ctx.params
     problem = toy_problem(ctx)
     refuse_target_with_categorical(ctx, problem)
-    return ToyConfig(
+    config = ToyConfig(
         problem=problem,
         estimators=tuple(p["estimator"] or TOY_DEFAULT_ESTIMATORS[problem.latent]),
         k=p["k"],
@@ -51,10 +59,13 @@ def toy_config(ctx: typer.Context) -> ToyConfig:
         seeds=tuple(p["seed"] or ToyConfig.seeds),
         device=p["device"],
         dtype=p["dtype"],
+        threads=p["threads"],
         estimator_settings=estimator_settings(p, "toy"),
         checkpoint_every=p["checkpoint_every"],
         out=p["out"],
     )
+    refuse_contradictions(ctx, "toy")
+    return config
 
 
 @app.command()
@@ -69,31 +80,46 @@ def toy(
     objective: Objective = ToyProblem.objective,
     w_scale: WScale = ToyProblem.w_scale,
     w_seed: WSeed = ToyProblem.w_seed,
-    k: Annotated[int, typer.Option("--k", help="Samples per estimate K.")] = ToyConfig.k,
-    estimator: Annotated[
-        list[str] | None,
-        typer.Option(
-            help=f"Estimator (repeatable). Default: {', '.join(TOY_DEFAULT_ESTIMATORS['binary'])}; "
-            f"categorical: {', '.join(TOY_DEFAULT_ESTIMATORS['categorical'])}."
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = ToyConfig.steps,
-    lr: Annotated[float, typer.Option(help="RMSprop learning rate for the logits.")] = ToyConfig.lr,
+    estimator: estimator_choice(
+        f"{', '.join(TOY_DEFAULT_ESTIMATORS['binary'])}; "
+        f"categorical: {', '.join(TOY_DEFAULT_ESTIMATORS['categorical'])}"
+    ) = None,
+    k: Annotated[
+        int, typer.Option("--k", help="Samples per estimate K.", rich_help_panel=ESTIMATORS)
+    ] = ToyConfig.k,
+    steps: Annotated[
+        int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)
+    ] = ToyConfig.steps,
+    lr: Annotated[
+        float, typer.Option(help="RMSprop learning rate for the logits.", rich_help_panel=TRAINING)
+    ] = ToyConfig.lr,
     maximize: Annotated[
-        bool, typer.Option("--maximize/--minimize", help="Direction (published: maximise).")
+        bool,
+        typer.Option(
+            "--maximize/--minimize", help="Direction (published: maximise).", rich_help_panel=TRAINING
+        ),
     ] = ToyConfig.maximize,
     log_every: Annotated[
-        int, typer.Option(help="Record the exact objective every N steps.")
+        int, typer.Option(help="Record the exact objective every N steps.", rich_help_panel=MEASUREMENT)
     ] = ToyConfig.log_every,
     var_every: Annotated[
-        int, typer.Option(help="Measure variance and bias every N steps.")
+        int, typer.Option(help="Measure variance and bias every N steps.", rich_help_panel=MEASUREMENT)
     ] = ToyConfig.var_every,
     var_samples: Annotated[
-        int, typer.Option(help="Independent estimates per variance measurement.")
+        int,
+        typer.Option(help="Independent estimates per variance measurement.", rich_help_panel=MEASUREMENT),
     ] = ToyConfig.var_samples,
-    seed: Annotated[list[int] | None, typer.Option(help="Seed (repeatable: one run per seed).")] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Seed (repeatable: one run per seed).",
+            show_default=", ".join(map(str, ToyConfig.seeds)),
+            rich_help_panel=RUN,
+        ),
+    ] = None,
     device: Device = ToyConfig.device,
     dtype: Dtype = ToyConfig.dtype,
+    threads: Threads = ToyConfig.threads,
     checkpoint_every: CheckpointEvery = ToyConfig.checkpoint_every,
     resume: Resume = None,
     out: Out = ToyConfig.out,
@@ -105,35 +131,13 @@ def toy(
     if resume is not None:
         refuse_options_with_resume(ctx)
         with RichProgress(quiet) as progress:
-            summaries = [resume_toy(resume, progress)]
+            summaries = [resume_toy(resume, progress, threads=resume_threads(ctx))]
         title = f"toy: resumed {summaries[0].run_id}"
     else:
         config = toy_config(ctx)
+        warn_unused_options(ctx, config.estimators)
         with RichProgress(quiet) as progress:
             summaries = run_toy(config, progress)
         problem = config.problem
         title = f"toy: {toy_latents(problem)}, {problem.objective}, K={config.k}, {config.steps} steps"
-    if quiet:
-        for summary in summaries:
-            print(summary.path)
-        return
-    reference = {
-        (s.seed, s.k): s.metrics.get("grad_var") for s in summaries if s.estimator == REFERENCE_ESTIMATOR
-    }
-    columns = ("estimator", "seed", "status", "final E f", "final grad var", "vs rloo", "s/step")
-    table = results_table(title, columns)
-    for s in summaries:
-        variance = s.metrics.get("grad_var")
-        base = reference.get((s.seed, s.k))
-        ratio = variance / base if variance is not None and base else None
-        table.add_row(
-            s.estimator,
-            str(s.seed),
-            s.status,
-            number(s.metrics.get("objective"), 7),
-            number(variance, 3),
-            number(ratio, 3),
-            number(s.metrics.get("sec_per_step"), 2),
-        )
-    stdout.print(table)
-    stdout.print(f"runs written under {summaries[0].path.parent}/")
+    report_toy_runs(title, summaries, quiet)

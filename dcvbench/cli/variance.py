@@ -10,6 +10,10 @@ import typer
 from dcvbench.cli.app import app, reports_user_errors
 from dcvbench.cli.console import RichProgress, number, results_table, stdout
 from dcvbench.cli.options import (
+    ESTIMATORS,
+    MEASUREMENT,
+    PROBLEM,
+    RUN,
     Device,
     Dim,
     Dtype,
@@ -18,20 +22,28 @@ from dcvbench.cli.options import (
     Out,
     Quiet,
     Target,
+    Threads,
     ToyClasses,
     WScale,
     WSeed,
+    choices,
+    estimator_choice,
     estimator_settings,
     given,
+    refuse_contradictions,
     refuse_target_with_categorical,
     toy_latents,
     toy_problem,
+    warn_unused_options,
     with_estimator_options,
 )
 from dcvbench.config import CHECKPOINT_SAMPLES, VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
+from dcvbench.estimators.options import flag_of
 from dcvbench.runtime import ConfigError
 
 PROBLEMS = ("toy", "vae")
+# The options of the toy problem and its point: a --checkpoint measures a VAE instead.
+TOY_OPTIONS = ("latent", "dim", "classes", "target", "objective", "w_scale", "w_seed", "theta")
 
 
 def variance_config(ctx: typer.Context) -> VarianceConfig:
@@ -43,16 +55,19 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
     if problem == "vae" and checkpoint is None:
         raise ConfigError("--problem vae needs --checkpoint: a VAE run directory or its checkpoint.pt")
     if checkpoint is not None:
-        for name in ("latent", "classes"):
+        for name in (*TOY_OPTIONS, "temperature"):
             if given(ctx, name):
-                raise ConfigError(f"--checkpoint measures with its run's own latents; drop --{name}")
+                raise ConfigError(
+                    f"--checkpoint measures its run's model with its own latents and temperatures; "
+                    f"drop {flag_of(name)}"
+                )
     toy = toy_problem(ctx)
     if checkpoint is None:
         refuse_target_with_categorical(ctx, toy)
     samples = p["samples"]
     if samples is None:
         samples = CHECKPOINT_SAMPLES if checkpoint else VarianceConfig.samples
-    return VarianceConfig(
+    config = VarianceConfig(
         problem=toy,
         theta=p["theta"],
         checkpoint=checkpoint,
@@ -62,9 +77,12 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
         seed=p["seed"],
         device=p["device"],
         dtype=p["dtype"],
+        threads=p["threads"],
         estimator_settings=estimator_settings(p, "variance"),
         out=p["out"],
     )
+    refuse_contradictions(ctx, "variance")
+    return config
 
 
 @app.command()
@@ -72,12 +90,21 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
 @with_estimator_options("variance")
 def variance(
     ctx: typer.Context,
-    problem: Annotated[str, typer.Option(help="Problem: toy (or give --checkpoint for a VAE).")] = "toy",
+    problem: Annotated[
+        str,
+        typer.Option(
+            metavar=choices(PROBLEMS),
+            help="The toy, or a VAE's checkpoint (give --checkpoint).",
+            rich_help_panel=PROBLEM,
+        ),
+    ] = "toy",
     checkpoint: Annotated[
         str | None,
         typer.Option(
+            metavar="PATH",
             help="A VAE run directory or its checkpoint.pt: measure there, on its snapshot batch, with "
-            "its latents and relaxation settings."
+            "its latents and relaxation settings.",
+            rich_help_panel=PROBLEM,
         ),
     ] = VarianceConfig.checkpoint,
     latent: Latent = ToyProblem.latent,
@@ -90,28 +117,37 @@ def variance(
     theta: Annotated[
         str | None,
         typer.Option(
-            help="θ for every coordinate, in (0, 1), or 'random' (seeded); default 0.5. Categorical: "
-            "'random' (seeded logits away from uniform) or 'uniform' (the default)."
+            help="θ for every coordinate, in (0, 1), or 'random' (seeded). Categorical: 'random' (seeded "
+            "logits away from uniform) or 'uniform'.",
+            show_default="0.5; categorical: uniform",
+            rich_help_panel=PROBLEM,
         ),
     ] = VarianceConfig.theta,
-    k: Annotated[list[int] | None, typer.Option("--k", help="Samples per estimate K (repeatable).")] = None,
-    estimator: Annotated[
-        list[str] | None,
+    estimator: estimator_choice(
+        f"{', '.join(VARIANCE_DEFAULT_ESTIMATORS['binary'])}; "
+        f"categorical: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['categorical'])}"
+    ) = None,
+    k: Annotated[
+        list[int] | None,
         typer.Option(
-            help=f"Estimator (repeatable). Default: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['binary'])}; "
-            f"categorical: {', '.join(VARIANCE_DEFAULT_ESTIMATORS['categorical'])}."
+            "--k",
+            help="Samples per estimate K (repeatable).",
+            show_default=", ".join(map(str, VarianceConfig.ks)),
+            rich_help_panel=ESTIMATORS,
         ),
     ] = None,
     samples: Annotated[
         int | None,
         typer.Option(
-            help=f"Independent estimates per (estimator, K): toy {VarianceConfig.samples}, "
-            f"VAE {CHECKPOINT_SAMPLES}."
+            help="Independent estimates per (estimator, K).",
+            show_default=f"toy {VarianceConfig.samples}, VAE {CHECKPOINT_SAMPLES}",
+            rich_help_panel=MEASUREMENT,
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed.")] = VarianceConfig.seed,
+    seed: Annotated[int, typer.Option(help="Seed.", rich_help_panel=RUN)] = VarianceConfig.seed,
     device: Device = VarianceConfig.device,
     dtype: Dtype = VarianceConfig.dtype,
+    threads: Threads = VarianceConfig.threads,
     out: Out = VarianceConfig.out,
     quiet: Quiet = False,
 ) -> None:
@@ -119,6 +155,7 @@ def variance(
     from dcvbench.jobs.variance import run_variance
 
     config = variance_config(ctx)
+    warn_unused_options(ctx, config.estimators)
     with RichProgress(quiet) as progress:
         study = run_variance(config, progress)
     if quiet:

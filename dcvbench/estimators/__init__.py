@@ -22,6 +22,7 @@ from dcvbench.estimators.registry import (
     estimator_info,
     estimator_names,
     estimator_options,
+    estimator_order,
     get_estimator,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "estimator_info",
     "estimator_names",
     "estimator_options",
+    "estimator_order",
     "get_estimator",
     "measuring",
 ]

@@ -35,6 +35,10 @@ class Option:
         jobs: the jobs the option means something in, and so is offered, validated and saved by:
             a variance study trains nothing, so learning rates are not among its options.
         job_help: help lines that differ by job (``--alpha`` of a variance study defaults to α*).
+        shown_default: the default as ``--help`` shows it, where its value reads badly (``2/3``).
+        only_with: other options of the same estimators and the values under which this one does
+            anything (``{"alpha": (None,)}``: α's learning rate means nothing once ``--alpha`` fixes
+            α); the CLI refuses this option given beside another value.
     """
 
     name: str
@@ -47,10 +51,12 @@ class Option:
     job_defaults: Mapping[str, Any] = field(default_factory=dict)
     jobs: tuple[str, ...] = JOBS
     job_help: Mapping[str, str] = field(default_factory=dict)
+    shown_default: str | None = None
+    only_with: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag_of(self.name)
 
     def default_for(self, job: str) -> Any:
         return self.job_defaults.get(job, self.default)
@@ -85,6 +91,11 @@ class Option:
         return None
 
 
+def flag_of(name: str) -> str:
+    """``--alpha-lr``: how the CLI spells the option ``alpha_lr``."""
+    return "--" + name.replace("_", "-")
+
+
 def positive(value: float) -> str | None:
     return None if math.isfinite(value) and value > 0 else f"must be positive, got {value}"
 
@@ -100,6 +111,7 @@ TEMPERATURE = Option(
     2.0 / 3.0,  # the Concrete paper's posterior temperature (Maddison et al. 2017, appendix)
     "relaxation temperature λ",
     check=positive,
+    shown_default="2/3",
     job_help={
         "vae": "posterior temperature λ (the start, with --anneal exp)",
         "variance": "relaxation temperature λ on the toy (a checkpoint: its run's)",

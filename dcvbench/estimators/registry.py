@@ -12,6 +12,7 @@ the manifests learn a new option from the estimator that declares it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -67,14 +68,20 @@ def estimator_names(latent: str | None = None) -> list[str]:
     return [cls.info.name for cls in _classes() if latent is None or latent in cls.info.families]
 
 
+def estimator_order(name: str) -> tuple[int, str]:
+    """Sort key of the listings, tables and figures: registry order, unknown names after, by name."""
+    names = estimator_names()
+    return (names.index(name), name) if name in names else (len(names), name)
+
+
 def estimator_class(name: str, latent: str = "binary") -> type[Estimator]:
     """The class registered under ``name`` for ``latent`` latents, or an :class:`EstimatorError`
     listing that latent type's valid names."""
     _check_latent(latent)
     cls = _REGISTRY.get(name)
     if cls is None or latent not in cls.info.families:
-        valid = ", ".join(estimator_names(latent))
-        raise EstimatorError(f"unknown estimator {name!r} for {latent} latents; choose from: {valid}")
+        hint = did_you_mean(name, estimator_names(latent))
+        raise EstimatorError(f"unknown estimator {name!r} for {latent} latents; {hint}")
     return cls
 
 
@@ -83,8 +90,15 @@ def estimator_info(name: str, latent: str | None = None) -> EstimatorInfo:
     if latent is not None:
         return estimator_class(name, latent).info
     if name not in _REGISTRY:
-        raise EstimatorError(f"unknown estimator {name!r}; choose from: {', '.join(estimator_names())}")
+        raise EstimatorError(f"unknown estimator {name!r}; {did_you_mean(name, estimator_names())}")
     return _REGISTRY[name].info
+
+
+def did_you_mean(name: str, names: list[str]) -> str:
+    """The end of an "unknown estimator" message: ``did you mean 'rloo-dcv'?`` for a near miss
+    (as for a mistyped command), else ``choose from: reinforce, …``."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"choose from: {', '.join(names)}"
 
 
 def get_estimator(name: str, latent: str = "binary", **options) -> Estimator:

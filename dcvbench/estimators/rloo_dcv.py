@@ -19,8 +19,9 @@ from dcvbench.objectives import Objective
 ALPHA = Option(
     "alpha",
     None,
-    "fix the control-variate weight α (default: learn it)",
+    "fix the control-variate weight α",
     optional=True,
+    shown_default="learned",
     job_help={"variance": "fix α (default: the variance-optimal α at θ, from separate draws)"},
 )
 # How α is learned: options of the jobs that train (a variance study sets α to its optimum).
@@ -32,19 +33,28 @@ ALPHA_LEARNING = Option(
     kind=str,
     choices=("sgd", "optimal"),
     jobs=LEARNING_JOBS,
+    only_with={"alpha": (None,)},  # a fixed --alpha is not learned
 )
-# The published toy tuned α with RMSprop at lr 5e-4 (DESIGN §4.1), the VAE with Adam at 1e-3.
+# The published toy tuned α with RMSprop at lr 5e-4, the VAE with Adam at 1e-3. Neither optimiser
+# steps when α is fixed or learned as the running optimum.
 ALPHA_OPTIMIZER = Option(
     "alpha_optimizer",
     "adam",
-    "optimiser of α for sgd: rmsprop, adam or sgd",
+    "optimiser of α for --alpha-learning sgd",
     kind=str,
     choices=("adam", "rmsprop", "sgd"),
     job_defaults={"toy": "rmsprop"},
     jobs=LEARNING_JOBS,
+    only_with={"alpha": (None,), "alpha_learning": ("sgd",)},
 )
 ALPHA_LR = Option(
-    "alpha_lr", 1e-3, "learning rate of α", check=positive, job_defaults={"toy": 5e-4}, jobs=LEARNING_JOBS
+    "alpha_lr",
+    1e-3,
+    "learning rate of α",
+    check=positive,
+    job_defaults={"toy": 5e-4},
+    jobs=LEARNING_JOBS,
+    only_with={"alpha": (None,), "alpha_learning": ("sgd",)},
 )
 
 

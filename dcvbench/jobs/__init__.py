@@ -20,8 +20,11 @@ from dcvbench.runtime import ConfigError
 
 
 class Progress(Protocol):
-    def start(self, description: str, total: int) -> None:
-        """A new unit of work (one run) with ``total`` steps begins."""
+    def plan(self, runs: int, total: int) -> None:
+        """The whole job, told once before it begins: ``runs`` units (runs) of ``total`` steps in all."""
+
+    def start(self, description: str, total: int, done: int = 0) -> None:
+        """A new unit of work (one run) with ``total`` steps begins, ``done`` of them already (resumed)."""
 
     def advance(self, steps: int = 1) -> None: ...
 
@@ -29,7 +32,10 @@ class Progress(Protocol):
 class NoProgress:
     """Progress that reports nothing."""
 
-    def start(self, description: str, total: int) -> None:
+    def plan(self, runs: int, total: int) -> None:
+        pass
+
+    def start(self, description: str, total: int, done: int = 0) -> None:
         pass
 
     def advance(self, steps: int = 1) -> None:
@@ -38,7 +44,8 @@ class NoProgress:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """How a run ended and the last recorded value of each of its metrics."""
+    """How a run ended and the last recorded value of each of its metrics, except its time per step:
+    the median of its rows (:data:`MEDIAN_METRICS`), as ``plot`` and ``summary.md`` report it."""
 
     run_id: str
     path: Path
@@ -48,6 +55,12 @@ class RunSummary:
     status: str
     last_step: int | None
     metrics: dict[str, float | None]
+
+
+# Metrics a run summarises by the median of its rows, not the last: a step's time varies with the
+# machine's load from row to row, and one slow row (a variance measurement, another process) must not
+# decide a run's rank.
+MEDIAN_METRICS = ("sec_per_step",)
 
 
 def last_values(trace: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, float | None]:
@@ -60,7 +73,12 @@ def last_values(trace: pd.DataFrame, columns: tuple[str, ...]) -> dict[str, floa
 
 
 def run_summary(path: Path, manifest: dict, metrics: tuple[str, ...]) -> RunSummary:
-    """The summary of the run in ``path``: how its manifest says it ended, and its last metrics."""
+    """The summary of the run in ``path``: how its manifest says it ended, and its metrics."""
+    trace = read_trace(path)
+    values = last_values(trace, metrics)
+    for column in set(MEDIAN_METRICS) & set(metrics):
+        measured = trace[column].dropna() if column in trace else pd.Series(dtype=float)
+        values[column] = float(measured.median()) if len(measured) else None
     return RunSummary(
         run_id=manifest["run_id"],
         path=path,
@@ -69,7 +87,7 @@ def run_summary(path: Path, manifest: dict, metrics: tuple[str, ...]) -> RunSumm
         seed=manifest["seed"],
         status=manifest["status"],
         last_step=manifest.get("last_step"),
-        metrics=last_values(read_trace(path), metrics),
+        metrics=values,
     )
 
 

@@ -74,6 +74,8 @@ def run_predict(config: PredictConfig, progress: Progress | None = None) -> list
     return run_job(PredictJob(), config, progress)
 
 
-def resume_predict(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
+def resume_predict(
+    run_dir: Path | str, progress: Progress | None = None, threads: int | None = None
+) -> RunSummary:
     """Continue a structured-prediction run from its last checkpoint."""
-    return resume_job(PredictJob(), run_dir, progress)
+    return resume_job(PredictJob(), run_dir, progress, threads)

@@ -40,7 +40,7 @@ from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.categorical_toy import make_categorical_objective
 from dcvbench.problems.toy import ToyObjective, exact_gradient, make_objective
 from dcvbench.results import Run, prepare_output_root
-from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype
+from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype, torch_threads
 
 # The toy's own trace columns; a run adds its estimator's stats (rloo-dcv's α, …: stat_columns).
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "sec_per_step")
@@ -134,44 +134,51 @@ def build_training(
 
 
 def run_toy(config: ToyConfig, progress: Progress | None = None) -> list[RunSummary]:
-    """Run every (seed, estimator) of ``config``; return one summary per run, in that order."""
+    """Run every (seed, estimator) of ``config``, with ``config.threads`` torch threads; return one
+    summary per run, in that order."""
     progress = progress or NoProgress()
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
-    toy = make_toy(config.problem, device, dtype)
-    root = prepare_output_root(config.out)
-    latent = config.problem.latent
-    summaries = []
-    for seed in config.seeds:
-        for name in config.estimators:
-            progress.start(f"toy {name} K={config.k} seed={seed}", config.steps)
-            training = build_training(config, toy, name, seed, device, dtype)
-            identity = {
-                "problem": "toy",
-                "estimator": name,
-                "k": config.k,
-                "seed": seed,
-                "grad_var_method": "resample",
-                "latent": latent,
-            }
-            manifest = {
-                "job": "toy",
-                "objective_direction": "maximize" if config.maximize else "minimize",
-                "config": asdict(config),
-                "device": str(device),
-                "versions": provenance(device),
-            }
-            kind = "" if latent == "binary" else f"categorical{config.problem.classes}-"
-            name_hint = f"toy-{kind}{name}-k{config.k}-seed{seed}"
-            columns = TOY_METRICS + stat_columns(training.estimator)
-            with Run.create(root, name_hint, identity, columns, manifest) as run:
-                _train(config, training, toy, run, progress)
-            summaries.append(run_summary(run.path, run.manifest, columns))
-    return summaries
+    with torch_threads(config.threads):
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype)
+        toy = make_toy(config.problem, device, dtype)
+        root = prepare_output_root(config.out)
+        latent = config.problem.latent
+        summaries = []
+        runs = len(config.seeds) * len(config.estimators)
+        progress.plan(runs, runs * config.steps)
+        for seed in config.seeds:
+            for name in config.estimators:
+                progress.start(f"toy {name} K={config.k} seed={seed}", config.steps)
+                training = build_training(config, toy, name, seed, device, dtype)
+                identity = {
+                    "problem": "toy",
+                    "estimator": name,
+                    "k": config.k,
+                    "seed": seed,
+                    "grad_var_method": "resample",
+                    "latent": latent,
+                }
+                manifest = {
+                    "job": "toy",
+                    "objective_direction": "maximize" if config.maximize else "minimize",
+                    "config": asdict(config),
+                    "device": str(device),
+                    "versions": provenance(device),
+                }
+                kind = "" if latent == "binary" else f"categorical{config.problem.classes}-"
+                name_hint = f"toy-{kind}{name}-k{config.k}-seed{seed}"
+                columns = TOY_METRICS + stat_columns(training.estimator)
+                with Run.create(root, name_hint, identity, columns, manifest) as run:
+                    _train(config, training, toy, run, progress)
+                summaries.append(run_summary(run.path, run.manifest, columns))
+        return summaries
 
 
-def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
-    """Continue a toy run from its last checkpoint, in its own directory, with its own config.
+def resume_toy(
+    run_dir: Path | str, progress: Progress | None = None, threads: int | None = None
+) -> RunSummary:
+    """Continue a toy run from its last checkpoint, in its own directory, with its own config (and
+    its torch threads unless ``threads`` is given: the machine may have changed).
 
     On the same device the rows after the checkpoint are the ones an uninterrupted run writes
     (rows already written past the checkpoint are written again and supersede the old ones).
@@ -182,17 +189,19 @@ def resume_toy(run_dir: Path | str, progress: Progress | None = None) -> RunSumm
     if manifest["status"] == "finished":
         return run_summary(run_dir, manifest, resumed_columns(run_dir, TOY_METRICS))
     config = toy_config_from_dict(manifest["config"])
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
-    toy = make_toy(config.problem, device, dtype)
-    training = build_training(config, toy, manifest["estimator"], manifest["seed"], device, dtype)
-    load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
-    progress.start(f"toy {manifest['estimator']} (resumed at {training.step})", config.steps)
-    progress.advance(training.step)
-    columns = resumed_columns(run_dir, TOY_METRICS + stat_columns(training.estimator))
-    with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
-        _train(config, training, toy, run, progress)
-    return run_summary(run.path, run.manifest, columns)
+    with torch_threads(threads or config.threads):
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype)
+        toy = make_toy(config.problem, device, dtype)
+        training = build_training(config, toy, manifest["estimator"], manifest["seed"], device, dtype)
+        load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
+        progress.plan(1, config.steps - training.step)
+        description = f"toy {manifest['estimator']} (resumed at {training.step})"
+        progress.start(description, config.steps, training.step)
+        columns = resumed_columns(run_dir, TOY_METRICS + stat_columns(training.estimator))
+        with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
+            _train(config, training, toy, run, progress)
+        return run_summary(run.path, run.manifest, columns)
 
 
 def _train(config: ToyConfig, training: ToyTraining, toy: Toy, run: Run, progress: Progress) -> None:

@@ -47,7 +47,7 @@ from dcvbench.jobs import (
 )
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
 from dcvbench.results import Run, prepare_output_root
-from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device
+from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device, torch_threads
 from dcvbench.training import train_step
 
 # The trace columns of every model job; a run adds its estimator's stats (stat_columns): rloo-dcv's
@@ -223,42 +223,49 @@ def build_training(
 
 
 def run_job(job: ModelJob, config, progress: Progress | None = None) -> list[RunSummary]:
-    """Train one run per (seed, estimator) of ``config``; return their summaries in that order."""
+    """Train one run per (seed, estimator) of ``config``, with ``config.threads`` torch threads;
+    return their summaries in that order."""
     progress = progress or NoProgress()
-    device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    _check_batch_size(config, dataset)
-    root = prepare_output_root(config.out)
-    evaluation = evaluation_data(dataset, config.batch_size, device)
-    summaries = []
-    for seed in config.seeds:
-        for name in config.estimators:
-            training = build_training(job, config, name, seed, dataset, device)
-            progress.start(f"{job.name} {name} K={config.k} seed={seed}", config.steps)
-            identity = {
-                "problem": job.name,
-                "estimator": name,
-                "k": config.k,
-                "seed": seed,
-                "latent": config.latent,
-            }
-            manifest = {
-                "job": job.name,
-                **job.manifest(config, training.estimator),
-                "config": asdict(config),
-                "data": dict(dataset.metadata),
-                "device": str(device),
-                "versions": provenance(device),
-            }
-            columns = MODEL_METRICS + training.stat_columns()
-            with Run.create(root, job.name_hint(config, name, seed), identity, columns, manifest) as run:
-                _train(job, config, training, evaluation, run, progress)
-            summaries.append(run_summary(run.path, run.manifest, columns))
-    return summaries
+    with torch_threads(config.threads):
+        device = resolve_device(config.device)
+        dataset = load_dataset(config.dataset, config.data_dir)
+        _check_batch_size(config, dataset)
+        root = prepare_output_root(config.out)
+        evaluation = evaluation_data(dataset, config.batch_size, device)
+        summaries = []
+        runs = len(config.seeds) * len(config.estimators)
+        progress.plan(runs, runs * config.steps)
+        for seed in config.seeds:
+            for name in config.estimators:
+                training = build_training(job, config, name, seed, dataset, device)
+                progress.start(f"{job.name} {name} K={config.k} seed={seed}", config.steps)
+                identity = {
+                    "problem": job.name,
+                    "estimator": name,
+                    "k": config.k,
+                    "seed": seed,
+                    "latent": config.latent,
+                }
+                manifest = {
+                    "job": job.name,
+                    **job.manifest(config, training.estimator),
+                    "config": asdict(config),
+                    "data": dict(dataset.metadata),
+                    "device": str(device),
+                    "versions": provenance(device),
+                }
+                columns = MODEL_METRICS + training.stat_columns()
+                with Run.create(root, job.name_hint(config, name, seed), identity, columns, manifest) as run:
+                    _train(job, config, training, evaluation, run, progress)
+                summaries.append(run_summary(run.path, run.manifest, columns))
+        return summaries
 
 
-def resume_job(job: ModelJob, run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
-    """Continue a run from its last checkpoint, in its own directory, with its own config.
+def resume_job(
+    job: ModelJob, run_dir: Path | str, progress: Progress | None = None, threads: int | None = None
+) -> RunSummary:
+    """Continue a run from its last checkpoint, in its own directory, with its own config (and its
+    torch threads unless ``threads`` is given: the machine may have changed).
 
     On the same device the rows after the checkpoint are the ones an uninterrupted run writes
     (rows already written past the checkpoint are written again and supersede the old ones).
@@ -269,17 +276,19 @@ def resume_job(job: ModelJob, run_dir: Path | str, progress: Progress | None = N
     if manifest["status"] == "finished":
         return run_summary(run_dir, manifest, resumed_columns(run_dir, MODEL_METRICS))
     config = job.config_from_dict(manifest["config"])
-    device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.data_dir)
-    training = build_training(job, config, manifest["estimator"], manifest["seed"], dataset, device)
-    load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
-    evaluation = evaluation_data(dataset, config.batch_size, device)
-    progress.start(f"{job.name} {manifest['estimator']} (resumed at {training.step})", config.steps)
-    progress.advance(training.step)
-    columns = resumed_columns(run_dir, MODEL_METRICS + training.stat_columns())
-    with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
-        _train(job, config, training, evaluation, run, progress)
-    return run_summary(run.path, run.manifest, columns)
+    with torch_threads(threads or config.threads):
+        device = resolve_device(config.device)
+        dataset = load_dataset(config.dataset, config.data_dir)
+        training = build_training(job, config, manifest["estimator"], manifest["seed"], dataset, device)
+        load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
+        evaluation = evaluation_data(dataset, config.batch_size, device)
+        progress.plan(1, config.steps - training.step)
+        description = f"{job.name} {manifest['estimator']} (resumed at {training.step})"
+        progress.start(description, config.steps, training.step)
+        columns = resumed_columns(run_dir, MODEL_METRICS + training.stat_columns())
+        with Run.reopen(run_dir, columns, resumed_from=training.step) as run:
+            _train(job, config, training, evaluation, run, progress)
+        return run_summary(run.path, run.manifest, columns)
 
 
 def _train(

@@ -84,9 +84,11 @@ def run_vae(config: VaeConfig, progress: Progress | None = None) -> list[RunSumm
     return run_job(VaeJob(), config, progress)
 
 
-def resume_vae(run_dir: Path | str, progress: Progress | None = None) -> RunSummary:
+def resume_vae(
+    run_dir: Path | str, progress: Progress | None = None, threads: int | None = None
+) -> RunSummary:
     """Continue a VAE run from its last checkpoint (:func:`~dcvbench.jobs.trainer.resume_job`)."""
-    return resume_job(VaeJob(), run_dir, progress)
+    return resume_job(VaeJob(), run_dir, progress, threads)
 
 
 def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE, VaeConfig, dict]:

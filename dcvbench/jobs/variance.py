@@ -19,7 +19,7 @@ run's learned state is loaded from the checkpoint, so the variance is that of th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +43,14 @@ from dcvbench.measure.variance import optimal_alpha, resample_variance
 from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import random_categorical_logits
 from dcvbench.results import Run, prepare_output_root, table_from_records
-from dcvbench.runtime import derive_seed, make_generator, provenance, resolve_device, resolve_dtype
+from dcvbench.runtime import (
+    derive_seed,
+    make_generator,
+    provenance,
+    resolve_device,
+    resolve_dtype,
+    torch_threads,
+)
 
 WARMUP_DRAWS = 4  # one small call first, so one-off start-up costs stay out of the timings
 
@@ -68,7 +75,14 @@ class FixedPoint(Protocol):
         self, estimator: ControlVariateEstimator, k: int, draws: int, generator: torch.Generator
     ) -> float: ...
 
-    def measure(self, estimator: Estimator, k: int, draws: int, generator: torch.Generator) -> dict: ...
+    def measure(
+        self,
+        estimator: Estimator,
+        k: int,
+        draws: int,
+        generator: torch.Generator,
+        on_draws: Callable[[int], None],
+    ) -> dict: ...
 
     def restore(self, name: str, estimator: Estimator) -> bool:
         """Load the learned state this point holds for estimator ``name``; whether it did."""
@@ -107,9 +121,9 @@ class ToyPoint:
     def optimal_alpha(self, estimator, k, draws, generator) -> float:
         return optimal_alpha(estimator, self.logits, self.objective, k, draws, generator)
 
-    def measure(self, estimator, k, draws, generator) -> dict:
+    def measure(self, estimator, k, draws, generator, on_draws) -> dict:
         resample_variance(estimator, self.logits, self.objective, k, WARMUP_DRAWS, _warmup(self.logits))
-        result = resample_variance(estimator, self.logits, self.objective, k, draws, generator)
+        result = resample_variance(estimator, self.logits, self.objective, k, draws, generator, on_draws)
         z = result.bias_z(self.exact)
         return {
             "variance": result.variance,
@@ -170,10 +184,12 @@ class VaePoint:
         )
         return optimal_alpha(estimator, self.logits, objective, k, draws, generator)
 
-    def measure(self, estimator, k, draws, generator) -> dict:
+    def measure(self, estimator, k, draws, generator, on_draws) -> dict:
         model, x = self.model, self.x
         resample_encoder_variance(model, estimator, x, k, WARMUP_DRAWS, _warmup(x), **self.relaxation)
-        result = resample_encoder_variance(model, estimator, x, k, draws, generator, **self.relaxation)
+        result = resample_encoder_variance(
+            model, estimator, x, k, draws, generator, **self.relaxation, on_draws=on_draws
+        )
         return {
             "variance": result.param_variance,
             "logit_variance": result.logit_variance,
@@ -208,42 +224,48 @@ def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtyp
 
 
 def run_variance(config: VarianceConfig, progress: Progress | None = None) -> VarianceStudy:
-    """Measure every (K, estimator) of ``config`` at its point; write and return the table."""
+    """Measure every (K, estimator) of ``config`` at its point, with ``config.threads`` torch
+    threads; write and return the table."""
     progress = progress or NoProgress()
-    device = resolve_device(config.device)
-    point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
-    if config.checkpoint:  # the run's latent type is known only now
-        for k in config.ks:
-            check_estimators(config.estimators, k, "vae", point.shape.latent_type)
-    root = prepare_output_root(config.out)
-    manifest = {
-        "job": "variance",
-        "config": asdict(config),
-        "point": point.context(),
-        "device": str(device),
-        "versions": provenance(device),
-    }
-    identity = {"problem": point.problem, "seed": config.seed}
-    kind = "" if point.shape.latent_type == "binary" else "-categorical"
-    with Run.create(root, f"variance-{point.problem}{kind}-seed{config.seed}", identity, (), manifest) as run:
-        records = []
-        for k in config.ks:
-            progress.start(f"variance K={k}", len(config.estimators))
-            rows = {}
-            for name in _with_reference(config.estimators, k):
-                rows[name] = _measure(config, point, name, k, device)
-                progress.advance(int(name in config.estimators))
-            reference = rows.get(REFERENCE_ESTIMATOR)
-            for name in config.estimators:
-                row = rows[name]
-                for column in ("variance", "logit_variance"):
-                    if column in row:
-                        ratio = row[column] / reference[column] if reference else None
-                        row[column.replace("variance", "variance_ratio")] = ratio
-                records.append({"run_id": run.run_id, **point.context(), **row})
-        table = table_from_records(records)
-        run.write_table("variance.parquet", table)
-    return VarianceStudy(run.run_id, run.path, table.to_pandas())
+    with torch_threads(config.threads):
+        device = resolve_device(config.device)
+        point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
+        if config.checkpoint:  # the run's latent type is known only now
+            for k in config.ks:
+                check_estimators(config.estimators, k, "vae", point.shape.latent_type)
+        root = prepare_output_root(config.out)
+        manifest = {
+            "job": "variance",
+            "config": asdict(config),
+            "point": point.context(),
+            "device": str(device),
+            "versions": provenance(device),
+        }
+        identity = {"problem": point.problem, "seed": config.seed}
+        kind = "" if point.shape.latent_type == "binary" else "-categorical"
+        with Run.create(
+            root, f"variance-{point.problem}{kind}-seed{config.seed}", identity, (), manifest
+        ) as run:
+            records = []
+            measured_per_k = [len(_with_reference(config.estimators, k)) for k in config.ks]
+            progress.plan(len(config.ks), sum(measured_per_k) * config.samples)
+            for k in config.ks:
+                measured = _with_reference(config.estimators, k)
+                progress.start(f"variance K={k}: {len(measured)} estimators", len(measured) * config.samples)
+                rows = {}
+                for name in measured:
+                    rows[name] = _measure(config, point, name, k, device, progress.advance)
+                reference = rows.get(REFERENCE_ESTIMATOR)
+                for name in config.estimators:
+                    row = rows[name]
+                    for column in ("variance", "logit_variance"):
+                        if column in row:
+                            ratio = row[column] / reference[column] if reference else None
+                            row[column.replace("variance", "variance_ratio")] = ratio
+                    records.append({"run_id": run.run_id, **point.context(), **row})
+            table = table_from_records(records)
+            run.write_table("variance.parquet", table)
+        return VarianceStudy(run.run_id, run.path, table.to_pandas())
 
 
 def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
@@ -253,7 +275,14 @@ def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
     return [*names, REFERENCE_ESTIMATOR]
 
 
-def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, device: torch.device) -> dict:
+def _measure(
+    config: VarianceConfig,
+    point: FixedPoint,
+    name: str,
+    k: int,
+    device: torch.device,
+    on_draws: Callable[[int], None],
+) -> dict:
     info = estimator_info(name)
     estimator = build_estimator(name, point.settings, point.shape).to(device)
     restored = point.restore(name, estimator)
@@ -265,7 +294,7 @@ def _measure(config: VarianceConfig, point: FixedPoint, name: str, k: int, devic
             estimator.set_alpha(point.optimal_alpha(estimator, k, config.samples, tune_generator))
             alpha_source = "optimal"
     generator = make_generator(device, config.seed, "variance", k)
-    measured = point.measure(estimator, k, config.samples, generator)
+    measured = point.measure(estimator, k, config.samples, generator, on_draws)
     evals = info.evals(k)
     return {
         "estimator": name,

@@ -171,6 +171,7 @@ def resample_encoder_variance(
     prior_temperature: float = PRIOR_TEMPERATURE,
     kl: str = "relaxed",
     bound: str = "elbo",
+    on_draws: Callable[[int], None] | None = None,
 ) -> EncoderVarianceResult:
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
@@ -181,7 +182,8 @@ def resample_encoder_variance(
     the same logits; its encoder gradient
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds
-    memory; per-chunk moments are merged exactly in float64.
+    memory; per-chunk moments are merged exactly in float64. ``on_draws(n)`` is told of each chunk
+    of ``n`` draws done (progress: a checkpoint's draws are slow).
     """
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
@@ -210,6 +212,8 @@ def resample_encoder_variance(
         chunk_params, chunk_logits = Moments.of(vjp(grads)), Moments.of(grads / rows)
         params = chunk_params if params is None else params.merge(chunk_params)
         logit_moments = chunk_logits if logit_moments is None else logit_moments.merge(chunk_logits)
+        if on_draws is not None:
+            on_draws(grads.shape[0])
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     return EncoderVarianceResult(params, logit_moments, time.perf_counter() - start)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -135,8 +135,10 @@ def resample_variance(
     k: int,
     draws: int,
     generator: torch.Generator,
+    on_draws: Callable[[int], None] | None = None,
 ) -> VarianceResult:
-    """Variance of ``estimator`` at ``logits [B, *event]`` from ``draws`` independent estimates."""
+    """Variance of ``estimator`` at ``logits [B, *event]`` from ``draws`` independent estimates;
+    ``on_draws(n)`` is told of each chunk of ``n`` draws done (progress)."""
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
     moments: Moments | None = None
@@ -144,6 +146,8 @@ def resample_variance(
     for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator):
         chunk = Moments.of(grads)
         moments = chunk if moments is None else moments.merge(chunk)
+        if on_draws is not None:
+            on_draws(grads.shape[0])
     _synchronize(logits.device)
     return VarianceResult(moments, time.perf_counter() - start)
 

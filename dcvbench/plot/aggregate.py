@@ -22,13 +22,24 @@ VARIANCE_COLUMNS = {
     "predict": ("grad_var_resample", "grad_var_ema"),
 }
 FINAL_COLUMNS = ("objective", "train_elbo", "test_bound")
+# What a variance study measures per (estimator, K), in variance-summary.csv's order: the variance, its
+# ratio to rloo's, variance × evals, the control variate's α (α* where optimal), the largest |z| of
+# the bias over coordinates (toy: against the exact gradient) and the seconds one estimate takes.
+STUDY_MEASURES = (
+    "variance",
+    "variance_ratio",
+    "cost_variance",
+    "alpha",
+    "bias_max_z",
+    "seconds_per_estimate",
+)
 # Columns of summary.csv, in order (a stable schema: every column, even where all-empty).
 # fmt: off
 SUMMARY_COLUMNS = [
     "source", "problem", "group", "k", "estimator", "seeds", "statuses", "last_step_min", "last_step_max",
     "objective_mean", "objective_se", "train_elbo_mean", "train_elbo_se", "test_bound_mean", "test_bound_se",
-    "grad_var_metric", "grad_var_mean", "grad_var_se", "var_ratio_rloo", "sec_per_step_mean",
-    "sec_per_step_se",
+    "grad_var_metric", "grad_var_mean", "grad_var_se", "var_ratio_rloo", "sec_per_step_median_mean",
+    "sec_per_step_median_se",
 ]
 # fmt: on
 
@@ -111,12 +122,13 @@ def _per_run_final(results: Results, column: str) -> pd.DataFrame:
     return last.rename(columns={column: "value"})[["source", "run_id", "value"]]
 
 
-def _per_run_mean(results: Results, column: str) -> pd.DataFrame:
+def _per_run_median(results: Results, column: str) -> pd.DataFrame:
+    """The median of ``column`` over each run's rows (``source, run_id, value``)."""
     trace = results.trace
     if trace.empty or column not in trace:
         return pd.DataFrame(columns=["source", "run_id", "value"])
     rows = trace[["source", "run_id", column]].dropna(subset=[column])
-    return rows.groupby(["source", "run_id"], sort=False)[column].mean().rename("value").reset_index()
+    return rows.groupby(["source", "run_id"], sort=False)[column].median().rename("value").reset_index()
 
 
 def _over_seeds(results: Results, per_run: pd.DataFrame, prefix: str) -> pd.DataFrame:
@@ -168,8 +180,11 @@ def temperature_frame(results: Results) -> pd.DataFrame:
 
 
 def time_frame(results: Results) -> pd.DataFrame:
-    """Seconds per step per (source, group, estimator): mean over seeds of each run's mean."""
-    frame = _over_seeds(results, _per_run_mean(results, "sec_per_step"), "sec_per_step")
+    """Seconds per step per (source, group, estimator): each run's median over its rows, then mean ±
+    s.e. over seeds. The median, as the jobs' final tables report a run's time: a step's time varies
+    with the machine's load, and a few slow rows (variance measurements, another process) must not
+    decide the ranking."""
+    frame = _over_seeds(results, _per_run_median(results, "sec_per_step"), "sec_per_step")
     frame = frame.merge(results.runs[["source", "group", "title"]].drop_duplicates(), on=["source", "group"])
     frame = frame.merge(_series_info(results.runs), on=["source", "group", "estimator"])
     frame = frame.rename(
@@ -181,12 +196,14 @@ def time_frame(results: Results) -> pd.DataFrame:
 def variance_frame(results: Results) -> pd.DataFrame:
     """Variance studies aggregated over seeds, per (source, group, estimator, K).
 
-    Columns: ``variance``, ``variance_ratio`` (to rloo at the same K) and ``cost_variance``
-    (variance × evals), each with ``_mean`` and ``_se``; ``n`` studies; ``evals``.
+    Columns: each of :data:`STUDY_MEASURES` with ``_mean`` and ``_se`` (NaN where a study did not
+    measure it: α for estimators without one, bias z at a VAE checkpoint, columns of tables written
+    before they existed); ``alpha_source`` (``optimal``: α* of that point, ``fixed``: ``--alpha``);
+    ``n`` studies; ``evals``.
     """
     table = results.variance
-    columns = ["source", "group", "title", "estimator", "k", "evals", "n"]
-    for name in ("variance", "variance_ratio", "cost_variance"):
+    columns = ["source", "group", "title", "estimator", "k", "evals", "n", "alpha_source"]
+    for name in STUDY_MEASURES:
         columns += [f"{name}_mean", f"{name}_se"]
     if table.empty:
         return pd.DataFrame(columns=columns)
@@ -195,8 +212,11 @@ def variance_frame(results: Results) -> pd.DataFrame:
     for key, frame in table.groupby(keys, sort=True):
         row = dict(zip(keys, key, strict=True))
         row["evals"] = int(frame["evals"].iloc[0]) if "evals" in frame else int(row["k"])
-        for name in ("variance", "variance_ratio", "cost_variance"):
-            mean, se, _ = _mean_se(frame[name].astype(float))
+        sources = frame["alpha_source"].dropna().unique() if "alpha_source" in frame else ()
+        row["alpha_source"] = ", ".join(sorted(sources)) or None
+        for name in STUDY_MEASURES:
+            values = frame[name].astype(float) if name in frame else pd.Series(dtype=float)
+            mean, se, _ = _mean_se(values)
             row |= {f"{name}_mean": mean, f"{name}_se": se}
         row["n"] = len(frame)
         rows.append(row)
@@ -244,7 +264,7 @@ def summary_frame(results: Results) -> pd.DataFrame:
     frame = frame.merge(reference, on=["source", "group"], how="left")
     frame["var_ratio_rloo"] = frame["grad_var_mean"] / frame["reference"]
     timing = time_frame(results)[["source", "group", "estimator", "mean", "se"]]
-    timing = timing.rename(columns={"mean": "sec_per_step_mean", "se": "sec_per_step_se"})
+    timing = timing.rename(columns={"mean": "sec_per_step_median_mean", "se": "sec_per_step_median_se"})
     frame = frame.merge(timing, on=keys, how="left")
     for column in SUMMARY_COLUMNS:
         if column not in frame:

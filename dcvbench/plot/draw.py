@@ -16,16 +16,27 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dcvbench.estimators import REFERENCE_ESTIMATOR, estimator_info, estimator_names
 from dcvbench.plot.runs import BASELINE, RUNS
-from dcvbench.plot.style import FIGSIZE, estimator_color, estimator_order
+from dcvbench.plot.style import (
+    BAND_ALPHA,
+    BASELINE_ALPHA,
+    FIGSIZE,
+    LEGEND_COLUMN_CHARS,
+    LEGEND_ROW_INCHES,
+    MARKERS_BELOW,
+    NOT_FINISHED,
+    REFERENCE_COLOR,
+    estimator_order,
+    estimator_style,
+)
 
-BAND_ALPHA = 0.2
-MARKERS_BELOW = 30  # curves with fewer points than this get markers (sparse metrics such as bounds)
-NOT_FINISHED = "†"
-LEGEND_COLUMN_CHARS = 26  # longest label that still fits two legend columns in one paper column
-LEGEND_ROW_INCHES = 0.14  # the figure grows by this per legend row placed below the axes
+# The reference's curve is drawn first, this much wider, under the others: a curve lying on it shows
+# as a coloured line inside a black border instead of hiding it (rloo and disarm on the toy).
+REFERENCE_WIDTH = 1.9
+OPTIMUM_COLOR = "0.45"
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,7 @@ def _seeds_phrase(counts: Iterable[int]) -> str:
     if not counts:
         return ""
     if counts == [1]:
-        return "single seed (no band)"
+        return "one seed (no band)"
     if len(counts) == 1:
         return f"mean ± s.e. over {counts[0]} seeds"
     return f"mean ± s.e. over {counts[0]}–{counts[-1]} seeds"
@@ -82,6 +93,19 @@ def _new_figure() -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
+def _look(estimator: str, baseline: bool, marker: bool) -> dict[str, Any]:
+    """Keyword arguments of ``plot``/``errorbar`` for one series: the estimator's colour, line style
+    and marker (:func:`~dcvbench.plot.style.estimator_style`); baseline runs faded, hollow markers."""
+    style = estimator_style(estimator)
+    look: dict[str, Any] = {"color": style.color, "linestyle": style.linestyle}
+    if marker:
+        look |= {"marker": style.marker, "markersize": 3}
+        look["markerfacecolor"] = "none" if baseline else style.color
+    if baseline:
+        look |= {"alpha": BASELINE_ALPHA, "linewidth": 0.9}
+    return look
+
+
 def _series_label(estimator: str, source: str, finished: bool, statuses: str, seeds: int) -> str:
     """``rloo-dcv (baseline) † (interrupted 1 of 2)``: unfinished runs are named in the legend."""
     label = estimator + (" (baseline)" if source == BASELINE else "")
@@ -91,6 +115,16 @@ def _series_label(estimator: str, source: str, finished: bool, statuses: str, se
     return label
 
 
+def _points(ax, x, y, se, **look) -> None:
+    """Points (and lines, per ``look``) with ± s.e. bars where a standard error exists; without one
+    (a single seed or study), plain points, so the legend shows no error-bar glyph for absent bars."""
+    se = np.asarray(se, dtype=float)
+    if np.isfinite(se).any():
+        ax.errorbar(x, y, yerr=np.nan_to_num(se), capsize=2, elinewidth=0.8, **look)
+    else:
+        ax.plot(x, y, **look)
+
+
 def _legend(fig: Figure, ax) -> None:
     """Inside the axes for a few series; below them, in two columns, for more (taller figure).
 
@@ -98,7 +132,7 @@ def _legend(fig: Figure, ax) -> None:
     """
     handles, labels = ax.get_legend_handles_labels()
     if len(labels) <= 4:
-        ax.legend(frameon=False, loc="best", handlelength=2.0)
+        ax.legend(frameon=False, loc="best", handlelength=2.4)
         return
     _legend_below(fig, handles, labels)
 
@@ -106,11 +140,42 @@ def _legend(fig: Figure, ax) -> None:
 def _legend_below(fig: Figure, handles: list, labels: list[str]) -> None:
     columns = 2 if max(map(len, labels)) <= LEGEND_COLUMN_CHARS else 1  # two long labels overflow 3.5 in
     fig.set_figheight(FIGSIZE[1] + LEGEND_ROW_INCHES * math.ceil(len(labels) / columns))
-    fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False, handlelength=2.0)
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False, handlelength=2.4)
 
 
-def draw_curves(curves: pd.DataFrame, metric: Metric, title: str) -> Figure:
-    """One panel: a line per (source, estimator), the s.e. band shaded, baselines dashed."""
+def tick_label(value: float, _position: Any = None) -> str:
+    """A log axis's tick as a reader writes it: ``0.5``, ``2``, ``0.01`` from 10⁻³ to 10⁴, and
+    ``10⁻⁸`` or ``2×10⁻⁸`` beyond (matplotlib's default writes ``9×10⁻¹`` for 0.9)."""
+    if value <= 0 or not math.isfinite(value):
+        return ""
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    exponent = math.floor(math.log10(value) + 1e-9)
+    mantissa = value / 10.0**exponent
+    if math.isclose(mantissa, 1.0, rel_tol=1e-6):
+        return f"$10^{{{exponent}}}$"
+    return f"${mantissa:.2g}\\times10^{{{exponent}}}$"
+
+
+def _readable_log_axis(ax, which: str) -> None:
+    """Label a log axis with :func:`tick_label` at 1-2-5 steps when it spans under three decades
+    (every digit under one), at powers of ten otherwise; minor ticks unlabelled."""
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
+    decades = math.log10(high / low) if 0 < low < high else 0.0
+    subs = tuple(range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(tick_label))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def draw_curves(curves: pd.DataFrame, metric: Metric, title: str, optimum: float | None = None) -> Figure:
+    """One panel: a line per (source, estimator), the s.e. band shaded, baselines faded.
+
+    ``optimum`` (the toy's best achievable ``E_q[f]``) is drawn as a dotted level when given. Where
+    the y axis is fitted past the first steps (:attr:`Metric.zoom`) and cuts earlier values off, the
+    x label says from which step.
+    """
     fig, ax = _new_figure()
     main = curves[curves["source"] == RUNS]
     for (source, estimator), series in sorted(
@@ -118,7 +183,6 @@ def draw_curves(curves: pd.DataFrame, metric: Metric, title: str) -> Figure:
         key=lambda item: (item[0][0] != RUNS, estimator_order(item[0][1])),
     ):
         series = series.sort_values("step")
-        color = estimator_color(estimator)
         step, mean, se = (
             series["step"].to_numpy(),
             series["mean"].to_numpy(float),
@@ -127,30 +191,44 @@ def draw_curves(curves: pd.DataFrame, metric: Metric, title: str) -> Figure:
         if metric.log:
             keep = mean > 0  # a log axis cannot show non-positive means
             step, mean, se = step[keep], mean[keep], se[keep]
+        baseline = source == BASELINE
+        look = _look(estimator, baseline, marker=len(step) < MARKERS_BELOW)
+        if estimator == REFERENCE_ESTIMATOR and not baseline:
+            look |= {"linewidth": REFERENCE_WIDTH, "zorder": 1.9}  # under the others (lines: 2)
         first = series.iloc[0]
         ax.plot(
             step,
             mean,
-            color=color,
-            linestyle="--" if source == BASELINE else "-",
-            marker="o" if len(step) < MARKERS_BELOW else None,
-            markersize=2.5,
             label=_series_label(
                 estimator, source, bool(first["finished"]), first["statuses"], int(first["seeds"])
             ),
+            **look,
         )
         if np.isfinite(se).any():
             low, high = mean - se, mean + se
             if metric.log:
                 low = np.maximum(low, mean / 100)  # keep the band on a log axis: clip at mean/100
             ax.fill_between(
-                step, low, high, color=color, alpha=BAND_ALPHA / (2 if source == BASELINE else 1), lw=0
+                step, low, high, color=look["color"], alpha=BAND_ALPHA / (2 if baseline else 1), lw=0
             )
+    if optimum is not None:
+        ax.axhline(
+            optimum,
+            color=OPTIMUM_COLOR,
+            linestyle=(0, (1, 1.5)),
+            lw=0.9,
+            zorder=1,
+            label=f"optimum {optimum:.6g}",
+        )
+    xlabel = "step"
     if metric.log:
         ax.set_yscale("log")
+        _readable_log_axis(ax, "y")
     elif metric.zoom:
-        _zoom_past_start(ax, curves)
-    ax.set_xlabel("step")
+        cut = _zoom_past_start(ax, curves)
+        if cut is not None:
+            xlabel = f"step (values before step {cut:g} off-scale)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric.label)
     seeds = _seeds_phrase(main.drop_duplicates("estimator")["seeds"]) if len(main) else ""
     ax.set_title(f"{title}\n{seeds}" if seeds else title)
@@ -158,30 +236,38 @@ def draw_curves(curves: pd.DataFrame, metric: Metric, title: str) -> Figure:
     return fig
 
 
-def _zoom_past_start(ax, curves: pd.DataFrame) -> None:
-    """Fit the y axis to the curves after the first tenth of the steps.
+def _zoom_past_start(ax, curves: pd.DataFrame) -> float | None:
+    """Fit the y axis to the curves after the first tenth of the steps; the first step kept, if
+    that cuts an earlier value off (else ``None``).
 
     Training curves (ELBO, bounds) move by hundreds of nats in the first steps and by a fraction of
     a nat between estimators at the end; scaling to the start would flatten the comparison.
     """
     steps = curves["step"]
     if steps.nunique() < 5:
-        return
-    later = curves[steps >= steps.min() + 0.1 * (steps.max() - steps.min())]
+        return None
+    start = steps.min() + 0.1 * (steps.max() - steps.min())
+    later = curves[steps >= start]
     low = (later["mean"] - later["se"].fillna(0.0)).min()
     high = (later["mean"] + later["se"].fillna(0.0)).max()
-    if np.isfinite([low, high]).all() and high > low:
-        pad = 0.05 * (high - low)
-        ax.set_ylim(low - pad, high + pad)
+    if not (np.isfinite([low, high]).all() and high > low):
+        return None
+    pad = 0.05 * (high - low)
+    ax.set_ylim(low - pad, high + pad)
+    earlier = curves.loc[steps < start, "mean"]
+    cut = ((earlier < low - pad) | (earlier > high + pad)).any()
+    return float(later["step"].min()) if cut else None
 
 
 def draw_time(timing: pd.DataFrame, title: str) -> Figure:
-    """Bars of mean seconds per step per estimator; baseline bars hatched beside them."""
+    """Bars of seconds per step per estimator (each run's median, mean ± s.e. over seeds);
+    baseline bars hatched beside them."""
     fig, ax = _new_figure()
     estimators = sorted(timing["estimator"].unique(), key=estimator_order)
     has_baseline = (timing["source"] == BASELINE).any()
     width = 0.4 if has_baseline else 0.7
     for i, estimator in enumerate(estimators):
+        color = estimator_style(estimator).color
         for source, offset in ((RUNS, 0.0), (BASELINE, width)):
             row = timing[(timing["estimator"] == estimator) & (timing["source"] == source)]
             if row.empty:
@@ -194,9 +280,8 @@ def draw_time(timing: pd.DataFrame, title: str) -> Figure:
                 row["mean"],
                 width=width,
                 yerr=None if pd.isna(row["se"]) else row["se"],
-                color="none" if baseline else estimator_color(estimator),
-                edgecolor=estimator_color(estimator),
-                linestyle="--" if baseline else "-",
+                color="none" if baseline else color,
+                edgecolor=color,
                 hatch="///" if baseline else None,
                 capsize=2,
                 error_kw={"elinewidth": 0.8},
@@ -208,10 +293,11 @@ def draw_time(timing: pd.DataFrame, title: str) -> Figure:
         finished = rows["finished"].all() if len(rows) else True
         labels.append(estimator + ("" if finished else f" {NOT_FINISHED}"))
     ax.set_xticks(range(len(estimators)), labels, rotation=30, ha="right")
-    ax.set_ylabel("seconds per step")
+    ax.set_ylabel("seconds per step (median of each run)")
     main = timing[timing["source"] == RUNS]
     seeds = _seeds_phrase(main["seeds"]) if len(main) else ""
-    ax.set_title(f"{title}: wall time per step\n{seeds}" if seeds else f"{title}: wall time per step")
+    heading = f"{title}: wall time per step"
+    ax.set_title(f"{heading}\n{seeds}" if seeds else heading)
     if has_baseline:
         ax.legend(frameon=False, loc="best")
     return fig
@@ -219,24 +305,26 @@ def draw_time(timing: pd.DataFrame, title: str) -> Figure:
 
 def draw_temperature(study: pd.DataFrame, title: str) -> Figure:
     """The final held-out bound against the relaxation's temperature λ (log axis), one line per
-    estimator and schedule: fixed λ solid with filled circles, annealed to the floor λ dashed with
-    open squares; ± s.e. over seeds."""
+    estimator and schedule: fixed λ solid with filled markers, annealed to the floor λ dashed with
+    hollow ones; ± s.e. over seeds where there are several."""
     fig, ax = _new_figure()
     for (estimator, annealed), frame in study.groupby(["estimator", "annealed"], sort=True):
         frame = frame.sort_values("temperature")
-        ax.errorbar(
+        style = estimator_style(estimator)
+        _points(
+            ax,
             frame["temperature"],
             frame["mean"],
-            yerr=frame["se"].fillna(0.0),
-            color=estimator_color(estimator),
+            frame["se"],
+            color=style.color,
             linestyle="--" if annealed else "-",
-            marker="s" if annealed else "o",
-            markerfacecolor="none" if annealed else estimator_color(estimator),
+            marker=style.marker,
+            markerfacecolor="none" if annealed else style.color,
             markersize=3,
-            capsize=2,
             label=f"{estimator}, {'annealed to λ' if annealed else 'fixed λ'}",
         )
     ax.set_xscale("log")
+    _readable_log_axis(ax, "x")
     ax.set_xlabel("temperature λ (annealed: its floor)")
     ax.set_ylabel("final test bound")
     seeds = _seeds_phrase(study["n"])
@@ -255,37 +343,50 @@ def _k_positions(ks: Sequence[int], estimators: Sequence[str], width: float = 0.
     }
 
 
+def _studies_phrase(variance: pd.DataFrame) -> str:
+    n = variance.loc[variance["source"] == RUNS, "n"]
+    if n.empty:
+        return ""
+    return "one study, no error bars" if n.max() <= 1 else f"mean ± s.e. over {int(n.max())} studies"
+
+
 def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
-    """Dots of variance relative to rloo per estimator and K (log y), rloo's level dashed at 1."""
+    """Dots of variance relative to rloo per estimator and K (log y); rloo itself is the level 1
+    (its ratio is 1 by definition, so it is a line, not a column of dots)."""
     fig, ax = _new_figure()
     ks = sorted(variance["k"].unique())
-    estimators = sorted(variance["estimator"].unique(), key=estimator_order)
+    compared = variance[variance["estimator"] != REFERENCE_ESTIMATOR]
+    estimators = sorted(compared["estimator"].unique(), key=estimator_order)
     positions = _k_positions(ks, estimators)
-    for (source, estimator), rows in variance.groupby(["source", "estimator"], sort=False):
+    ax.axhline(
+        1.0,
+        color=REFERENCE_COLOR,
+        linestyle=(0, (1, 1.5)),
+        linewidth=0.8,
+        label=f"{REFERENCE_ESTIMATOR} (= 1)",
+    )
+    for (source, estimator), rows in compared.groupby(["source", "estimator"], sort=False):
         rows = rows.dropna(subset=["variance_ratio_mean"])
         rows = rows[rows["variance_ratio_mean"] > 0]
         if rows.empty:
             continue
         baseline = source == BASELINE
-        ax.errorbar(
+        look = _look(estimator, baseline, marker=True) | {"linestyle": "none", "markersize": 4}
+        _points(
+            ax,
             [positions[(k, estimator)] + (0.05 if baseline else 0.0) for k in rows["k"]],
             rows["variance_ratio_mean"],
-            yerr=rows["variance_ratio_se"].fillna(0.0).to_numpy(),
-            fmt="o",
-            color=estimator_color(estimator),
-            markerfacecolor="none" if baseline else estimator_color(estimator),
-            markersize=4,
-            capsize=2,
-            linestyle="none",
+            rows["variance_ratio_se"],
             label=estimator + (" (baseline)" if baseline else ""),
+            **look,
         )
-    ax.axhline(1.0, color="0.5", linestyle=":", linewidth=0.8)
     ax.set_yscale("log")
+    _readable_log_axis(ax, "y")
     ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
+    ax.set_xlim(-0.5, len(ks) - 0.5)
     ax.set_ylabel(f"variance / variance of {REFERENCE_ESTIMATOR}")
-    n = variance.loc[variance["source"] == RUNS, "n"]
-    seeds = "" if n.empty or n.max() <= 1 else f"\nmean ± s.e. over {int(n.max())} studies"
-    ax.set_title(f"{title}{seeds}")
+    studies = _studies_phrase(variance)
+    ax.set_title(f"{title}\n{studies}" if studies else title)
     _ordered_legend(ax)
     return fig
 
@@ -299,33 +400,36 @@ def draw_cost_variance(variance: pd.DataFrame, title: str) -> Figure:
         if rows.empty:
             continue
         baseline = source == BASELINE
-        ax.errorbar(
+        _points(
+            ax,
             rows["k"],
             rows["cost_variance_mean"],
-            yerr=rows["cost_variance_se"].fillna(0.0).to_numpy(),
-            color=estimator_color(estimator),
-            linestyle="--" if baseline else "-",
-            marker="o",
-            markerfacecolor="none" if baseline else estimator_color(estimator),
-            markersize=3,
-            capsize=2,
+            rows["cost_variance_se"],
             label=estimator + (" (baseline)" if baseline else ""),
+            **_look(estimator, baseline, marker=True),
         )
     ks = sorted(variance["k"].unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
     ax.set_yscale("log")
+    _readable_log_axis(ax, "y")
     ax.set_xlabel("K (samples per estimate)")
     ax.set_ylabel("variance × evaluations of f")
-    ax.set_title(f"{title}\ncost-normalised variance")
+    studies = _studies_phrase(variance)
+    ax.set_title(f"{title}\ncost-normalised variance" + (f", {studies}" if studies else ""))
     _ordered_legend(ax)
     return fig
 
 
 def _ordered_legend(ax) -> None:
+    """Legend entries in registry order, baselines after; a reference level first."""
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: ("(baseline)" in labels[i], estimator_order(labels[i])))
+
+    def key(i: int):
+        return (not labels[i].endswith("(= 1)"), "(baseline)" in labels[i], estimator_order(labels[i]))
+
+    order = sorted(range(len(labels)), key=key)
     handles, labels = [handles[i] for i in order], [labels[i] for i in order]
     if len(labels) <= 6:  # dots and short lines leave room for a few more entries inside
         ax.legend(handles, labels, frameon=False, loc="best")

@@ -24,6 +24,7 @@ import pandas as pd
 from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, normalised_config
 from dcvbench.estimators import EstimatorError, estimator_info
 from dcvbench.estimators.options import TEMPERATURE
+from dcvbench.plot.optimum import toy_optimum
 from dcvbench.results import (
     INVOCATION_FIELDS,
     MANIFEST,
@@ -49,7 +50,7 @@ VAE_ARCH_ALIASES = {
 # fmt: off
 RUN_COLUMNS = [
     "source", "run_id", "path", "job", "problem", "group", "title", "estimator", "k", "seed", "status",
-    "last_step", "started", "fingerprint", "base_estimator", "temperature", "annealed",
+    "last_step", "started", "fingerprint", "base_estimator", "temperature", "annealed", "optimum",
 ]
 # fmt: on
 # Config fields that may differ between runs averaged together: beside how they were invoked, where
@@ -75,9 +76,10 @@ class Results:
     """Everything read from one or more directories of runs.
 
     ``runs``: one row per training run (``source, run_id, path, job, problem, group, title,
-    estimator, k, seed, status, last_step, started, fingerprint``). ``trace``: the trace rows of
-    those runs with ``source`` added. ``variance``: the rows of every ``variance.parquet`` with
-    ``source``, ``group`` and ``title`` added.
+    estimator, k, seed, status, last_step, started, fingerprint``, …, ``optimum``: a toy's best
+    achievable ``E_q[f]`` where known, :func:`~dcvbench.plot.optimum.toy_optimum`). ``trace``: the
+    trace rows of those runs with ``source`` added. ``variance``: the rows of every
+    ``variance.parquet`` with ``source``, ``group`` and ``title`` added.
     """
 
     runs: pd.DataFrame
@@ -200,6 +202,7 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "fingerprint": _fingerprint(job, config),
         "base_estimator": manifest["estimator"],
         **_temperature(manifest["estimator"], config),
+        "optimum": toy_optimum(config) if job == "toy" else None,
     }
 
 

@@ -1,13 +1,42 @@
-"""The summary report: the aggregated frames as text tables, for the terminal and ``summary.md``."""
+"""The summary report: the aggregated frames as text tables, for the terminal, ``summary.md`` and the
+HTML report.
+
+Rows follow the registry's listing order (:func:`~dcvbench.plot.style.estimator_order`), as the
+jobs' final tables do. Values are mean ± s.e. over seeds (over studies for variance studies); a value
+from one seed has no ± and the table's note says so.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from dcvbench.plot.runs import BASELINE, RUNS
 
+TIME_HEADER = "s/step (median)"
+INTRO = (
+    "Final values are each run's last recorded value, then mean ± s.e. over seeds; "
+    f"{TIME_HEADER} is each run's median time per step, then mean ± s.e. over seeds. "
+    "Variance studies: mean ± s.e. over studies; α* is the variance-optimal α of the point, "
+    "bias max |z| the largest |bias / s.e.| over coordinates (toy)."
+)
 
-def _pm(mean: float, se: float, digits: int) -> str:
+
+@dataclass(frozen=True)
+class SummaryTable:
+    """One table of the summary: its title, a note on what its values average over, its text
+    columns, and the group whose figures it links (``None``: none)."""
+
+    title: str
+    note: str
+    frame: pd.DataFrame
+    group: str | None
+
+
+def _pm(mean: float, se: float | None, digits: int) -> str:
     if mean is None or pd.isna(mean):
         return "–"
     text = f"{mean:.{digits}g}"
@@ -23,6 +52,24 @@ def _estimator_labels(frame: pd.DataFrame) -> list[str]:
         name + (" (baseline)" if source == BASELINE else "")
         for name, source in zip(frame["estimator"], frame["source"], strict=True)
     ]
+
+
+def _without_empty_columns(frame: pd.DataFrame, keep: Iterable[str]) -> pd.DataFrame:
+    keep = set(keep)
+    return frame[[c for c in frame.columns if c in keep or (frame[c] != "–").any()]]
+
+
+def averaged_over(counts: Iterable[int], unit: str = "seed") -> str:
+    """What a table's values average over: ``one seed, no standard error``, ``mean ± s.e. over 3
+    seeds``."""
+    counts = sorted({int(n) for n in counts})
+    if not counts:
+        return ""
+    if counts == [1]:
+        return f"one {unit}, no standard error"
+    if len(counts) == 1:
+        return f"mean ± s.e. over {counts[0]} {unit}s"
+    return f"mean ± s.e. over {counts[0]}–{counts[-1]} {unit}s (a value without ± had one {unit})"
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -45,18 +92,25 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "test bound": _pm_column(summary, "test_bound", 5),
             "final grad var": _pm_column(summary, "grad_var", 3),
             "vs rloo": [_pm(v, None, 3) for v in summary["var_ratio_rloo"]],
-            "s/step": _pm_column(summary, "sec_per_step", 2),
+            TIME_HEADER: _pm_column(summary, "sec_per_step_median", 2),
         }
     )
-    keep = [c for c in out.columns if c in ("group", "estimator") or (out[c] != "–").any()]
-    return out[keep]
+    return _without_empty_columns(out, ("group", "estimator"))
 
 
 def variance_display(variance: pd.DataFrame) -> pd.DataFrame:
-    """Variance studies as text columns (one row per group, estimator, K)."""
+    """Variance studies as text columns (one row per group, estimator, K), empty columns dropped.
+
+    ``α*`` is the control variate's α (the variance-optimal one of the point; ``(fixed)`` where
+    ``--alpha`` fixed it).
+    """
     if variance.empty:
         return pd.DataFrame()
-    return pd.DataFrame(
+    alphas = [
+        text if text == "–" or source != "fixed" else f"{text} (fixed)"
+        for text, source in zip(_pm_column(variance, "alpha", 3), variance["alpha_source"], strict=True)
+    ]
+    out = pd.DataFrame(
         {
             "study": variance["group"],
             "estimator": _estimator_labels(variance),
@@ -65,8 +119,12 @@ def variance_display(variance: pd.DataFrame) -> pd.DataFrame:
             "variance": _pm_column(variance, "variance", 3),
             "vs rloo": _pm_column(variance, "variance_ratio", 3),
             "variance×evals": _pm_column(variance, "cost_variance", 3),
+            "α*": alphas,
+            "bias max |z|": _pm_column(variance, "bias_max_z", 2),
+            "s/estimate": _pm_column(variance, "seconds_per_estimate", 2),
         }
     )
+    return _without_empty_columns(out, ("study", "estimator", "K", "evals", "variance"))
 
 
 def temperature_display(temperature: pd.DataFrame) -> pd.DataFrame:
@@ -86,32 +144,42 @@ def temperature_display(temperature: pd.DataFrame) -> pd.DataFrame:
 
 def summary_tables(
     summary: pd.DataFrame, variance: pd.DataFrame, temperature: pd.DataFrame | None = None
-) -> list[tuple[str, pd.DataFrame]]:
-    """(title, text frame) per group of runs, then per variance study, then per temperature study:
-    what the terminal and ``summary.md`` show. Each table keeps only the columns its group has
+) -> list[SummaryTable]:
+    """A table per group of runs, then per variance study, then per temperature study: what the
+    terminal, ``summary.md`` and the HTML report show. Each keeps only the columns its group has
     values for."""
     tables = []
     for group in dict.fromkeys(summary["group"]) if len(summary) else ():
-        frame = summary_display(summary[summary["group"] == group]).drop(columns="group")
-        tables.append((group, frame))
+        rows = summary[summary["group"] == group]
+        note = averaged_over(rows.loc[rows["source"] == RUNS, "seeds"])
+        tables.append(SummaryTable(group, note, summary_display(rows).drop(columns="group"), group))
     for group in dict.fromkeys(variance["group"]) if len(variance) else ():
-        frame = variance_display(variance[variance["group"] == group]).drop(columns="study")
-        tables.append((group, frame))
+        rows = variance[variance["group"] == group]
+        note = averaged_over(rows.loc[rows["source"] == RUNS, "n"], "study")
+        tables.append(SummaryTable(group, note, variance_display(rows).drop(columns="study"), group))
     if temperature is not None and len(temperature):
         main = temperature[temperature["source"] == RUNS]
         for group in dict.fromkeys(main["group"]):
-            tables.append((f"{group}: temperature", temperature_display(main[main["group"] == group])))
+            rows = main[main["group"] == group]
+            note = averaged_over(rows["n"])
+            tables.append(SummaryTable(f"{group}: temperature", note, temperature_display(rows), None))
     return tables
 
 
 def summary_markdown(
-    summary: pd.DataFrame, variance: pd.DataFrame, temperature: pd.DataFrame | None = None
+    tables: Sequence[SummaryTable], figures: Mapping[str, Sequence[tuple[str, Path]]] | None = None
 ) -> str:
-    """``summary.md``: one Markdown table per group; values are mean ± s.e. over seeds."""
-    text = "# dcvbench summary\n\n"
-    text += "Final values are each run's last recorded value, then mean ± s.e. over seeds.\n"
-    for title, frame in summary_tables(summary, variance, temperature):
-        text += f"\n## {title}\n\n" + markdown_table(frame.reset_index(drop=True))
+    """``summary.md``: one Markdown table per group, each with its note and relative links to its
+    figures (``figures``: group → (what it shows, file beside ``summary.md``))."""
+    figures = figures or {}
+    text = f"# dcvbench summary\n\n{INTRO}\n"
+    for table in tables:
+        text += f"\n## {table.title}\n\n"
+        links = [f"[{label}]({path.name})" for label, path in figures.get(table.group, ())]
+        if links:
+            text += "Figures: " + " · ".join(links) + "\n\n"
+        text += f"{table.note[:1].upper()}{table.note[1:]}.\n\n" if table.note else ""
+        text += markdown_table(table.frame.reset_index(drop=True))
     return text
 
 
@@ -119,7 +187,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a text frame (no extra dependency such as tabulate)."""
     if frame.empty:
         return "(none)\n"
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |")
+
+    def cells(values) -> str:
+        return "| " + " | ".join(str(value).replace("|", "\\|") for value in values) + " |"
+
+    lines = [cells(frame.columns), "|" + "---|" * len(frame.columns)]
+    lines += [cells(row) for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"

@@ -10,13 +10,32 @@ class InterruptAt:
     def __init__(self, step: int):
         self.step, self.done = step, 0
 
-    def start(self, description: str, total: int) -> None:
+    def plan(self, runs: int, total: int) -> None:
         pass
+
+    def start(self, description: str, total: int, done: int = 0) -> None:
+        self.done += done
 
     def advance(self, steps: int = 1) -> None:
         self.done += steps
         if self.done == self.step:
             raise KeyboardInterrupt
+
+
+class RecordingProgress:
+    """Progress that records what a job tells it."""
+
+    def __init__(self):
+        self.plans, self.starts, self.advanced = [], [], 0
+
+    def plan(self, runs: int, total: int) -> None:
+        self.plans.append((runs, total))
+
+    def start(self, description: str, total: int, done: int = 0) -> None:
+        self.starts.append((total, done))
+
+    def advance(self, steps: int = 1) -> None:
+        self.advanced += steps
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from dcvbench.jobs.toy import resume_toy, run_toy
 from dcvbench.problems.toy import make_objective
 from dcvbench.results import TIMING_COLUMNS, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
+from tests.jobs.conftest import RecordingProgress
 
 SMALL = ToyConfig(
     problem=ToyProblem(dim=10),
@@ -174,3 +175,51 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path):
     manifest_path.write_text(manifest_path.read_text().replace('"job": "toy"', '"job": "vae"'))
     with pytest.raises(ConfigError, match="is not a toy run"):
         resume_toy(summary.path)
+
+
+def test_a_job_plans_its_runs_and_reports_every_step(tmp_path):
+    progress = RecordingProgress()
+    run_toy(replace(SMALL, seeds=(1, 2), out=str(tmp_path)), progress)
+    assert progress.plans == [(4, 4 * SMALL.steps)]
+    assert progress.starts == [(SMALL.steps, 0)] * 4
+    assert progress.advanced == 4 * SMALL.steps
+
+
+def test_a_resumed_run_plans_only_the_steps_it_has_left(tmp_path, interrupt_at):
+    with pytest.raises(KeyboardInterrupt):
+        run_toy(replace(SMALL, checkpoint_every=10, out=str(tmp_path)), progress=interrupt_at(17))
+    (run_dir,) = tmp_path.iterdir()
+    progress = RecordingProgress()
+    threads = 2 if torch.get_num_threads() != 2 else 1  # another machine's: the resume records it
+    resume_toy(run_dir, progress, threads=threads)
+    assert read_manifest(run_dir)["resumes"][0]["torch_threads"] == threads
+    assert progress.plans == [(1, SMALL.steps - 10)]
+    assert progress.starts == [(SMALL.steps, 10)]
+    assert progress.advanced == SMALL.steps - 10
+
+
+def test_threads_reach_torch_and_the_manifest_and_are_restored(tmp_path):
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    seen = []
+    build = dcvbench.jobs.toy.build_training
+
+    def build_and_look(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return build(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dcvbench.jobs.toy, "build_training", build_and_look)
+        (summary,) = run_toy(replace(SMALL, estimators=("rloo",), threads=wanted, out=str(tmp_path)))
+    manifest = read_manifest(summary.path)
+    assert seen == [wanted]
+    assert manifest["config"]["threads"] == wanted
+    assert manifest["versions"]["torch_threads"] == wanted
+    assert torch.get_num_threads() == before
+
+
+def test_a_run_summarises_its_step_time_by_the_median_of_its_rows(tmp_path):
+    (summary,) = run_toy(replace(SMALL, estimators=("rloo",), out=str(tmp_path)))
+    rows = read_trace(summary.path)["sec_per_step"].dropna()
+    assert len(rows) > 2
+    assert summary.metrics["sec_per_step"] == pytest.approx(float(rows.median()), rel=0, abs=0)

@@ -5,6 +5,7 @@ import pytest
 from dcvbench.config import ToyProblem, VarianceConfig
 from dcvbench.jobs.variance import run_variance
 from dcvbench.results import read_manifest, read_table
+from tests.jobs.conftest import RecordingProgress
 
 COLUMNS = {
     "estimator",
@@ -94,7 +95,11 @@ def test_vae_checkpoint_study_pairs_estimators_at_the_snapshot(tmp_path):
         device="cpu",
         out=str(tmp_path / "study"),
     )
-    table = run_variance(config).table
+    progress = RecordingProgress()
+    table = run_variance(config, progress).table
+    # Progress by draws, not by estimator: a checkpoint's draws are slow. rloo is measured as reference.
+    assert progress.plans == [(1, 3 * config.samples)]
+    assert progress.advanced == 3 * config.samples
     assert table["problem"].tolist() == ["vae", "vae"]
     assert table["checkpoint_step"].tolist() == [20, 20]
     assert (table["variance"] > 0).all() and (table["logit_variance"] > 0).all()
