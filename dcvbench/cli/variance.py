@@ -38,6 +38,7 @@ from dcvbench.cli.options import (
     with_estimator_options,
 )
 from dcvbench.config import CHECKPOINT_SAMPLES, VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
+from dcvbench.estimators import estimator_order
 from dcvbench.estimators.options import flag_of
 from dcvbench.runtime import ConfigError
 
@@ -174,7 +175,8 @@ def variance(
     table = results_table(
         title, ("estimator", "K", "evals", *columns, "s/estimate", "α"), left=("estimator",)
     )
-    for row in study.table.to_dict("records"):
+    records = study.table.to_dict("records")
+    for row in sorted(records, key=lambda r: (estimator_order(r["estimator"]), r["k"])):  # as summary.md
         alpha_text = "–" if pd.isna(row["alpha_source"]) else f"{row['alpha']:.4g} ({row['alpha_source']})"
         table.add_row(
             row["estimator"],

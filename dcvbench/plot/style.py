@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass
 
 from dcvbench.estimators import REFERENCE_ESTIMATOR, estimator_names
+from dcvbench.estimators import estimator_order as registry_order
 
 # One column of a paper at readable size; fonts sized for that width.
 FIGSIZE = (3.5, 2.6)
@@ -87,6 +88,5 @@ def estimator_style(name: str) -> EstimatorStyle:
 def estimator_order(name: str) -> tuple[int, str]:
     """Sort key: registry order (a series labelled after an estimator, ``concrete λ=0.1``, beside
     it), unknown names after, alphabetically. Tables and legends list estimators in this order."""
-    names = estimator_names()
-    base = name.split(" ", 1)[0]
-    return (names.index(base), name) if base in names else (len(names), name)
+    position, _ = registry_order(name.split(" ", 1)[0])
+    return position, name

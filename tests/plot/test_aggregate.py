@@ -96,3 +96,20 @@ def test_step_time_is_each_runs_median_then_mean_over_seeds(tmp_path):
     assert row["sec_per_step_median_mean"] == pytest.approx((0.0015 + 0.003) / 2)
     assert row["sec_per_step_median_se"] == pytest.approx(0.0015 / 2)
     assert "| s/step (median) |" in (tmp_path / "plots" / "summary.md").read_text()
+
+
+def test_the_jobs_final_table_and_the_summary_give_the_same_step_time(tmp_path):
+    # One definition everywhere: a real job's summary (what its final table prints) and plot's.
+    from dcvbench.config import ToyConfig, ToyProblem
+    from dcvbench.jobs.toy import run_toy
+
+    config = ToyConfig(
+        problem=ToyProblem(dim=10), estimators=("rloo", "rloo-dcv"), steps=40, log_every=5, var_every=20,
+        var_samples=50, seeds=(1, 2), device="cpu", out=str(tmp_path / "runs"),
+    )  # fmt: skip
+    summaries = run_toy(config)
+    frame = summary_frame(load_results(tmp_path / "runs"))
+    for estimator in config.estimators:
+        times = [s.metrics["sec_per_step"] for s in summaries if s.estimator == estimator]
+        row = row_where(frame, estimator=estimator)
+        assert row["sec_per_step_median_mean"] == pytest.approx(sum(times) / len(times), rel=1e-12)
