@@ -9,6 +9,7 @@ not given and is filled in at construction, so a manifest records the values a r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from dcvbench.estimators import (
     estimator_info,
     estimator_names,
     estimator_options,
+    start_temperature,
+    temperature_problem,
 )
 from dcvbench.estimators.registry import did_you_mean
 from dcvbench.latent import LATENT_TYPES
@@ -125,6 +128,7 @@ class ToyConfig:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, self.dtype, self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "toy"))
+        _check_temperatures(self.estimators, self.estimator_settings)
 
 
 # A variance study's draws at a VAE checkpoint when not given: each estimate costs passes through the
@@ -150,10 +154,13 @@ class VarianceConfig:
     dtype: str = "float64"  # the toy's; a VAE checkpoint is measured in its own precision
     estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("variance"))
     out: str = "results"
+    exact: bool = False  # at a checkpoint: the exact gradient by enumeration, for bias norm, MSE, cosine
 
     def __post_init__(self):
         if not self.ks:
             raise ConfigError("give at least one --k")
+        if self.exact and self.checkpoint is None:
+            raise ConfigError("--exact is for a --checkpoint: the toy's exact gradient is always known")
         # At a checkpoint the latent type is the run's, known once its manifest is read (the job
         # checks the estimators again then); here they need only exist for some latent type.
         latent = self.problem.latent if self.checkpoint is None else None
@@ -172,6 +179,7 @@ class VarianceConfig:
                 )
         _check_runtime(self.device, self.dtype, self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "variance"))
+        _check_temperatures(self.estimators, self.estimator_settings)
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,12 @@ class TrainsBounds:
             raise ConfigError("give at least one --seed")
         _check_runtime(self.device, "float32", self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, job))
+        _check_temperatures(self.estimators, self.estimator_settings, self.anneal, self.anneal_floor)
+
+    def start_temperatures(self) -> dict[str, float]:
+        """``{"concrete's temperature": λ_0, …}``: where each chosen estimator with a temperature starts."""
+        starts = {name: start_temperature(name, self.estimator_settings) for name in self.estimators}
+        return {f"{name}'s temperature": start for name, start in starts.items() if start is not None}
 
 
 @dataclass(frozen=True)
@@ -355,22 +369,21 @@ class VaeConfig(TrainsBounds):
         _positive("--prior-temperature", self.prior_temperature)
         if self.kl not in KL_VARIANTS:
             raise ConfigError(f"unknown --kl {self.kl!r}; choose from: {', '.join(KL_VARIANTS)}")
-        starts = {
-            "--temperature": self.estimator_settings["temperature"],
-            "--prior-temperature": self.prior_temperature,
-        }
+        starts = self.start_temperatures()
+        if self.kl == "relaxed" and any(estimator_info(n).relaxation == "relaxed" for n in self.estimators):
+            starts["--prior-temperature"] = self.prior_temperature  # the relaxed prior's density
         _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, starts)
 
-    def temperatures(self, step: int) -> tuple[float, float]:
-        """The (posterior, prior) temperatures of training step ``step`` (1-based; 0: the start).
+    def temperatures(self, step: int, estimator: str) -> tuple[float | None, float]:
+        """The (posterior, prior) temperatures of training step ``step`` (1-based; 0: the start) for a
+        run of ``estimator`` (posterior ``None`` for an estimator without a temperature).
 
         Constant without annealing; with ``anneal="exp"`` each is ``max(floor, λ_0·exp(−rate·step))``,
         a function of the step alone, so a resumed run anneals exactly as an uninterrupted one.
         """
-        return tuple(
-            _annealed(self.anneal, self.anneal_rate, self.anneal_floor, start, step)
-            for start in (self.estimator_settings["temperature"], self.prior_temperature)
-        )
+        posterior = start_temperature(estimator, self.estimator_settings)
+        anneal = functools.partial(_annealed, self.anneal, self.anneal_rate, self.anneal_floor, step=step)
+        return None if posterior is None else anneal(posterior), anneal(self.prior_temperature)
 
 
 @dataclass(frozen=True)
@@ -427,7 +440,7 @@ class PredictConfig(TrainsBounds):
         self._check_straight_through()
         self._check_objective()
         self._check_training("predict")
-        _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, {"--temperature": self.temperature})
+        _check_anneal(self.anneal, self.anneal_rate, self.anneal_floor, self.start_temperatures())
 
     def _check_straight_through(self) -> None:
         """Refuse an estimator that would leave a layer untrained.
@@ -446,15 +459,14 @@ class PredictConfig(TrainsBounds):
                     f"{self.arch} (the layers below are held at their samples): choose a one-layer arch"
                 )
 
-    @property
-    def temperature(self) -> float:
-        """The relaxations' starting temperature λ."""
-        return self.estimator_settings["temperature"]
-
-    def temperatures(self, step: int) -> tuple[float, None]:
-        """(λ at training step ``step``, ``None``): the engine's (posterior, prior) pair; there is no
-        prior density to relax here. Annealed as the VAE's (:meth:`VaeConfig.temperatures`)."""
-        return _annealed(self.anneal, self.anneal_rate, self.anneal_floor, self.temperature, step), None
+    def temperatures(self, step: int, estimator: str) -> tuple[float | None, None]:
+        """(λ at training step ``step`` for a run of ``estimator``, ``None``): the engine's (posterior,
+        prior) pair; there is no prior density to relax here. Annealed as the VAE's
+        (:meth:`VaeConfig.temperatures`)."""
+        start = start_temperature(estimator, self.estimator_settings)
+        if start is None:
+            return None, None
+        return _annealed(self.anneal, self.anneal_rate, self.anneal_floor, start, step), None
 
 
 def toy_config_from_dict(values: dict) -> ToyConfig:
@@ -624,6 +636,21 @@ def _check_anneal(anneal: str, rate: float, floor: float, starts: Mapping[str, f
                     f"--anneal-floor {floor} is above {option} {start}: annealing only lowers a "
                     "temperature; lower the floor"
                 )
+
+
+def _check_temperatures(
+    estimators: tuple[str, ...], settings: Mapping[str, Any], anneal: str = "none", floor: float = 0.0
+) -> None:
+    """Each chosen estimator's temperature suits it (ReinMax: λ ≥ 1), and so does the floor that an
+    annealed one comes down to."""
+    for name in estimators:
+        problem = temperature_problem(name, settings)
+        if problem is not None:
+            raise ConfigError(f"--temperature {start_temperature(name, settings):g}: {problem}")
+        if anneal != "none" and start_temperature(name, settings) is not None:
+            problem = temperature_problem(name, {"temperature": floor})
+            if problem is not None:
+                raise ConfigError(f"--anneal-floor {floor:g}: {problem}")
 
 
 def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -> float:

@@ -147,8 +147,8 @@ CASES = [
     (["vae", "--anneal-rate", "fast", "--out", "{out}"], "Invalid value for '--anneal-rate'"),
     (["vae", "--anneal-floor", "0", "--out", "{out}"], "--anneal-floor must be positive, got 0.0"),
     (
-        ["vae", "--anneal", "exp", "--temperature", "0.4", "--out", "{out}"],
-        "--anneal-floor 0.5 is above --temperature 0.4: annealing only lowers a temperature",
+        ["vae", "--estimator", "concrete", "--anneal", "exp", "--temperature", "0.4", "--out", "{out}"],
+        "--anneal-floor 0.5 is above concrete's temperature 0.4: annealing only lowers a temperature",
     ),
     (["vae", "--resume", "{corrupt_ckpt}", "--anneal", "exp"], "drop --anneal"),
     (["vae", "--dataset", "cifar", "--out", "{out}"], "unknown dataset 'cifar'; choose from:"),

@@ -2,7 +2,7 @@
 
 import itertools
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -61,11 +61,15 @@ from dcvbench.runtime import ConfigError
         (lambda: VaeConfig(anneal_rate=math.inf), "--anneal-rate must be ≥ 0, got inf"),
         (lambda: VaeConfig(anneal_floor=0.0), "--anneal-floor must be positive, got 0.0"),
         (
-            lambda: VaeConfig(anneal="exp", estimator_settings={"temperature": 0.4}),
-            "--anneal-floor 0.5 is above --temperature 0.4: annealing only lowers a temperature",
+            lambda: VaeConfig(
+                anneal="exp", estimators=("concrete",), estimator_settings={"temperature": 0.4}
+            ),
+            "--anneal-floor 0.5 is above concrete's temperature 0.4: annealing only lowers a temperature",
         ),
         (
-            lambda: VaeConfig(anneal="exp", prior_temperature=0.3, anneal_floor=0.4),
+            lambda: VaeConfig(
+                estimators=("concrete",), anneal="exp", prior_temperature=0.3, anneal_floor=0.4
+            ),
             "--anneal-floor 0.4 is above --prior-temperature 0.3",
         ),
     ],
@@ -100,14 +104,25 @@ def test_vae_relaxation_settings_round_trip_and_old_manifests_load():
 
 def test_temperatures_anneal_exponentially_to_the_floor():
     settings = {"temperature": 1.0}
-    assert VaeConfig(estimator_settings=settings).temperatures(10_000) == (1.0, 0.5)  # no annealing
-    config = VaeConfig(estimator_settings=settings, anneal="exp", anneal_rate=0.01, anneal_floor=0.2)
-    assert config.temperatures(0) == (1.0, 0.5)
-    posterior, prior = config.temperatures(50)
+    fixed = VaeConfig(estimators=("concrete",), estimator_settings=settings)
+    assert fixed.temperatures(10_000, "concrete") == (1.0, 0.5)  # no annealing
+    config = replace(fixed, anneal="exp", anneal_rate=0.01, anneal_floor=0.2)
+    assert config.temperatures(0, "concrete") == (1.0, 0.5)
+    posterior, prior = config.temperatures(50, "concrete")
     assert math.isclose(posterior, math.exp(-0.5)) and math.isclose(prior, 0.5 * math.exp(-0.5))
-    assert config.temperatures(10_000) == (0.2, 0.2)  # both held at the floor
-    steps = [config.temperatures(step)[0] for step in range(0, 300, 10)]
+    assert config.temperatures(10_000, "concrete") == (0.2, 0.2)  # both held at the floor
+    steps = [config.temperatures(step, "concrete")[0] for step in range(0, 300, 10)]
     assert all(later <= earlier for earlier, later in itertools.pairwise(steps))
+    # An estimator without a temperature has no posterior one; the prior's anneals all the same.
+    assert config.temperatures(10_000, "rloo") == (None, 0.2)
+
+
+def test_each_estimator_starts_at_its_own_temperature_unless_one_is_given():
+    mixed = VaeConfig(estimators=("concrete", "st-concrete", "rloo"))
+    assert mixed.estimator_settings["temperature"] is None  # the manifest says: not given
+    assert mixed.start_temperatures() == {"concrete's temperature": 2 / 3, "st-concrete's temperature": 2 / 3}
+    given = replace(mixed, estimator_settings={"temperature": 0.9})
+    assert given.temperatures(0, "st-concrete") == (0.9, 0.5)
 
 
 def test_estimator_settings_hold_every_option_with_the_job_s_defaults():
@@ -138,7 +153,13 @@ def test_manifests_round_trip_and_a_missing_option_takes_the_job_default():
 
 def test_a_variance_study_has_no_learning_options_and_reads_old_manifests():
     # A variance study trains nothing: α's learning and the controls' rate are not its options.
-    assert set(default_settings("variance")) == {"alpha", "temperature", "baseline_decay"}
+    assert set(default_settings("variance")) == {
+        "alpha",
+        "temperature",
+        "baseline_decay",
+        "rao_samples",
+        "gst_gap",
+    }
     with pytest.raises(ConfigError, match="unknown estimator option 'alpha_lr'"):
         VarianceConfig(estimator_settings={"alpha_lr": 1e-3})
     # Written before options knew their jobs: every option, as the flat settings record held them.
@@ -165,3 +186,32 @@ def test_a_value_of_the_wrong_type_is_one_line(settings, message):
     # What a hand-edited manifest may hold: refused with its option's name, not a traceback.
     with pytest.raises(ConfigError, match=message):
         ToyConfig(estimator_settings=settings)
+
+
+def test_a_temperature_below_an_estimators_minimum_is_refused_before_any_run():
+    # ReinMax needs λ ≥ 1 (its authors' requirement); not given, it starts at its own default, 1.
+    categorical = ToyProblem(latent="categorical", dim=4)
+    assert (
+        ToyConfig(problem=categorical, estimators=("reinmax", "st-concrete")).estimator_settings[
+            "temperature"
+        ]
+        is None
+    )
+    with pytest.raises(ConfigError, match=r"--temperature 0\.5: reinmax needs a temperature ≥ 1"):
+        ToyConfig(
+            problem=categorical,
+            estimators=("st-concrete", "reinmax"),
+            estimator_settings={"temperature": 0.5},
+        )
+    with pytest.raises(ConfigError, match=r"--temperature 0\.5: reinmax needs a temperature ≥ 1"):
+        VarianceConfig(problem=categorical, estimators=("reinmax",), estimator_settings={"temperature": 0.5})
+    # An annealed run comes down to the floor: the floor must suit it too.
+    with pytest.raises(ConfigError, match=r"--anneal-floor 0\.5: reinmax needs a temperature ≥ 1"):
+        VaeConfig(
+            latent="categorical",
+            estimators=("reinmax",),
+            anneal="exp",
+            estimator_settings={"temperature": 2.0},
+        )
+    annealed = VaeConfig(latent="categorical", estimators=("reinmax",), anneal="exp", anneal_floor=1.0)
+    assert annealed.temperatures(0, "reinmax")[0] == 1.0

@@ -43,6 +43,8 @@ from dcvbench.estimators.options import flag_of
 from dcvbench.runtime import ConfigError
 
 PROBLEMS = ("toy", "vae")
+# Against the exact gradient, each shown ± its standard error (dcvbench.measure.variance.GradientQuality).
+QUALITY_COLUMNS = {"bias norm": "bias_norm", "MSE": "mse", "cosine": "cosine"}
 # The options of the toy problem and its point: a --checkpoint measures a VAE instead.
 TOY_OPTIONS = ("latent", "dim", "classes", "target", "objective", "w_scale", "w_seed", "theta")
 
@@ -81,6 +83,7 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
         threads=p["threads"],
         estimator_settings=estimator_settings(p, "variance"),
         out=p["out"],
+        exact=p["exact"],
     )
     refuse_contradictions(ctx, "variance")
     return config
@@ -108,6 +111,15 @@ def variance(
             rich_help_panel=PROBLEM,
         ),
     ] = VarianceConfig.checkpoint,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="At a --checkpoint: the exact gradient, by enumerating every code (at most 2^16), and "
+            "each estimator's bias norm, MSE and cosine against it.",
+            rich_help_panel=PROBLEM,
+        ),
+    ] = VarianceConfig.exact,
     latent: Latent = ToyProblem.latent,
     dim: Dim = ToyProblem.dim,
     classes: ToyClasses = ToyProblem.classes,
@@ -166,10 +178,12 @@ def variance(
     if config.checkpoint:
         title = f"encoder-gradient variance at {config.checkpoint}, {config.samples} draws"
         extra = {"logit variance": "logit_variance", "logit vs rloo": "logit_variance_ratio"}
+        if config.exact:
+            extra.update(QUALITY_COLUMNS)
     else:
         where = f"{'θ' if toy.latent == 'binary' else 'π'}={config.theta}"
         title = f"variance at {where}: {toy_latents(toy)}, {toy.objective}, {config.samples} draws"
-        extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z"}
+        extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z", **QUALITY_COLUMNS}
     columns = {"variance": "variance", "vs rloo": "variance_ratio", "variance×evals": "cost_variance"}
     columns.update(extra)
     table = results_table(
@@ -182,9 +196,16 @@ def variance(
             row["estimator"],
             str(row["k"]),
             str(row["evals"]),
-            *(number(row[name], 3) for name in columns.values()),
+            *(_cell(row, name) for name in columns.values()),
             number(row["seconds_per_estimate"], 2),
             alpha_text,
         )
     stdout.print(table)
     stdout.print(f"written to {study.path / 'variance.parquet'}")
+
+
+def _cell(row: dict, name: str) -> str:
+    """A number of the table; a quality measure with its standard error."""
+    if name in QUALITY_COLUMNS.values() and not pd.isna(row[name]):
+        return f"{number(row[name], 3)} ± {number(row[f'{name}_se'], 2)}"
+    return number(row[name], 3)

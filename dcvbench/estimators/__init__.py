@@ -24,6 +24,8 @@ from dcvbench.estimators.registry import (
     estimator_options,
     estimator_order,
     get_estimator,
+    start_temperature,
+    temperature_problem,
 )
 
 discover()
@@ -46,4 +48,6 @@ __all__ = [
     "estimator_order",
     "get_estimator",
     "measuring",
+    "start_temperature",
+    "temperature_problem",
 ]

@@ -169,6 +169,11 @@ class Estimator(nn.Module):
         """Draw the uniform noise this estimator needs, ``[K, *logits.shape]`` unless stated otherwise."""
         return uniform_noise((k, *logits.shape), logits, generator)
 
+    def noise_per_sample(self) -> int:
+        """Uniforms :meth:`sample` draws per sample and logit (1 unless stated otherwise): what sizes
+        the chunks of a variance measurement's draws, so that its memory stays bounded."""
+        return 1
+
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
         raise NotImplementedError
 

@@ -106,15 +106,18 @@ def decay(value: float) -> str | None:
 
 # Options several estimators declare: one object each, so the CLI shows one flag for all of them.
 
+# The one temperature option of every estimator that has one; not given (None), each takes its own
+# default (RelaxedEstimator.default_temperature: the Concrete paper's 2/3, ReinMax's 1, …).
 TEMPERATURE = Option(
     "temperature",
-    2.0 / 3.0,  # the Concrete paper's posterior temperature (Maddison et al. 2017, appendix)
-    "relaxation temperature λ",
+    None,
+    "temperature λ of the relaxation",
+    optional=True,
     check=positive,
-    shown_default="2/3",
+    shown_default="each estimator's own: 2/3; reinmax, gst 1",
     job_help={
         "vae": "posterior temperature λ (the start, with --anneal exp)",
-        "variance": "relaxation temperature λ on the toy (a checkpoint: its run's)",
+        "variance": "temperature λ on the toy (a checkpoint: its run's)",
     },
 )
 BASELINE_DECAY = Option(

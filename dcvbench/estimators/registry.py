@@ -20,6 +20,7 @@ from typing import Any
 
 from dcvbench.estimators.base import Estimator, EstimatorError, EstimatorInfo
 from dcvbench.estimators.options import JOBS, Option
+from dcvbench.estimators.relaxed import RelaxedEstimator
 from dcvbench.latent import LATENT_TYPES, family_named
 from dcvbench.objectives import ProblemShape
 
@@ -66,6 +67,23 @@ def estimator_names(latent: str | None = None) -> list[str]:
     if latent is not None:
         _check_latent(latent)
     return [cls.info.name for cls in _classes() if latent is None or latent in cls.info.families]
+
+
+def start_temperature(name: str, settings: Mapping[str, Any]) -> float | None:
+    """The temperature estimator ``name`` starts at under ``settings``: ``--temperature`` where given,
+    else the estimator's own default; ``None`` for an estimator without a temperature."""
+    cls = _REGISTRY[name]
+    if not issubclass(cls, RelaxedEstimator):
+        return None
+    given = settings.get("temperature")
+    return cls.default_temperature if given is None else given
+
+
+def temperature_problem(name: str, settings: Mapping[str, Any]) -> str | None:
+    """Why the ``--temperature`` of ``settings`` does not suit estimator ``name`` (ReinMax's λ < 1),
+    or ``None``: one line for the configurations to refuse before a run starts."""
+    temperature = start_temperature(name, settings)
+    return None if temperature is None else _REGISTRY[name].check_temperature(temperature)
 
 
 def estimator_order(name: str) -> tuple[int, str]:

@@ -27,7 +27,8 @@ enumerable two-layer VAE, where the hard completion measured |z| up to 73).
 ``z̃`` depends on ``η`` directly and through ``θ = σ(η)`` inside the conditional noise
 ``v' = b(vθ + 1 − θ) + (1 − b)v(1 − θ)``, ``z̃ = η + log v' − log(1 − v')``; ``∇_η c(z̃)`` must
 follow both (a published PyTorch port dropped the second and was biased). Simplified, the two are
-one expression of ``η`` (:func:`conditional_logistic`), which autograd differentiates whole.
+one expression of ``η`` (:func:`~dcvbench.latent.conditional.conditional_logistic`), which
+autograd differentiates whole.
 
 λ, s and ψ are trained to minimise the variance of ``g``: ``g`` is unbiased for every value of
 them, so ``∇ E‖g‖² = ∇ Var(g)``, and ``‖g‖²`` of the current estimate is an unbiased sample of it
@@ -43,7 +44,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Stat
@@ -52,6 +52,7 @@ from dcvbench.estimators.options import CONTROL_LR
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.score_function import score_function_gradient
 from dcvbench.latent import BINARY, LatentFamily
+from dcvbench.latent.conditional import conditional_logistic
 from dcvbench.latent.noise import logistic_from_uniform, uniform_noise
 from dcvbench.objectives import HasContext, HasSmoothCompletion, Objective, ProblemShape
 
@@ -59,25 +60,6 @@ INITIAL_TEMPERATURE = 0.5  # λ: REBAR's relaxation starts sharp, close to the h
 HIDDEN = 50  # ReLU units of RELAX's control network: a small net, our choice (one hidden layer)
 # What each estimate reports: the control's current temperature λ and scale s.
 CONTROL_STATS = (Stat("control_temperature"), Stat("control_scale"))
-
-
-def conditional_logistic(logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
-    """``z̃ ~ p(z | H(z) = b)`` for ``z = η + L``, from uniforms ``v``: ``[K, B, D]``.
-
-    With ``v' = b(vθ + 1 − θ) + (1 − b)v(1 − θ)`` and ``z̃ = η + log v' − log(1 − v')`` (DESIGN §3.4)::
-
-        b = 1:  z̃ = softplus(η + log v) − log(1 − v)          > 0
-        b = 0:  z̃ = log v − softplus(log(1 − v) − η)          < 0
-
-    (for ``b = 1``, ``(1 − v')/θ = 1 − v`` and ``v'/θ = e^{−η} + v``; ``b = 0`` is its mirror). Both
-    ways ``η`` enters ``z̃`` — directly and through ``θ`` — are in this one expression, and both
-    branches stay finite for every ``η`` and ``v ∈ (0, 1)`` (where ``θ`` rounds to 1, ``1 − v'``
-    computed from ``v'`` would be 0). ``logits`` ``[B, D]``, ``b`` and ``v`` ``[K, B, D]``.
-    """
-    log_v, log_rest = torch.log(v), torch.log1p(-v)  # [K, B, D]
-    above = F.softplus(logits + log_v) - log_rest
-    below = log_v - F.softplus(log_rest - logits)
-    return torch.where(b > 0, above, below)
 
 
 class ControlNetwork(nn.Module):
@@ -163,7 +145,8 @@ class ConditionalRelaxation(Estimator):
         return value if self.network is None else value + self.network(relaxed, context)
 
     def conditional(self, logits: Tensor, b: Tensor, v: Tensor) -> Tensor:
-        """``z̃ ~ p(z | b)`` (:func:`conditional_logistic`), as a function of the leaf ``logits``."""
+        """``z̃ ~ p(z | b)`` (:func:`~dcvbench.latent.conditional.conditional_logistic`), as a function
+        of the leaf ``logits``."""
         return conditional_logistic(logits, b, v)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:

@@ -1,4 +1,5 @@
-"""The Concrete relaxation shared by ``concrete`` and ``st-concrete``: temperature and relaxed objective.
+"""Estimators with a temperature (``concrete``, ``st-concrete``, the straight-through family) and the
+Concrete relaxation's relaxed objective.
 
 Maddison, Mnih & Teh, *The Concrete Distribution: A Continuous Relaxation of Discrete Random
 Variables*, ICLR 2017; Jang, Gu & Poole, *Categorical Reparameterization with Gumbel-Softmax*,
@@ -12,13 +13,17 @@ temperature, and ``z → b`` as ``λ → 0``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from dcvbench.estimators.base import Estimator
+from dcvbench.estimators.base import Estimator, EstimatorError
 from dcvbench.estimators.options import TEMPERATURE
 from dcvbench.latent import BINARY, LatentFamily
 from dcvbench.objectives import HasRelaxation, Objective
+
+CONCRETE_TEMPERATURE = 2.0 / 3.0  # the Concrete paper's posterior temperature (Maddison et al. 2017)
 
 
 def relaxed_objective(
@@ -38,19 +43,35 @@ def relaxed_objective(
 
 
 class RelaxedEstimator(Estimator):
-    """A Concrete relaxation at temperature ``λ``: subclasses choose what they evaluate and differentiate.
+    """An estimator with a temperature ``λ``: the Concrete relaxation's, or a straight-through
+    variant's; subclasses choose what they evaluate and differentiate.
 
     ``temperature`` is an attribute a training loop may change between steps (annealing); each
-    estimate reports the one it used as ``stats["temperature"]``.
+    estimate reports the one it used as ``stats["temperature"]``. Not given, it is the class's
+    ``default_temperature``; a class whose method needs ``λ ≥ min_temperature`` (ReinMax: ``λ ≥ 1``)
+    refuses a lower one (:meth:`check_temperature`, which the configurations call before a run starts).
     """
 
     options = (TEMPERATURE,)
+    default_temperature: ClassVar[float] = CONCRETE_TEMPERATURE
+    min_temperature: ClassVar[float] = 0.0  # any λ > 0
 
-    def __init__(self, family: LatentFamily = BINARY, temperature: float = TEMPERATURE.default):
+    def __init__(self, family: LatentFamily = BINARY, temperature: float | None = None):
         super().__init__(family)
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        temperature = self.default_temperature if temperature is None else temperature
+        problem = self.check_temperature(temperature)
+        if problem is not None:
+            raise EstimatorError(f"--temperature {temperature:g}: {problem}")
         self.temperature = temperature
+
+    @classmethod
+    def check_temperature(cls, temperature: float) -> str | None:
+        """Why ``temperature`` does not suit this estimator, or ``None`` when it does."""
+        if not temperature > 0.0:
+            return f"{cls.info.name} needs a temperature > 0"
+        if temperature < cls.min_temperature:
+            return f"{cls.info.name} needs a temperature ≥ {cls.min_temperature:g}, as its authors require"
+        return None
 
     def temperature_stat(self, like: Tensor) -> Tensor:
         """The current ``λ`` as a 0-d tensor on ``like``'s device: float64, so that the trace records

@@ -16,7 +16,7 @@ import torch
 
 from dcvbench.config import PredictConfig, predict_config_from_dict
 from dcvbench.data import Dataset
-from dcvbench.estimators import Estimator
+from dcvbench.estimators import Estimator, start_temperature
 from dcvbench.jobs import Progress, RunSummary
 from dcvbench.jobs.trainer import ModelJob, resume_job, run_job
 from dcvbench.problems.predict import Predictor, test_nll
@@ -56,7 +56,7 @@ class PredictJob(ModelJob):
         if estimator.info.relaxation is not None:
             entries["relaxation"] = {
                 "objective": "relaxed log p(x_lower | z): no densities (the prior is the proposal)",
-                "posterior_temperature": config.temperature,
+                "posterior_temperature": start_temperature(estimator.info.name, config.estimator_settings),
                 "anneal": config.anneal,
                 "anneal_rate": config.anneal_rate if config.anneal != "none" else None,
                 "anneal_floor": config.anneal_floor if config.anneal != "none" else None,

@@ -70,8 +70,8 @@ class ModelJob(ABC):
 
     ``config`` is the job's configuration (:class:`~dcvbench.config.VaeConfig`,
     :class:`~dcvbench.config.PredictConfig`); the engine reads the settings they share (``k``,
-    ``steps``, learning rates, row cadences, ``estimator_settings``, ``temperatures(step)``, ``kl``,
-    ``bound(estimator)``).
+    ``steps``, learning rates, row cadences, ``estimator_settings``, ``temperatures(step, estimator)``,
+    ``kl``, ``bound(estimator)``).
     """
 
     name: str  # the job's name: its command, its manifests' "job"
@@ -307,7 +307,7 @@ def _train(
     while training.step < config.steps:
         start = time.perf_counter()
         x = training.sampler.next_batch()  # [B, P]
-        posterior_temperature, prior_temperature = config.temperatures(training.step + 1)
+        posterior_temperature, prior_temperature = config.temperatures(training.step + 1, estimator.info.name)
         if relaxed:
             for layer_estimator in (estimator, *training.upper_estimators):
                 layer_estimator.temperature = posterior_temperature
@@ -371,7 +371,7 @@ def _record(
     step = training.step
     model = training.model
     metrics: dict[str, float | None] = {"train_elbo": elbo, "sec_per_step": step_seconds, **stats}
-    _, prior_temperature = config.temperatures(step)  # the estimator's now
+    _, prior_temperature = config.temperatures(step, training.estimator.info.name)  # the estimator's now
     if training.ema and step > 0:
         metrics["grad_var_ema"] = float(training.ema.value())
     if config.var_method in ("resample", "both") and (step % config.var_every == 0 or step == config.steps):

@@ -21,7 +21,7 @@ import torch
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
 from dcvbench.config import VaeConfig, vae_config_from_dict
 from dcvbench.data import Dataset, load_dataset
-from dcvbench.estimators import Estimator
+from dcvbench.estimators import Estimator, start_temperature
 from dcvbench.jobs import Progress, RunSummary
 from dcvbench.jobs.trainer import MODEL_METRICS, ModelJob, evaluation_data, resume_job, run_job
 from dcvbench.problems.vae import VAE, iwae_bound
@@ -131,7 +131,7 @@ def relaxation_record(config: VaeConfig, estimator: Estimator) -> dict | None:
     return {
         "objective": objective,  # what train_elbo averages
         "kl": kl,
-        "posterior_temperature": config.estimator_settings["temperature"],
+        "posterior_temperature": start_temperature(estimator.info.name, config.estimator_settings),
         "prior_temperature": config.prior_temperature if kl == "relaxed" else None,
         "anneal": config.anneal,
         "anneal_rate": config.anneal_rate if annealed else None,

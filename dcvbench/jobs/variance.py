@@ -11,6 +11,12 @@ whose noise has the same shape see the same random numbers (paired comparisons).
 ``rloo-dcv`` without a fixed ``--alpha`` is evaluated at the variance-optimal ``α*`` of that point,
 estimated from a separate set of draws (``alpha_source = "optimal"`` in the table).
 
+Where the exact gradient is known — the toys, and with ``exact`` a VAE checkpoint whose latent space
+is small enough to enumerate (:mod:`dcvbench.measure.exact`) — the same draws give each estimator's
+quality against it (:class:`~dcvbench.measure.variance.GradientQuality`): ``bias_norm``, ``mse`` and
+``cosine``, each with its ``_se``; at a checkpoint, of the logit gradient over all rows (``g / B``, as
+``logit_variance``). Without the exact gradient those columns are absent.
+
 Estimators with learned state (RELAX's and REBAR's control, NVIL's baselines, rloo-dcv's α) are
 measured as built, except at a VAE checkpoint of a run that trained the same estimator: there the
 run's learned state is loaded from the checkpoint, so the variance is that of the trained estimator
@@ -38,6 +44,7 @@ from dcvbench.estimators import (
 )
 from dcvbench.jobs import NoProgress, Progress
 from dcvbench.jobs.toy import make_toy
+from dcvbench.measure.exact import check_enumerable, exact_logit_gradient
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
 from dcvbench.objectives import ProblemShape
@@ -91,7 +98,7 @@ class FixedPoint(Protocol):
 
 class ToyPoint:
     """The toy at its study logits ``[1, *latent]`` (:func:`study_logits`), with its exact gradient
-    for the bias."""
+    for the bias and the quality columns (:class:`~dcvbench.measure.variance.GradientQuality`)."""
 
     problem = "toy"
 
@@ -123,12 +130,15 @@ class ToyPoint:
 
     def measure(self, estimator, k, draws, generator, on_draws) -> dict:
         resample_variance(estimator, self.logits, self.objective, k, WARMUP_DRAWS, _warmup(self.logits))
-        result = resample_variance(estimator, self.logits, self.objective, k, draws, generator, on_draws)
+        result = resample_variance(
+            estimator, self.logits, self.objective, k, draws, generator, on_draws, exact=self.exact
+        )
         z = result.bias_z(self.exact)
         return {
             "variance": result.variance,
             "bias_max_z": float(z.max()),
             "bias_mean_z": float(z.mean()),
+            **asdict(result.errors.quality),
             "seconds_per_estimate": result.seconds_per_estimate,
         }
 
@@ -137,7 +147,8 @@ class ToyPoint:
 
 
 class VaePoint:
-    """A VAE checkpoint and its run's fixed snapshot minibatch; the variance is the encoder's."""
+    """A VAE checkpoint and its run's fixed snapshot minibatch; the variance is the encoder's. With
+    ``exact`` (an enumerable latent space), the quality columns of the logit gradient ``g / B``."""
 
     problem = "vae"
 
@@ -156,8 +167,12 @@ class VaePoint:
         with torch.no_grad():
             self.logits = self.model.encode(self.x)  # [B, *latent]
         self.shape = self.model.problem_shape
-        # The relaxation as the run trained it at this step: its temperatures (annealed or not), its KL.
-        posterior, prior = run_config.temperatures(self.manifest["checkpoint_step"])
+        # The relaxation as the run trained it at this step: its temperatures (annealed or not), its KL;
+        # a run whose estimator has no temperature leaves the run's --temperature (None: each its own).
+        step, trained = self.manifest["checkpoint_step"], self.manifest["estimator"]
+        posterior, prior = run_config.temperatures(step, trained)
+        if posterior is None:
+            posterior = run_config.estimator_settings["temperature"]
         self.settings = {**config.estimator_settings, "temperature": posterior}
         # The bound a multi-sample-capable estimator trains: the run's --objective (else the ELBO).
         self.relaxation = {
@@ -165,6 +180,11 @@ class VaePoint:
             "kl": run_config.kl,
             "bound": run_config.objective or "elbo",
         }
+        # With --exact, the truth the quality columns compare the logit gradient with, by enumeration.
+        self.exact = None
+        if config.exact:
+            check_enumerable(self.model)
+            self.exact = exact_logit_gradient(self.model, self.x, **self.relaxation)  # [B, *latent]
 
     def context(self) -> dict:
         return {
@@ -188,11 +208,13 @@ class VaePoint:
         model, x = self.model, self.x
         resample_encoder_variance(model, estimator, x, k, WARMUP_DRAWS, _warmup(x), **self.relaxation)
         result = resample_encoder_variance(
-            model, estimator, x, k, draws, generator, **self.relaxation, on_draws=on_draws
+            model, estimator, x, k, draws, generator, **self.relaxation, on_draws=on_draws, exact=self.exact
         )
+        quality = {} if result.logit_errors is None else asdict(result.logit_errors.quality)
         return {
             "variance": result.param_variance,
             "logit_variance": result.logit_variance,
+            **quality,
             "seconds_per_estimate": result.seconds_per_estimate,
         }
 

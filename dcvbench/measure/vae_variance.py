@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dcvbench.estimators import Estimator
-from dcvbench.measure.variance import CHUNK_ELEMENTS, Moments, draw_estimates
+from dcvbench.measure.variance import CHUNK_ELEMENTS, ErrorMoments, Moments, draw_estimates
 from dcvbench.problems.vae import PRIOR_TEMPERATURE, VAE
 
 
@@ -109,12 +109,14 @@ class EncoderVarianceResult:
 
     ``param_moments``: per encoder parameter (``[P]``, flattened in
     :meth:`~dcvbench.problems.vae.VAE.encoder_parameters` order); ``logit_moments``: per logit
-    coordinate of ``g/B`` (``[B, *latent]``).
+    coordinate of ``g/B`` (``[B, *latent]``); ``logit_errors``: the same draws of ``g/B`` against the
+    exact ``∇/B``, where it was given (:class:`~dcvbench.measure.variance.ErrorMoments`).
     """
 
     param_moments: Moments
     logit_moments: Moments
     seconds: float
+    logit_errors: ErrorMoments | None = None  # of g/B against the exact ∇/B, when given
 
     @property
     def draws(self) -> int:
@@ -172,6 +174,7 @@ def resample_encoder_variance(
     kl: str = "relaxed",
     bound: str = "elbo",
     on_draws: Callable[[int], None] | None = None,
+    exact: Tensor | None = None,
 ) -> EncoderVarianceResult:
     """Variance of the encoder gradient over ``draws`` independent estimates at fixed parameters and ``x``.
 
@@ -183,7 +186,9 @@ def resample_encoder_variance(
     ``J_φᵀ g / B`` comes from :func:`encoder_vjp`, batched over the draws of a chunk. ``chunk``
     (default: about ``CHUNK_ELEMENTS`` decoder outputs and parameter gradients per chunk) bounds
     memory; per-chunk moments are merged exactly in float64. ``on_draws(n)`` is told of each chunk
-    of ``n`` draws done (progress: a checkpoint's draws are slow).
+    of ``n`` draws done (progress: a checkpoint's draws are slow). Given the ``exact`` logit gradient
+    ``[B, *latent]`` (what ``g`` estimates), the draws' errors against it too, in the units of
+    ``logit_moments`` (both divided by ``B``).
     """
     if draws < 2:
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
@@ -208,12 +213,16 @@ def resample_encoder_variance(
     )
     params: Moments | None = None
     logit_moments: Moments | None = None
+    errors: ErrorMoments | None = None
     for grads, _ in draw_estimates(estimator, logits, f, k, draws, generator, chunk):  # [c, B, *latent]
         chunk_params, chunk_logits = Moments.of(vjp(grads)), Moments.of(grads / rows)
         params = chunk_params if params is None else params.merge(chunk_params)
         logit_moments = chunk_logits if logit_moments is None else logit_moments.merge(chunk_logits)
+        if exact is not None:
+            chunk_errors = ErrorMoments.of(grads / rows, exact / rows)
+            errors = chunk_errors if errors is None else errors.merge(chunk_errors)
         if on_draws is not None:
             on_draws(grads.shape[0])
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-    return EncoderVarianceResult(params, logit_moments, time.perf_counter() - start)
+    return EncoderVarianceResult(params, logit_moments, time.perf_counter() - start, errors)

@@ -33,6 +33,9 @@ STUDY_MEASURES = (
     "bias_max_z",
     "seconds_per_estimate",
 )
+# Measured against the exact gradient (toys; a VAE checkpoint with --exact), each with its own s.e.
+# from the study's draws: bias norm ‖E ĝ − ∇‖/‖∇‖, MSE E‖ĝ − ∇‖², cosine E⟨ĝ, ∇⟩/(‖ĝ‖‖∇‖).
+QUALITY_MEASURES = ("bias_norm", "mse", "cosine")
 # Columns of summary.csv, in order (a stable schema: every column, even where all-empty).
 # fmt: off
 SUMMARY_COLUMNS = [
@@ -196,14 +199,17 @@ def time_frame(results: Results) -> pd.DataFrame:
 def variance_frame(results: Results) -> pd.DataFrame:
     """Variance studies aggregated over seeds, per (source, group, estimator, K).
 
-    Columns: each of :data:`STUDY_MEASURES` with ``_mean`` and ``_se`` (NaN where a study did not
-    measure it: α for estimators without one, bias z at a VAE checkpoint, columns of tables written
-    before they existed); ``alpha_source`` (``optimal``: α* of that point, ``fixed``: ``--alpha``);
-    ``n`` studies; ``evals``.
+    Columns: each of :data:`STUDY_MEASURES` and :data:`QUALITY_MEASURES` with ``_mean`` and ``_se``
+    (NaN where a study did not measure it: α for estimators without one, bias z and quality at a VAE
+    checkpoint without the exact gradient, columns of tables written before they existed);
+    ``alpha_source`` (``optimal``: α* of that point, ``fixed``: ``--alpha``); ``n`` studies; ``evals``.
+    The s.e. of a study measure is that of the mean over studies (none for one study); that of a
+    quality measure comes from the draws: ``√(Σ_i se_i²) / n`` over the ``n`` studies' own s.e.s, so
+    one study has one too.
     """
     table = results.variance
     columns = ["source", "group", "title", "estimator", "k", "evals", "n", "alpha_source"]
-    for name in STUDY_MEASURES:
+    for name in (*STUDY_MEASURES, *QUALITY_MEASURES):
         columns += [f"{name}_mean", f"{name}_se"]
     if table.empty:
         return pd.DataFrame(columns=columns)
@@ -218,10 +224,23 @@ def variance_frame(results: Results) -> pd.DataFrame:
             values = frame[name].astype(float) if name in frame else pd.Series(dtype=float)
             mean, se, _ = _mean_se(values)
             row |= {f"{name}_mean": mean, f"{name}_se": se}
+        for name in QUALITY_MEASURES:
+            row |= _propagated_mean_se(frame, name)
         row["n"] = len(frame)
         rows.append(row)
     rows.sort(key=lambda r: (r["group"], r["source"] != RUNS, estimator_order(r["estimator"]), r["k"]))
     return pd.DataFrame(rows, columns=columns)
+
+
+def _propagated_mean_se(studies: pd.DataFrame, name: str) -> dict[str, float]:
+    """Mean over the studies that measured ``name``, and its s.e. from their own (independent) ones."""
+    if name not in studies or f"{name}_se" not in studies:
+        return {f"{name}_mean": math.nan, f"{name}_se": math.nan}
+    measured = studies[[name, f"{name}_se"]].astype(float).dropna(subset=[name])
+    if measured.empty:
+        return {f"{name}_mean": math.nan, f"{name}_se": math.nan}
+    se = math.sqrt((measured[f"{name}_se"] ** 2).sum(skipna=False)) / len(measured)
+    return {f"{name}_mean": float(measured[name].mean()), f"{name}_se": se}
 
 
 def summary_frame(results: Results) -> pd.DataFrame:

@@ -59,6 +59,12 @@ MEASUREMENTS = (
     Metric("train_elbo", "training ELBO", zoom=True),
     Metric("test_bound", "test bound (IWAE)", zoom=True),
 )
+# A variance study's quality against the exact gradient, each drawn against f-evaluations per estimate
+# (aggregate.QUALITY_MEASURES), so that cheap biased and costly unbiased estimators meet at equal cost.
+QUALITY_FIGURES = (
+    Metric("mse", "mean squared error E‖ĝ − ∇‖²", log=True),
+    Metric("cosine", "cosine to the exact gradient"),
+)
 # Stats drawn better than under their column's name; any other stat gets a plain figure.
 STATS = {
     "alpha": Metric("alpha", "α"),
@@ -418,6 +424,42 @@ def draw_cost_variance(variance: pd.DataFrame, title: str) -> Figure:
     ax.set_ylabel("variance × evaluations of f")
     studies = _studies_phrase(variance)
     ax.set_title(f"{title}\ncost-normalised variance" + (f", {studies}" if studies else ""))
+    _ordered_legend(ax)
+    return fig
+
+
+def draw_quality(variance: pd.DataFrame, metric: Metric, title: str) -> Figure:
+    """A quality measure (:data:`QUALITY_FIGURES`) against f-evaluations per estimate (log₂ x), one
+    point per (estimator, K) joined per estimator, ± its s.e. from the draws; the cosine with the exact
+    gradient's own level 1."""
+    fig, ax = _new_figure()
+    if metric.column == "cosine":
+        ax.axhline(1.0, color=REFERENCE_COLOR, linestyle=(0, (1, 1.5)), linewidth=0.8, label="exact (= 1)")
+    for (source, estimator), rows in variance.groupby(["source", "estimator"], sort=False):
+        rows = rows.dropna(subset=[f"{metric.column}_mean"]).sort_values("evals")
+        if metric.log:
+            rows = rows[rows[f"{metric.column}_mean"] > 0]
+        if rows.empty:
+            continue
+        baseline = source == BASELINE
+        _points(
+            ax,
+            rows["evals"],
+            rows[f"{metric.column}_mean"],
+            rows[f"{metric.column}_se"],
+            label=estimator + (" (baseline)" if baseline else ""),
+            **_look(estimator, baseline, marker=True),
+        )
+    evals = sorted(variance.dropna(subset=[f"{metric.column}_mean"])["evals"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(evals, [str(e) for e in evals])
+    ax.minorticks_off()
+    if metric.log:
+        ax.set_yscale("log")
+        _readable_log_axis(ax, "y")
+    ax.set_xlabel("evaluations of f per estimate")
+    ax.set_ylabel(metric.label)
+    ax.set_title(f"{title}\n± s.e. from the draws")
     _ordered_legend(ax)
     return fig
 

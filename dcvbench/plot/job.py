@@ -14,8 +14,10 @@ from matplotlib.figure import Figure
 from dcvbench.estimators import REFERENCE_ESTIMATOR
 from dcvbench.plot.aggregate import curve_frame, summary_frame, temperature_frame, time_frame, variance_frame
 from dcvbench.plot.draw import (
+    QUALITY_FIGURES,
     draw_cost_variance,
     draw_curves,
+    draw_quality,
     draw_temperature,
     draw_time,
     draw_variance_ratio,
@@ -188,3 +190,8 @@ def _draw_variance(variance: pd.DataFrame, figures: _Figures) -> None:
                 f"variance relative to {REFERENCE_ESTIMATOR}",
             )
         figures.save(draw_cost_variance(frame, title), group, "cost", "variance × evaluations")
+        measured = frame[frame["source"] == RUNS]
+        for metric in QUALITY_FIGURES:
+            if measured[f"{metric.column}_mean"].notna().any():
+                fig = draw_quality(frame, metric, title)
+                figures.save(fig, group, metric.column, f"{metric.label} against f-evaluations")

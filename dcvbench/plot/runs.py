@@ -22,8 +22,7 @@ from typing import Any
 import pandas as pd
 
 from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, normalised_config
-from dcvbench.estimators import EstimatorError, estimator_info
-from dcvbench.estimators.options import TEMPERATURE
+from dcvbench.estimators import EstimatorError, estimator_info, start_temperature
 from dcvbench.plot.optimum import toy_optimum
 from dcvbench.results import (
     INVOCATION_FIELDS,
@@ -211,11 +210,10 @@ def series_label(estimator: str, config: dict[str, Any]) -> str:
     not the default (``concrete λ=0.1``, ``concrete λ=2→0.5 exp``; with a non-default annealing
     rate, KL or prior temperature, those too), so that a temperature study's runs are series of
     their own, not seeds of one."""
+    if not _has_temperature(estimator, config):
+        return estimator
     settings = config.get("estimator_settings") or {}
-    with contextlib.suppress(EstimatorError):
-        if estimator_info(estimator, config.get("latent", "binary")).relaxation is None:
-            return estimator
-    temperature = settings.get("temperature", TEMPERATURE.default)
+    temperature = start_temperature(estimator, settings)  # as given, else the estimator's own default
     anneal = config.get("anneal", "none")
     # The other settings of the relaxation that a study may vary, each named when not the default.
     extras = []
@@ -227,7 +225,7 @@ def series_label(estimator: str, config: dict[str, Any]) -> str:
     prior = config.get("prior_temperature")
     if prior is not None and not math.isclose(prior, VaeConfig.prior_temperature):
         extras.append(f"prior λ={prior:.3g}")
-    if math.isclose(temperature, TEMPERATURE.default) and anneal == "none" and not extras:
+    if math.isclose(temperature, start_temperature(estimator, {})) and anneal == "none" and not extras:
         return estimator
     label = f"{estimator} λ={temperature:.3g}"
     if anneal != "none":
@@ -238,15 +236,20 @@ def series_label(estimator: str, config: dict[str, Any]) -> str:
 def _temperature(estimator: str, config: dict[str, Any]) -> dict[str, Any]:
     """A relaxed run's temperature λ (the floor it anneals to, when annealed) and whether it
     annealed: what the temperature study compares. ``None`` for an estimator that does not relax."""
-    with contextlib.suppress(EstimatorError):
-        if estimator_info(estimator, config.get("latent", "binary")).relaxation is not None:
-            annealed = config.get("anneal", "none") != "none"
-            settings = config.get("estimator_settings") or {}
-            temperature = (
-                config["anneal_floor"] if annealed else settings.get("temperature", TEMPERATURE.default)
-            )
-            return {"temperature": float(temperature), "annealed": annealed}
-    return {"temperature": None, "annealed": None}
+    if not _has_temperature(estimator, config):
+        return {"temperature": None, "annealed": None}
+    annealed = config.get("anneal", "none") != "none"
+    settings = config.get("estimator_settings") or {}
+    temperature = config["anneal_floor"] if annealed else start_temperature(estimator, settings)
+    return {"temperature": float(temperature), "annealed": annealed}
+
+
+def _has_temperature(estimator: str, config: dict[str, Any]) -> bool:
+    """Whether a run's estimator relaxes (has a temperature); not for one this version does not know."""
+    try:
+        return estimator_info(estimator, config.get("latent", "binary")).relaxation is not None
+    except EstimatorError:
+        return False
 
 
 def _bound_title(config: dict[str, Any]) -> str:

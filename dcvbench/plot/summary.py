@@ -17,11 +17,17 @@ import pandas as pd
 from dcvbench.plot.runs import BASELINE, RUNS
 
 TIME_HEADER = "s/step (median)"
+# What the quality columns are; a table that has them says so in its note, as one study has no other s.e.
+QUALITY_INTRO = (
+    "Against the exact gradient ∇, where it is known: bias norm ‖E ĝ − ∇‖/‖∇‖, "
+    "MSE E‖ĝ − ∇‖², cosine E⟨ĝ, ∇⟩/(‖ĝ‖‖∇‖), each ± its s.e. from the draws."
+)
+QUALITY_NOTE = "bias norm, MSE and cosine ± their s.e. from the draws"
 INTRO = (
     "Final values are each run's last recorded value, then mean ± s.e. over seeds; "
     f"{TIME_HEADER} is each run's median time per step, then mean ± s.e. over seeds. "
     "Variance studies: mean ± s.e. over studies; α* is the variance-optimal α of the point, "
-    "bias max |z| the largest |bias / s.e.| over coordinates (toy)."
+    f"bias max |z| the largest |bias / s.e.| over coordinates (toy). {QUALITY_INTRO}"
 )
 
 
@@ -121,6 +127,9 @@ def variance_display(variance: pd.DataFrame) -> pd.DataFrame:
             "variance×evals": _pm_column(variance, "cost_variance", 3),
             "α*": alphas,
             "bias max |z|": _pm_column(variance, "bias_max_z", 2),
+            "bias norm": _pm_column(variance, "bias_norm", 3),
+            "MSE": _pm_column(variance, "mse", 3),
+            "cosine": _pm_column(variance, "cosine", 3),
             "s/estimate": _pm_column(variance, "seconds_per_estimate", 2),
         }
     )
@@ -156,6 +165,8 @@ def summary_tables(
     for group in dict.fromkeys(variance["group"]) if len(variance) else ():
         rows = variance[variance["group"] == group]
         note = averaged_over(rows.loc[rows["source"] == RUNS, "n"], "study")
+        if rows["mse_mean"].notna().any():
+            note += f"; {QUALITY_NOTE}"
         tables.append(SummaryTable(group, note, variance_display(rows).drop(columns="study"), group))
     if temperature is not None and len(temperature):
         main = temperature[temperature["source"] == RUNS]

@@ -12,7 +12,7 @@ import torch
 from scipy.stats import norm
 from torch.testing import assert_close
 
-from dcvbench.estimators import estimator_info, get_estimator
+from dcvbench.estimators import EstimatorError, estimator_info, get_estimator
 from dcvbench.estimators.relaxed import RelaxedEstimator, relaxed_objective
 from dcvbench.latent import BINARY, CATEGORICAL
 from dcvbench.latent.noise import gumbel_from_uniform, logistic_from_uniform, uniform_noise
@@ -105,8 +105,10 @@ def test_temperature_can_change_between_estimates():
 
 def test_temperature_must_be_positive_and_is_reported():
     for latent in ("binary", "categorical"):
-        with pytest.raises(ValueError, match="temperature must be > 0"):
+        with pytest.raises(EstimatorError, match="--temperature 0: concrete needs a temperature > 0"):
             get_estimator("concrete", latent=latent, temperature=0.0)
+    # Not given, the Concrete paper's 2/3 (each estimator with a temperature has its own default).
+    assert get_estimator("concrete").temperature == get_estimator("st-concrete").temperature == 2 / 3
     estimator = get_estimator("concrete", temperature=0.5)
     assert isinstance(estimator, RelaxedEstimator) and estimator_info("concrete").relaxation == "relaxed"
     assert estimator.state_stats() == {"temperature": 0.5}

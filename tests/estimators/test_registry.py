@@ -20,6 +20,7 @@ from dcvbench.estimators import (
     estimator_names,
     estimator_options,
     get_estimator,
+    start_temperature,
 )
 from dcvbench.estimators.options import JOBS, Option
 from dcvbench.estimators.registry import option_users, register
@@ -83,7 +84,10 @@ def test_the_estimators_of_the_design_are_registered_for_their_families():
     assert not estimator_info("concrete").unbiased and not estimator_info("st-concrete").unbiased
     assert estimator_info("concrete").relaxation == "relaxed"
     assert estimator_info("st-concrete").relaxation == "straight-through"
-    assert all(estimator_info(name).relaxation is None for name in NAMES if "concrete" not in name)
+    # An estimator relaxes exactly when it has a temperature (its own default when none is given).
+    assert all(
+        (estimator_info(name).relaxation is None) == (start_temperature(name, {}) is None) for name in NAMES
+    )
 
 
 @pytest.mark.parametrize("latent", LATENT_TYPES)
@@ -169,8 +173,9 @@ def test_options_are_declared_once_and_shared_by_object():
 
 
 def test_defaults_per_job_are_today_s():
-    # The first wave's options; one added since takes its own default.
-    common = {"alpha": None, "temperature": 2.0 / 3.0, "baseline_decay": 0.9}
+    # The first wave's options; one added since takes its own default. The temperature is each
+    # estimator's own unless given (None).
+    common = {"alpha": None, "temperature": None, "baseline_decay": 0.9}
     learning = {"alpha_learning": "sgd", "control_lr": 1e-3}
     # The published toy tuned α with RMSprop at 5e-4, the VAE with Adam at 1e-3; a variance study
     # trains nothing, so it has no learning options (α is set to its optimum there).

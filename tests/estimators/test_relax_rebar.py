@@ -21,7 +21,7 @@ from dcvbench.estimators import (
     estimator_info,
     measuring,
 )
-from dcvbench.estimators.relax_rebar import conditional_logistic
+from dcvbench.latent.conditional import conditional_logistic
 from dcvbench.latent.noise import logistic_from_uniform
 from dcvbench.measure.variance import draw_estimates, resample_variance
 from dcvbench.objectives import ProblemShape

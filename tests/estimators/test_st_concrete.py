@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dcvbench.estimators import get_estimator
+from dcvbench.estimators import EstimatorError, get_estimator
 from dcvbench.latent.noise import gumbel_from_uniform, logistic_from_uniform
 from dcvbench.problems.categorical_toy import (
     CATEGORICAL_OBJECTIVES,
@@ -65,5 +65,5 @@ def test_st_concrete_is_hard_forward_relaxed_backward(latent: str, objective: st
 
 def test_temperature_must_be_positive():
     for latent in ("binary", "categorical"):
-        with pytest.raises(ValueError, match="temperature must be > 0"):
+        with pytest.raises(EstimatorError, match="st-concrete needs a temperature > 0"):
             get_estimator("st-concrete", latent=latent, temperature=0.0)

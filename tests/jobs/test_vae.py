@@ -180,7 +180,7 @@ def test_relaxed_runs_anneal_and_record_their_relaxation(tmp_path):
         RELAXED, estimators=("concrete", "st-concrete", "rloo"), out=str(tmp_path), **FAST_ANNEAL
     )
     concrete, straight_through, rloo = run_vae(config)
-    schedule = [config.temperatures(step)[0] for step in (0, 10, 20, 30)]
+    schedule = [config.temperatures(step, "concrete")[0] for step in (0, 10, 20, 30)]
     assert schedule[0] == 2 / 3 and schedule[-1] < 0.5  # the posterior's default start, annealed
     for summary, objective in (
         (concrete, "relaxed ELBO (Concrete densities)"),

@@ -7,6 +7,8 @@ from dcvbench.jobs.variance import run_variance
 from dcvbench.results import read_manifest, read_table
 from tests.jobs.conftest import RecordingProgress
 
+# Against the toy's exact gradient (dcvbench.measure.variance.GradientQuality).
+QUALITY_COLUMNS = ("bias_norm", "bias_norm_se", "mse", "mse_se", "cosine", "cosine_se")
 COLUMNS = {
     "estimator",
     "k",
@@ -16,6 +18,7 @@ COLUMNS = {
     "cost_variance",
     "bias_max_z",
     "bias_mean_z",
+    *QUALITY_COLUMNS,
     "seconds_per_estimate",
 }
 
@@ -49,6 +52,8 @@ def test_variance_table_has_the_promised_columns_and_rows(tmp_path):
     assert set(dcv["alpha_source"]) == {"optimal"}
     # rloo was not asked for but is the reference of every ratio: the ratios exist.
     assert table["variance_ratio"].notna().all()
+    assert table[list(QUALITY_COLUMNS)].notna().all().all()
+    assert ((table["cosine"] > -1) & (table["cosine"] < 1) & (table["bias_norm"] >= 0)).all()
 
 
 def test_fixed_alpha_is_used_as_given(tmp_path):
@@ -105,6 +110,7 @@ def test_vae_checkpoint_study_pairs_estimators_at_the_snapshot(tmp_path):
     assert (table["variance"] > 0).all() and (table["logit_variance"] > 0).all()
     assert table["variance_ratio"].notna().all() and table["logit_variance_ratio"].notna().all()
     assert table.loc[0, "alpha_source"] == "optimal"
+    assert not set(QUALITY_COLUMNS) & set(table.columns)  # no exact gradient here: no quality columns
     # α* minimises the variance: fixing α = 0 (plain rloo) cannot do better, beyond noise.
     assert table.loc[0, "variance_ratio"] < 1.0
 
@@ -189,3 +195,57 @@ def test_vae_checkpoint_study_loads_the_runs_trained_control(tmp_path):
     for key, value in relax.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, saved[key]), key
+
+
+def _small_vae(tmp_path, latent_vars: int, estimator: str = "rloo", steps: int = 20):
+    from dcvbench.config import VaeConfig
+    from dcvbench.jobs.vae import run_vae
+
+    vae = VaeConfig.for_protocol(
+        "dcv", latent_vars=latent_vars, batch_size=20, steps=steps, checkpoint_every=steps, eval_samples=2,
+        var_samples=4, device="cpu", estimators=(estimator,), out=str(tmp_path / f"runs-{latent_vars}"),
+    )  # fmt: skip
+    (run,) = run_vae(vae)
+    return run
+
+
+def test_vae_checkpoint_with_exact_reports_quality_against_the_enumerated_gradient(tmp_path):
+    run = _small_vae(tmp_path, latent_vars=8)  # 2⁸ codes
+    config = VarianceConfig(
+        checkpoint=str(run.path),
+        estimators=("rloo", "disarm", "concrete"),
+        ks=(2,),
+        samples=2000,
+        seed=1,
+        device="cpu",
+        out=str(tmp_path / "study"),
+        exact=True,
+    )
+    table = run_variance(config).table.set_index("estimator")
+    assert table[list(QUALITY_COLUMNS)].notna().all().all()
+    # Unbiased estimators: a bias norm consistent with 0 (k = 7: tests/measure/test_gradient_quality.py).
+    for name in ("rloo", "disarm"):
+        assert table.loc[name, "bias_norm"] <= 7 * table.loc[name, "bias_norm_se"], name
+    assert table.loc["concrete", "bias_norm"] > 7 * table.loc["concrete", "bias_norm_se"]
+    # The quality is that of g / B over all rows' logits, as logit_variance: MSE = ‖bias‖² + tr Var.
+    import torch
+
+    from dcvbench.jobs.variance import VaePoint
+
+    point = VaePoint(config, torch.device("cpu"))
+    scale = float((point.exact / 20).square().sum())
+    for name, row in table.iterrows():
+        added = row["bias_norm"] ** 2 * scale + 20 * 8 * row["logit_variance"]
+        assert abs(row["mse"] - added) < row["mse_se"], name
+
+
+def test_exact_is_refused_without_a_checkpoint_and_where_the_codes_are_too_many(tmp_path):
+    from dcvbench.runtime import ConfigError
+
+    with pytest.raises(ConfigError, match="--exact is for a --checkpoint"):
+        VarianceConfig(exact=True)
+    run = _small_vae(tmp_path, latent_vars=17, steps=2)  # 131,072 codes
+    config = VarianceConfig(checkpoint=str(run.path), device="cpu", out=str(tmp_path / "study"), exact=True)
+    with pytest.raises(ConfigError, match="131,072 codes, more than 65,536"):
+        run_variance(config)
+    assert not (tmp_path / "study").exists()  # refused before anything is written

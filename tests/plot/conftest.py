@@ -102,6 +102,13 @@ def write_variance(root: Path, seed: int = 3) -> Path:
             "alpha": -0.5 if name == "rloo-dcv" else None,
             "alpha_source": "optimal" if name == "rloo-dcv" else None,
             "bias_max_z": 2.5,
+            # Against the exact gradient: rloo-dcv's estimates are biased here, the others are not.
+            "bias_norm": 0.2 if name == "rloo-dcv" else 0.0,
+            "bias_norm_se": 0.01,
+            "mse": 8 * variance / k,
+            "mse_se": 0.1 * variance / k,
+            "cosine": 0.25 * k,
+            "cosine_se": 0.02,
             "seconds_per_estimate": 1e-4 * k,
             "seed": seed,
         }
@@ -147,6 +154,8 @@ EXPECTED_FIGURES = {
     "vae-mnist-subset-linear-k2-sec_per_step.png",
     "variance-toy-separable-d8-theta0.7-ratio.png",
     "variance-toy-separable-d8-theta0.7-cost.png",
+    "variance-toy-separable-d8-theta0.7-mse.png",
+    "variance-toy-separable-d8-theta0.7-cosine.png",
 }
 
 

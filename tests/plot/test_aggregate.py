@@ -17,6 +17,7 @@ from dcvbench.results import Run, prepare_output_root
 from tests.plot.conftest import (
     TOY_METRICS,
     row_where,
+    write_variance,
 )
 
 
@@ -66,6 +67,20 @@ def test_variance_study_frame(runs):
     assert row["variance_ratio_mean"] == pytest.approx(0.25)
     assert row["cost_variance_mean"] == pytest.approx(1.0) and row["n"] == 1
     assert math.isnan(row["variance_ratio_se"])  # one study: no standard error
+    # ... but its quality measures have one, from its draws.
+    assert (row["bias_norm_mean"], row["bias_norm_se"]) == pytest.approx((0.2, 0.01))
+    assert (row["mse_mean"], row["mse_se"], row["cosine_mean"]) == pytest.approx((2.0, 0.025, 1.0))
+
+
+def test_quality_of_several_studies_is_their_mean_with_the_propagated_se(runs):
+    write_variance(runs / "variance", seed=4)  # the same study again: the same group, n = 2
+    frame = pd.read_csv(plot_results(runs, fmt="svg").out_dir / "variance-summary.csv")
+    row = row_where(frame, estimator="rloo-dcv", k=2)
+    assert row["n"] == 2 and row["variance_ratio_se"] == 0.0  # equal studies: no spread
+    # Independent studies' own s.e.s combine as √(Σ se²) / n, not as their (here nil) spread.
+    assert row["bias_norm_mean"] == pytest.approx(0.2)
+    assert row["bias_norm_se"] == pytest.approx(math.sqrt(2 * 0.01**2) / 2)
+    assert row["cosine_se"] == pytest.approx(math.sqrt(2 * 0.02**2) / 2)
 
 
 def test_summary_of_the_synthetic_runs_lists_every_estimator(runs):

@@ -17,7 +17,7 @@ from dcvbench.plot import (
     plot_results,
     variance_frame,
 )
-from dcvbench.plot.draw import tick_label
+from dcvbench.plot.draw import QUALITY_FIGURES, draw_quality, tick_label
 
 
 def test_the_ratio_figure_has_no_reference_dots_and_plain_ticks(runs):
@@ -73,3 +73,21 @@ def test_a_zoomed_axis_says_which_early_steps_it_cut():
     assert draw_curves(curves, bound, "vae").axes[0].get_xlabel() == "step (values before step 10 off-scale)"
     within = curves.assign(mean=[-95.0, *later])  # the first value inside the fitted range: nothing cut
     assert draw_curves(within, bound, "vae").axes[0].get_xlabel() == "step"
+
+
+@pytest.mark.parametrize("metric", QUALITY_FIGURES, ids=lambda metric: metric.column)
+def test_the_quality_figures_have_a_point_per_estimator_and_k_at_its_cost(runs, metric: Metric):
+    variance = variance_frame(load_results(runs))
+    ax = draw_quality(variance, metric, "study").axes[0]
+    levels = ["exact (= 1)"] if metric.column == "cosine" else []  # the exact gradient's own cosine
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == [*levels, "rloo", "rloo-dcv", "disarm"]
+    # Error bars on every series: each point has its s.e. from the draws.
+    series = {container.get_label(): container.lines[0] for container in ax.containers}
+    for name in ("rloo", "rloo-dcv", "disarm"):
+        rows = variance[variance["estimator"] == name].sort_values("evals")
+        x, y = series[name].get_data()
+        assert list(x) == rows["evals"].tolist() == [2, 4]  # one point per K, at its f-evaluations
+        assert list(y) == pytest.approx(rows[f"{metric.column}_mean"].tolist())
+    assert ax.get_xlabel() == "evaluations of f per estimate"
+    assert ax.get_yscale() == ("log" if metric.column == "mse" else "linear")

@@ -22,11 +22,15 @@ def test_summary_md_links_its_figures_keeps_the_study_columns_and_says_one_seed(
     assert "One seed, no standard error." in sections["toy-categorical-separable-n8-c4-k2"]
     assert "| 0.25 ± " not in sections["toy-categorical-separable-n8-c4-k2"]  # a value, not a ± with no s.e.
     study = sections["variance-toy-separable-d8-theta0.7"]
-    assert "One study, no standard error." in study
+    # One study has no s.e. over studies; its quality measures have theirs, from the draws.
+    assert "One study, no standard error; bias norm, MSE and cosine ± their s.e. from the draws." in study
     assert (
-        "| estimator | K | evals | variance | vs rloo | variance×evals | α* | bias max \\|z\\| | s/estimate |"
+        "| estimator | K | evals | variance | vs rloo | variance×evals | α* | bias max \\|z\\| "
+        "| bias norm | MSE | cosine | s/estimate |" in study
+    )
+    assert (
+        "| rloo-dcv | 2 | 2 | 0.5 | 0.25 | 1 | -0.5 | 2.5 | 0.2 ± 0.01 | 4 ± 0.05 | 0.5 ± 0.02 | 0.0002 |"
         in study
     )
-    assert "| rloo-dcv | 2 | 2 | 0.5 | 0.25 | 1 | -0.5 | 2.5 | 0.0002 |" in study
     estimators = re.findall(r"^\| (rloo|rloo-dcv|disarm) \| 2 \|", study, flags=re.M)
     assert estimators == ["rloo", "rloo-dcv", "disarm"]  # registry order, as the terminal's tables
