@@ -12,6 +12,15 @@ A spec is a TOML file::
     estimator = ["rloo", "rloo-dcv"]
     seed = [1, 2, 3, 4]
 
+**Linked axes.** An axis whose values are all tables sets each table's options together; its name is
+a free label, not an option. ``shape = [{classes = 8, latent_vars = 4}, {classes = 4, latent_vars =
+24}]`` crossed with two estimators makes four runs, not the eight of two crossed axes: pairs that
+belong together (a latent shape, an estimator with its own temperature) cannot be crossed. The
+tables of one axis may set different options, since an option of one estimator (``gst_gap``) means
+nothing to another: an option a table leaves out is the job's default there, as for any option the
+spec leaves out, and the run's label (``classes=8 latent_vars=4``) and ``--dry-run`` show what each
+run sets. Each option is set in one place only: ``[options]``, a plain axis or one linked axis.
+
 Each run is the invocation a user could type (``dcvbench toy --dim 200 --steps 500 --estimator rloo
 --seed 1 --out OUT -q``), started in a fresh Python process, so a sweep's runs are indistinguishable
 from hand-made ones. A toy, VAE or predict run names one estimator and one seed (one run directory
@@ -73,6 +82,7 @@ ONE_PER_RUN = ("estimator", "seed")
 INTERRUPTED_CODES = (130, 143)
 
 Value = bool | int | float | str | list
+Setting = dict[str, Value]  # the options that one value of a grid axis sets, by parameter name
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,15 @@ class JobCommand:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A parsed, validated spec: the job, its fixed options and its grid axes, in file order."""
+    """A parsed, validated spec: the job, its fixed options and its grid axes, in file order.
+
+    Each axis is its values, each as the options it sets: ``{"seed": 1}`` for a value of a plain axis
+    (``seed = [1, 2]``), the table itself for a linked one (``shape = [{classes = 8, …}, …]``).
+    """
 
     job: str
     options: dict[str, Value]
-    grid: dict[str, list[Value]]
+    grid: dict[str, list[Setting]]
     command: JobCommand = field(repr=False, compare=False)
     source: str = "<spec>"
 
@@ -178,24 +192,29 @@ def parse_spec(data: dict[str, Any], commands: Mapping[str, JobCommand], source:
         raise ConfigError(f"{source} {what}; choose from: {', '.join(JOBS)}")
     params = commands[job].params
     options = _named(data.get("options", {}), "[options]", job, params, source)
-    grid = _named(data.get("grid", {}), "[grid]", job, params, source)
-    both = set(options) & set(grid)
-    if both:
-        raise ConfigError(f"{source}: {sorted(both)[0]} is in both [options] and [grid]; keep one")
     for name, value in options.items():
         _check_value(job, params[name], value, source)
-    for name, values in grid.items():
-        if not isinstance(values, list):
-            raise ConfigError(f"{source}: [grid] {name} must be a list of values, got {values!r}")
-        if not values:
-            raise ConfigError(f"{source}: [grid] {name} is empty; give at least one value")
-        repeated = [value for i, value in enumerate(values) if value in values[:i]]
-        if repeated:
-            raise ConfigError(f"{source}: [grid] {name} repeats {repeated[0]!r}")
-        for value in values:
-            _check_value(job, params[name], value, source)
+    table = data.get("grid", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [grid] must be a table of option = [values]")
+    grid = {label: _axis(label, values, job, params, source) for label, values in table.items()}
+    # Each option is set in one place: otherwise a run's value would depend on which place wins.
+    axis_of: dict[str, str | None] = dict.fromkeys(options)  # the axis setting each option; None: [options]
+    for label, settings in grid.items():
+        for name in dict.fromkeys(name for setting in settings for name in setting):
+            if name in axis_of:
+                first = "[options]" if axis_of[name] is None else f"[grid] {axis_of[name]}"
+                raise ConfigError(f"{source}: {name} is set in both {first} and [grid] {label}; keep one")
+            axis_of[name] = label
     if job in RESUMABLE:
-        missing = [name for name in ONE_PER_RUN if name not in options and name not in grid]
+        for name in ONE_PER_RUN:
+            label = axis_of.get(name)
+            if label is not None and any(name not in setting for setting in grid[label]):
+                raise ConfigError(
+                    f"{source}: a table of [grid] {label} leaves out {name}; "
+                    f"a {job} sweep names one estimator and one seed in every run"
+                )
+        missing = [name for name in ONE_PER_RUN if name not in axis_of]
         if missing:
             raise ConfigError(
                 f"{source}: a {job} sweep names one estimator and one seed per run; "
@@ -204,12 +223,42 @@ def parse_spec(data: dict[str, Any], commands: Mapping[str, JobCommand], source:
     return SweepSpec(job, options, grid, commands[job], source)
 
 
+def _axis(label: str, values: Any, job: str, params: Mapping[str, Any], source: str) -> list[Setting]:
+    """One ``[grid]`` axis as the options each of its values sets, checked.
+
+    A plain axis is named by its option (``seed = [1, 2]``); a linked axis, whose values are all
+    tables, by a free label (``shape = [{classes = 8, latent_vars = 4}, …]``).
+    """
+    if not isinstance(values, list):
+        raise ConfigError(f"{source}: [grid] {label} must be a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{source}: [grid] {label} is empty; give at least one value")
+    tables = [isinstance(value, dict) for value in values]
+    if any(tables) and not all(tables):
+        raise ConfigError(
+            f"{source}: [grid] {label} mixes tables and values; a linked axis holds only tables"
+        )
+    if all(tables):
+        settings = [_named(value, f"[grid] {label}", job, params, source) for value in values]
+        if not all(settings):
+            raise ConfigError(f"{source}: [grid] {label} has an empty table; each sets at least one option")
+    else:
+        (name,) = _named({label: values}, "[grid]", job, params, source)
+        settings = [{name: value} for value in values]
+    repeated = [setting for i, setting in enumerate(settings) if setting in settings[:i]]
+    if repeated:
+        raise ConfigError(f"{source}: [grid] {label} repeats {_label(repeated[0])}")
+    for setting in settings:
+        for name, value in setting.items():
+            _check_value(job, params[name], value, source)
+    return settings
+
+
 def expand(spec: SweepSpec) -> list[SweepRun]:
     """Every combination of the grid axes, as runs; each is parsed here, so bad values fail early."""
     runs = []
-    axes = list(spec.grid)
-    for values in itertools.product(*spec.grid.values()):
-        point = dict(zip(axes, values, strict=True))
+    for settings in itertools.product(*spec.grid.values()):  # one value of each axis
+        point = {name: value for setting in settings for name, value in setting.items()}
         chosen = {**spec.options, **point}
         params = spec.command.params
         args = tuple(arg for name, value in chosen.items() for arg in _arguments(params[name], value))
@@ -226,7 +275,7 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                 job=spec.job,
                 args=args,
                 key=" ".join([spec.job, *(f"{name}={_show(chosen[name])}" for name in sorted(chosen))]),
-                label=" ".join(f"{name}={_show(value)}" for name, value in point.items()) or spec.job,
+                label=_label(point) or spec.job,
                 identity=identity,
             )
         )
@@ -271,6 +320,11 @@ def _arguments(param: Any, value: Value) -> list[str]:
         return [param.secondary_opts[0]] if param.secondary_opts else []
     values = value if isinstance(value, list) else [value]
     return [arg for item in values for arg in (param.opts[0], _show(item))]
+
+
+def _label(setting: Setting) -> str:
+    """``classes=8 latent_vars=4``: options and their values, as a run's label shows them."""
+    return " ".join(f"{name}={_show(value)}" for name, value in setting.items())
 
 
 def _show(value: Value) -> str:

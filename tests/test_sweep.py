@@ -40,6 +40,20 @@ seed = [1, 2]
 FIXED = ["--dim", "10", "--steps", "30", "--var-samples", "50", "--var-every", "10"]
 FIXED += ["--checkpoint-every", "10", "--device", "cpu"]
 GRID = [("rloo", 1), ("rloo", 2), ("disarm", 1), ("disarm", 2)]  # the last axis varies fastest
+LINKED_TOY = 'job = "toy"\n[options]\nestimator = "rloo"\nseed = 1\n[grid]\n'  # a linked axis to follow
+# The ReinMax paper's latent shapes, each a pair of options: a linked axis, crossed with two plain ones.
+LINKED = """
+job = "vae"
+
+[options]
+latent = "categorical"
+steps = 10
+
+[grid]
+shape = [{classes = 8, latent-vars = 4}, {classes = 4, latent_vars = 24}]
+estimator = ["reinmax", "st"]
+seed = [1, 2]
+"""
 
 
 def write_spec(directory: Path, text: str = SPEC) -> Path:
@@ -141,6 +155,59 @@ def test_dry_run_prints_each_invocation(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_linked_axis_sets_its_options_together(tmp_path, capsys):
+    spec = load_spec(write_spec(tmp_path, LINKED), COMMANDS)
+    runs = expand(spec)
+    shapes, estimators, seeds = [(8, 4), (4, 24)], ["reinmax", "st"], [1, 2]
+    grid = list(itertools.product(shapes, estimators, seeds))  # file order, the last axis fastest
+    assert [run.label for run in runs] == [
+        f"classes={c} latent_vars={n} estimator={e} seed={s}" for (c, n), e, s in grid
+    ]
+    fixed = ("--latent", "categorical", "--steps", "10")
+    assert [run.args for run in runs] == [
+        (*fixed, "--classes", str(c), "--latent-vars", str(n), "--estimator", e, "--seed", str(s))
+        for (c, n), e, s in grid
+    ]
+    # Each run is configured by the job as the invocation typed by hand would be: the same identity.
+    for run, ((c, n), e, s) in zip(runs, grid, strict=True):
+        typed = {
+            "latent": "categorical",
+            "classes": c,
+            "latent_vars": n,
+            "estimator": e,
+            "seed": s,
+            "steps": 10,
+        }
+        (by_hand,) = expand(parse_spec({"job": "vae", "options": typed}, COMMANDS))
+        assert run.identity == by_hand.identity is not None
+    assert len({run.identity for run in runs}) == 8
+    out = tmp_path / "runs"
+    assert main(["sweep", str(write_spec(tmp_path, LINKED)), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [run.command(out) for run in runs]
+    assert not out.exists()
+
+
+def test_tables_of_a_linked_axis_may_set_different_options():
+    # st has no temperature: its table leaves it out, and its run takes the job's default.
+    grid = {"method": [{"estimator": "st"}, {"estimator": "reinmax", "temperature": 1.5}], "seed": [1]}
+    st, reinmax = expand(
+        parse_spec({"job": "toy", "options": {"latent": "categorical"}, "grid": grid}, COMMANDS)
+    )
+    assert shlex.join(st.args) == "--latent categorical --estimator st --seed 1"
+    assert shlex.join(reinmax.args) == "--latent categorical --estimator reinmax --temperature 1.5 --seed 1"
+    assert reinmax.label == "estimator=reinmax temperature=1.5 seed=1"
+
+
+def test_reinmax_grid_preset_is_a_valid_sweep():
+    # Every run of the committed preset is one the vae command configures (each temperature suits
+    # its estimator: ReinMax's τ ≥ 1), and no two are the same run.
+    spec = load_spec(Path(__file__).parents[1] / "baselines" / "reinmax-grid" / "grid.toml", COMMANDS)
+    runs = expand(spec)
+    assert len(runs) == 6 * 10 * 2  # shapes × (estimator, temperature) pairs × seeds
+    assert None not in {run.identity for run in runs}
+    assert len({run.identity for run in runs}) == len(runs)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -154,6 +221,22 @@ def test_dry_run_prints_each_invocation(tmp_path, capsys):
         ('job = "toy"\n[options]\nout = "x"\n', "give --out to dcvbench sweep"),
         ('job = "toy"\n[options]\nestimator = "rloo"\nseed = 1\ndim = "many"\n', "Invalid value for '--dim'"),
         ('job = "toy\n', "is not valid TOML"),
+        # Linked axes: each table is options of the job, set in one place, with values a run can take.
+        (f"{LINKED_TOY}shape = [{{clases = 3}}]\n", "unknown toy option 'clases' in [grid] shape"),
+        (f"{LINKED_TOY}shape = [{{classes = 3}}, 4]\n", "[grid] shape mixes tables and values"),
+        (f"{LINKED_TOY}shape = [{{}}]\n", "[grid] shape has an empty table"),
+        (f"{LINKED_TOY}shape = [{{dim = 3}}, {{dim = 3}}]\n", "[grid] shape repeats dim=3"),
+        (f"{LINKED_TOY}shape = [{{dim = [3, 4]}}]\n", "dim takes one value per run"),
+        (f"{LINKED_TOY}shape = [{{dim = {{a = 1}}}}]\n", "dim: {'a': 1} is not a number"),
+        (f"{LINKED_TOY}shape = [{{dim = 'many'}}]\n", "Invalid value for '--dim'"),
+        (f"{LINKED_TOY}shape = [{{out = 'x'}}]\n", "[grid] shape out is not a spec option"),
+        (f"{LINKED_TOY}shape = [{{seed = 2}}]\n", "seed is set in both [options] and [grid] shape"),
+        (f"{LINKED_TOY}dim = [3]\nshape = [{{dim = 4}}]\n", "dim is set in both [grid] dim and [grid] shape"),
+        (f"{LINKED_TOY}a = [{{dim = 3}}]\nb = [{{dim = 4}}]\n", "dim is set in both [grid] a and [grid] b"),
+        (
+            'job = "toy"\n[options]\nseed = 1\n[grid]\nm = [{estimator = "rloo"}, {dim = 3}]\n',
+            "a table of [grid] m leaves out estimator",
+        ),
     ],
 )
 def test_bad_spec_is_one_line_and_exit_2(tmp_path, capsys, text, message):
