@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dcvbench.data import dataset_names
+from dcvbench.data.sampler import TARGETS
 from dcvbench.estimators import (
     EstimatorError,
     EstimatorInfo,
@@ -273,6 +274,9 @@ class VaeConfig(TrainsBounds):
 
     dataset: str = "mnist-subset"
     data_dir: str | None = None
+    # What the VAE is trained and scored on: dynamically binarised images, or the grey levels as soft
+    # Bernoulli targets (the ReinMax paper's MNIST; its bounds are not comparable with binarised ones).
+    targets: str = "binarized"
     arch: str = "linear"  # or a name in the Concrete paper's notation: 200H~200H~784V, …
     latent: str = "binary"
     # D bits (of the first stochastic layer) or N categorical variables; None: 200 bits (or the
@@ -328,6 +332,8 @@ class VaeConfig(TrainsBounds):
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from: {', '.join(dataset_names())}")
         if self.protocol not in VAE_PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose from: {', '.join(VAE_PROTOCOLS)}")
+        if self.targets not in TARGETS:
+            raise ConfigError(f"unknown --targets {self.targets!r}; choose from: {', '.join(TARGETS)}")
         _fill(self, "classes", latent_classes(self.latent, self.classes, CLASSES))
         self._check_arch()
         check_estimators(self.estimators, self.k, "vae", self.latent)

@@ -46,6 +46,7 @@ from dcvbench.cli.options import (
     with_estimator_options,
 )
 from dcvbench.config import CLASSES, LATENT_BITS, VAE_PROTOCOLS, VARIABLES, VaeConfig
+from dcvbench.data.sampler import TARGETS
 from dcvbench.problems.vae import KL_VARIANTS
 from dcvbench.runtime import ConfigError
 
@@ -60,6 +61,7 @@ def vae_config(ctx: typer.Context) -> VaeConfig:
     config = VaeConfig.for_protocol(
         p["protocol"],
         **training_options(p, "vae", VaeConfig),
+        targets=p["targets"],
         latent=p["latent"],
         latent_vars=p["latent_vars"],
         classes=p["classes"],
@@ -89,6 +91,15 @@ def vae(
     objective: Bound = None,
     dataset: Dataset = VaeConfig.dataset,
     data_dir: DataDir = None,
+    targets: Annotated[
+        str,
+        typer.Option(
+            metavar=choices(TARGETS),
+            help="Pixels the VAE learns: binarized (afresh each batch; held-out sets once) or intensities "
+            "(grey levels as soft Bernoulli targets, the ReinMax paper's; bounds not comparable).",
+            rich_help_panel=PROBLEM,
+        ),
+    ] = VaeConfig.targets,
     arch: Annotated[
         str,
         typer.Option(

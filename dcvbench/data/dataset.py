@@ -20,7 +20,8 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Intensities of one data set, split three ways; binarised later, batch by batch.
+    """Intensities of one data set, split three ways; binarised later, batch by batch (or used as they
+    are: :data:`~dcvbench.data.sampler.TARGETS`).
 
     Attributes:
         name: the registry name (``mnist-subset``, ``mnist``, …).
@@ -62,7 +63,8 @@ class Dataset:
         return {split: int(self.split(split).shape[0]) for split in SPLITS}
 
     def mean_image(self) -> Tensor:
-        """Mean training intensity per pixel, ``[784]``: the mean of the binarised training images.
+        """Mean training intensity per pixel, ``[784]``: the expected mean of the binarised training
+        images too, so one mean serves both targets (binarised images or the intensities themselves).
 
         The DisARM protocol subtracts it from the encoder's input.
         """

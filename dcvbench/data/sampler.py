@@ -4,6 +4,10 @@ Dynamic binarisation (Salakhutdinov & Murray 2008; the IWAE, DisARM and double-C
 every time an image is drawn, each pixel is resampled as ``Bernoulli(intensity)``, so the model
 never sees the same binary image twice; it regularises, and the mean binarised image equals the
 mean intensity.
+
+The paper of ReinMax (Liu et al. 2023), after the Gumbel-softmax code of Jang et al., instead uses
+the grey levels themselves as the Bernoulli likelihood's soft targets: ``targets="intensities"``.
+Its "bound" is then no log-likelihood of a discrete model, and not comparable with binarised ones.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+# What the models are trained and scored on: dynamically binarised images (the default), or the
+# grey levels in [0, 1] as soft targets of the Bernoulli likelihood (the ReinMax paper's choice).
+TARGETS = ("binarized", "intensities")
 
 
 def binarize(intensities: Tensor, generator: torch.Generator) -> Tensor:
@@ -22,8 +30,19 @@ def binarize(intensities: Tensor, generator: torch.Generator) -> Tensor:
     return torch.bernoulli(intensities, generator=generator)
 
 
+def pixel_targets(intensities: Tensor, targets: str, generator: torch.Generator) -> Tensor:
+    """The images a model sees, from ``intensities``: binarised (``"binarized"``: :func:`binarize`, drawing
+    from ``generator``), or the intensities themselves (``"intensities"``: drawing nothing)."""
+    if targets == "binarized":
+        return binarize(intensities, generator)
+    if targets == "intensities":
+        return intensities
+    raise ValueError(f"unknown targets {targets!r}; choose from: {', '.join(TARGETS)}")
+
+
 class BatchSampler:
-    """Shuffled epochs of dynamically binarised minibatches, drawn without replacement.
+    """Shuffled epochs of dynamically binarised minibatches (or of intensities: ``targets``), drawn
+    without replacement.
 
     Each epoch is a fresh permutation of the rows; batches are consecutive slices of it. When fewer
     than ``batch_size`` rows remain, they are skipped and a new epoch starts, so every batch has the
@@ -47,6 +66,7 @@ class BatchSampler:
         *,
         generator: torch.Generator,
         device: torch.device | str | None = None,
+        targets: str = "binarized",
     ) -> None:
         """
         Args:
@@ -54,6 +74,8 @@ class BatchSampler:
             batch_size: rows per batch, ``1 ≤ batch_size ≤ N``.
             generator: the sampler's own random stream.
             device: where batches are returned; default the generator's device.
+            targets: ``"binarized"`` (each batch binarised afresh) or ``"intensities"`` (the rows as
+                they are; the generator then draws only the permutations).
         """
         if intensities.ndim != 2 or not intensities.is_floating_point():
             got = f"{intensities.dtype} {list(intensities.shape)}"
@@ -61,9 +83,12 @@ class BatchSampler:
         n = intensities.shape[0]
         if not 1 <= batch_size <= n:
             raise ValueError(f"batch_size must lie in [1, {n}] (the number of rows), got {batch_size}")
+        if targets not in TARGETS:
+            raise ValueError(f"unknown targets {targets!r}; choose from: {', '.join(TARGETS)}")
         self.generator = generator
         self.data = intensities.to(generator.device)  # [N, P]
         self.batch_size = batch_size
+        self.targets = targets
         self.device = torch.device(device) if device is not None else self.data.device
         # The epoch's permutation starts empty, so the first batch starts epoch 1.
         self.permutation = torch.empty(0, dtype=torch.long, device=self.data.device)  # [N] once drawn
@@ -92,9 +117,10 @@ class BatchSampler:
         return indices
 
     def next_batch(self) -> Tensor:
-        """The next minibatch, binarised afresh: ``[batch_size, P]`` of 0.0/1.0 on ``device``."""
+        """The next minibatch on ``device``, ``[batch_size, P]``: binarised afresh (0.0/1.0), or the
+        rows' intensities (``targets="intensities"``)."""
         intensities = self.data[self.next_indices()]  # [B, P]
-        return binarize(intensities, self.generator).to(self.device)  # [B, P]
+        return pixel_targets(intensities, self.targets, self.generator).to(self.device)  # [B, P]
 
     def __iter__(self) -> BatchSampler:
         return self

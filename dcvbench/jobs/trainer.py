@@ -16,7 +16,8 @@ discrete model, so all estimators are scored alike.
 
 Runs with the same seed share their initial weights, minibatch order and estimator noise stream;
 the evaluation images are binarised once with a fixed seed, the same for every run, so every
-estimator is scored on the same binary images.
+estimator is scored on the same binary images. A job may train and score on the intensities
+themselves instead (:meth:`ModelJob.targets`: the VAE's ``--targets intensities``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
-from dcvbench.data import BatchSampler, Dataset, binarize, load_dataset
+from dcvbench.data import BatchSampler, Dataset, load_dataset
+from dcvbench.data.sampler import pixel_targets
 from dcvbench.estimators import Estimator, build_estimator
 from dcvbench.jobs import (
     NoProgress,
@@ -89,6 +91,11 @@ class ModelJob(ABC):
         self, model: nn.Module, x: torch.Tensor, samples: int, generator: torch.Generator
     ) -> torch.Tensor:
         """The held-out bound per row ``[B]`` of the images ``x [B, P]`` with ``samples`` samples."""
+
+    def targets(self, config) -> str:
+        """What the job trains and is scored on (:data:`~dcvbench.data.sampler.TARGETS`): binarised
+        images unless the job says otherwise."""
+        return "binarized"
 
     @abstractmethod
     def manifest(self, config, estimator: Estimator) -> dict:
@@ -169,7 +176,8 @@ class Training:
 
 @dataclass(frozen=True)
 class EvaluationData:
-    """Fixed binarised evaluation splits and the snapshot minibatch for the resample variance."""
+    """Fixed binarised (or intensity) evaluation splits and the snapshot minibatch for the resample
+    variance."""
 
     test: torch.Tensor  # [N_test, P]
     valid: torch.Tensor  # [N_valid, P]
@@ -181,13 +189,16 @@ def layer_named(values: dict, layer: int) -> dict:
     return {f"{name}_layer{layer}": value for name, value in values.items()}
 
 
-def evaluation_data(dataset: Dataset, batch_size: int, device: torch.device) -> EvaluationData:
-    """Binarise the held-out splits and pick the variance snapshot batch, with a fixed seed."""
+def evaluation_data(
+    dataset: Dataset, batch_size: int, device: torch.device, targets: str = "binarized"
+) -> EvaluationData:
+    """Binarise the held-out splits (or keep their intensities: ``targets``) and pick the variance
+    snapshot batch, with a fixed seed."""
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    test = binarize(dataset.test, generator)
-    valid = binarize(dataset.valid, generator)
+    test = pixel_targets(dataset.test, targets, generator)  # [N_test, P]
+    valid = pixel_targets(dataset.valid, targets, generator)  # [N_valid, P]
     rows = torch.randperm(dataset.train.shape[0], generator=generator)[:batch_size]
-    snapshot = binarize(dataset.train[rows], generator)
+    snapshot = pixel_targets(dataset.train[rows], targets, generator)  # [batch, P]
     return EvaluationData(test.to(device), valid.to(device), snapshot.to(device))
 
 
@@ -214,6 +225,7 @@ def build_training(
             config.batch_size,
             generator=make_generator(torch.device("cpu"), seed, job.name, "data"),
             device=device,
+            targets=job.targets(config),
         ),
         train_generator=make_generator(device, seed, job.name, "train"),
         measure_generator=make_generator(device, seed, job.name, "measure"),
@@ -231,7 +243,7 @@ def run_job(job: ModelJob, config, progress: Progress | None = None) -> list[Run
         dataset = load_dataset(config.dataset, config.data_dir)
         _check_batch_size(config, dataset)
         root = prepare_output_root(config.out)
-        evaluation = evaluation_data(dataset, config.batch_size, device)
+        evaluation = evaluation_data(dataset, config.batch_size, device, job.targets(config))
         summaries = []
         runs = len(config.seeds) * len(config.estimators)
         progress.plan(runs, runs * config.steps)
@@ -281,7 +293,7 @@ def resume_job(
         dataset = load_dataset(config.dataset, config.data_dir)
         training = build_training(job, config, manifest["estimator"], manifest["seed"], dataset, device)
         load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
-        evaluation = evaluation_data(dataset, config.batch_size, device)
+        evaluation = evaluation_data(dataset, config.batch_size, device, job.targets(config))
         progress.plan(1, config.steps - training.step)
         description = f"{job.name} {manifest['estimator']} (resumed at {training.step})"
         progress.start(description, config.steps, training.step)

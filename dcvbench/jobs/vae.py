@@ -10,6 +10,11 @@ The relaxed estimators (``concrete``, ``st-concrete``: those with an
 :attr:`~dcvbench.estimators.EstimatorInfo.relaxation`) train at temperatures that may anneal with
 the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train, and
 its ``objective`` what each estimator trains (``elbo``, or ``iwae``: the K-sample bound).
+
+``targets="intensities"`` trains and scores on the grey levels as soft Bernoulli targets (the
+ReinMax paper's MNIST) instead of binarised images: its bounds are the paper's objective, not a
+discrete model's log-likelihood bound, and are never compared with binarised runs' (their runs are
+named, and plotted in groups, apart).
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class VaeJob(ModelJob):
     def bound(self, model: VAE, x: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
         return iwae_bound(model, x, generator, samples)
 
+    def targets(self, config: VaeConfig) -> str:
+        return config.targets
+
     def manifest(self, config: VaeConfig, estimator: Estimator) -> dict:
         entries = {
             "dataset": config.dataset,
@@ -62,11 +70,13 @@ class VaeJob(ModelJob):
     def name_hint(self, config: VaeConfig, estimator: str, seed: int) -> str:
         kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
         bound = "" if config.objective is None else f"-{config.objective}"
-        return f"vae-{config.dataset}-{config.arch}{kind}-{estimator}{bound}-k{config.k}-seed{seed}"
+        targets = "" if config.targets == VaeConfig.targets else f"-{config.targets}"
+        return f"vae-{config.dataset}{targets}-{config.arch}{kind}-{estimator}{bound}-k{config.k}-seed{seed}"
 
 
 def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:
     """The run's model at initialisation (weights drawn from a generator seeded by the run seed)."""
+    # The mean intensity: the expected mean binarised image too, so it serves both --targets.
     mean = dataset.mean_image()  # [P]
     options = {
         "arch": config.arch,

@@ -163,7 +163,10 @@ class VaePoint:
         self.estimator_state = load_checkpoint(self.checkpoint, device).get("estimator")
         dataset = load_dataset(run_config.dataset, run_config.data_dir)
         self.run_config = run_config
-        self.x = evaluation_data(dataset, run_config.batch_size, device).snapshot  # [B, P]
+        # The run's own targets: binarised pixels, or the intensities themselves.
+        self.x = evaluation_data(
+            dataset, run_config.batch_size, device, run_config.targets
+        ).snapshot  # [B, P]
         with torch.no_grad():
             self.logits = self.model.encode(self.x)  # [B, *latent]
         self.shape = self.model.problem_shape

@@ -4,8 +4,9 @@ Runs are grouped into *panel groups* — problem, latent type, toy objective and
 set and architecture, and K — named by a file stem such as ``toy-separable-d200-k2`` or
 ``vae-mnist-subset-linear-k2``; settings that differ from the defaults of
 :mod:`dcvbench.config` are appended (``-t0.3``, ``-disarm`` for the DisARM protocol, ``-l64`` for 64
-latent bits). Categorical runs are never averaged with binary ones: their groups say so and name
-their sizes (``toy-categorical-separable-n50-c4-k2``, ``vae-categorical-mnist-subset-linear-n20-c10-k2``).
+latent bits, ``-intensities`` for a VAE trained on grey levels). Categorical runs are never averaged
+with binary ones: their groups say so and name their sizes (``toy-categorical-separable-n50-c4-k2``,
+``vae-categorical-mnist-subset-linear-n20-c10-k2``).
 Runs written before categorical latents existed are binary. Runs of one group, estimator and
 configuration (:func:`~dcvbench.results.config_key`) are the seeds of one series.
 """
@@ -173,6 +174,10 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         extra = "" if protocol == VaeConfig.protocol else f", {protocol} protocol"
         suffix += "" if config.get("objective") is None else f"-{config['objective']}"
         extra += _bound_title(config)
+        # Bounds on grey levels are not comparable with binarised ones: never one group.
+        targets = config.get("targets", VaeConfig.targets)
+        suffix += "" if targets == VaeConfig.targets else f"-{targets}"
+        extra += "" if targets == VaeConfig.targets else f", {targets}"
         if config.get("latent") == "categorical":
             variables, classes = int(config["latent_vars"]), int(config["classes"])
             group = f"vae-categorical-{dataset}-{arch}{suffix}-n{variables}-c{classes}-k{k}"

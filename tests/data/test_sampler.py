@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dcvbench.data import BatchSampler, binarize
+from dcvbench.data.sampler import pixel_targets
 
 
 def make_intensities(n: int = 200, seed: int = 0) -> torch.Tensor:
@@ -95,7 +96,46 @@ def test_resume_refuses_other_data_or_batch_size():
         BatchSampler(x[:40], 20, generator=torch.Generator()).load_state_dict(state)
 
 
+def test_intensity_batches_are_the_drawn_rows_as_they_are():
+    """The rows a sampler with the same seed draws (targets change no permutation), unbinarised."""
+    x = make_intensities(50)
+    rows = BatchSampler(x, 20, generator=torch.Generator().manual_seed(2))
+    sampler = BatchSampler(x, 20, generator=torch.Generator().manual_seed(2), targets="intensities")
+    for _ in range(4):  # crosses epoch boundaries
+        batch = sampler.next_batch()  # [20, 784]
+        assert torch.equal(batch, x[rows.next_indices()])
+        assert not torch.isin(batch, torch.tensor([0.0, 1.0])).all()  # grey levels, not 0/1
+
+
+def test_intensity_sampler_resumes_exactly():
+    x = make_intensities(50)
+    original = BatchSampler(x, 20, generator=torch.Generator().manual_seed(1), targets="intensities")
+    for _ in range(3):
+        original.next_batch()
+    state = original.state_dict()
+    expected = [original.next_batch() for _ in range(5)]
+    resumed = BatchSampler(x, 20, generator=torch.Generator().manual_seed(9), targets="intensities")
+    resumed.load_state_dict(state)
+    assert [torch.equal(resumed.next_batch(), e) for e in expected] == [True] * 5
+
+
+def test_pixel_targets():
+    x = make_intensities(10)
+    assert torch.equal(
+        pixel_targets(x, "binarized", torch.Generator().manual_seed(0)),
+        binarize(x, torch.Generator().manual_seed(0)),
+    )
+    generator = torch.Generator().manual_seed(0)
+    before = generator.get_state()
+    assert pixel_targets(x, "intensities", generator) is x
+    assert torch.equal(generator.get_state(), before)  # no draws: the stream is left to the others
+    with pytest.raises(ValueError, match="unknown targets 'grey'; choose from: binarized, intensities"):
+        pixel_targets(x, "grey", generator)
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown targets 'grey'; choose from: binarized, intensities"):
+        BatchSampler(make_intensities(5), 2, generator=torch.Generator(), targets="grey")
     with pytest.raises(ValueError, match=r"batch_size must lie in \[1, 5\] \(the number of rows\), got 6"):
         BatchSampler(make_intensities(5), 6, generator=torch.Generator())
     with pytest.raises(ValueError, match="float"):
