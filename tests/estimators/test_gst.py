@@ -22,31 +22,15 @@ from dcvbench.latent import CATEGORICAL, family_named
 from dcvbench.latent.noise import one_hot_argmax
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.categorical_toy import (
-    CATEGORICAL_OBJECTIVES,
-    make_categorical_objective,
     random_categorical_logits,
 )
-from dcvbench.problems.toy import OBJECTIVES, make_objective
+from tests.estimators.straight_through import CASES, COORDINATES, DRAWS, case, enumerated_expectation
 
-DIM = 3  # bits: 8 codes
-VARIABLES, CLASSES = 2, 3  # categorical: 9 codes
-ROWS = 2
-DRAWS = 20_000
 GAPS = ("1", "p")
 FAMILY_ALPHA = 1e-3
-COORDINATES = ROWS * DIM + ROWS * VARIABLES * CLASSES  # one case per family and gap
-Z_CRITICAL = float(norm.isf(FAMILY_ALPHA / (2 * len(GAPS) * COORDINATES)))
-CASES = [("binary", name) for name in OBJECTIVES] + [("categorical", name) for name in CATEGORICAL_OBJECTIVES]
-
-
-def _case(latent: str, objective: str):
-    """Logits ``[ROWS, *event]`` away from ½ / uniform, and a toy objective of that latent type."""
-    if latent == "binary":
-        generator = torch.Generator().manual_seed(17)
-        logits = 1.2 * torch.randn(ROWS, DIM, generator=generator, dtype=torch.float64)
-        return logits, make_objective(objective, DIM)
-    logits = random_categorical_logits(VARIABLES, CLASSES, scale=1.5, seed=17, rows=ROWS)
-    return logits, make_categorical_objective(objective, VARIABLES, CLASSES)
+Z_CRITICAL = float(
+    norm.isf(FAMILY_ALPHA / (2 * len(GAPS) * sum(COORDINATES.values())))
+)  # one case per family, gap
 
 
 def _as_classes(latent: str, logits, b, f):
@@ -96,7 +80,7 @@ def gst_expression(latent: str, logits, b, g, temperature: float, gap: str) -> t
 def test_gst_is_the_authors_gapped_straight_through(
     latent: str, objective: str, gap: str, temperature: float
 ):
-    logits, f = _case(latent, objective)
+    logits, f = case(latent, objective)
     estimator = get_estimator("gst", latent=latent, temperature=temperature, gst_gap=gap)
     noise = estimator.sample(logits, 4, torch.Generator().manual_seed(3))  # [K, B, *event]
     estimate = estimator.estimate(logits, f, noise)
@@ -140,14 +124,10 @@ def test_the_p_gap_is_accurate_where_float32_rounds_the_probability_to_one():
 @pytest.mark.parametrize("gap", GAPS)
 def test_mean_is_the_enumerated_expectation_of_the_gapped_expression(latent: str, gap: str):
     temperature = 0.7
-    logits, f = _case(latent, "quadratic-form")
-    family = family_named(latent)
-    codes = family.enumerate(logits.shape[1:], logits.dtype).unsqueeze(1).expand(-1, *logits.shape)
-    weights = family.log_prob(codes, logits).exp()  # q(D): [M, B]
-    b = codes.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(f(b).sum(), b)  # ∇f(D): [M, B, *event]
-    expression = gst_expression(latent, logits, codes, g, temperature, gap)  # [M, B, *event]
-    target = torch.einsum("mb,mb...->b...", weights, expression)
+    logits, f = case(latent, "quadratic-form")
+    target = enumerated_expectation(
+        latent, logits, f, lambda codes, g: gst_expression(latent, logits, codes, g, temperature, gap)
+    )
     estimator = get_estimator("gst", latent=latent, temperature=temperature, gst_gap=gap)
     measured = resample_variance(estimator, logits, f, 1, DRAWS, torch.Generator().manual_seed(11))
     z = float(measured.bias_z(target).max())

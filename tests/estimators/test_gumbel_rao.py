@@ -31,44 +31,26 @@ from dcvbench.latent import family_named
 from dcvbench.latent.conditional import conditional_gumbel, conditional_logistic
 from dcvbench.latent.noise import gumbel_from_uniform, uniform_noise
 from dcvbench.measure.variance import resample_variance
-from dcvbench.problems.categorical_toy import (
-    CATEGORICAL_OBJECTIVES,
-    make_categorical_objective,
-    random_categorical_logits,
+from tests.estimators.straight_through import (
+    CASES,
+    CLASSES,
+    COORDINATES,
+    DIM,
+    DRAWS,
+    case,
+    enumerated_expectation,
+    forcing_uniforms,
+    jacobian_product,
 )
-from dcvbench.problems.toy import OBJECTIVES, make_objective
 
-DIM = 3  # bits: 8 codes
-VARIABLES, CLASSES = 2, 3  # categorical: 9 codes
-ROWS = 2
-DRAWS = 20_000
 CONDITIONAL_DRAWS = 100_000
 TEMPERATURE = 0.5
 BIT_LOGITS = torch.tensor([-1.3, 0.4, 2.0], dtype=torch.float64)
 FAMILY_ALPHA = 1e-3
 # Given the class: 3 rows × 3 classes; given the bit: 2 rows × 3 bits, for bits and for two classes;
 # the enumerated expectation (bits); st-concrete's expectation (both families).
-TESTS = 9 + 2 * 6 + ROWS * DIM + (ROWS * DIM + ROWS * VARIABLES * CLASSES)
+TESTS = 9 + 2 * 6 + COORDINATES["binary"] + sum(COORDINATES.values())
 Z_CRITICAL = float(norm.isf(FAMILY_ALPHA / (2 * TESTS)))
-CASES = [("binary", name) for name in OBJECTIVES] + [("categorical", name) for name in CATEGORICAL_OBJECTIVES]
-
-
-def _case(latent: str, objective: str):
-    """Logits ``[ROWS, *event]`` away from ½ / uniform, and a toy objective of that latent type."""
-    if latent == "binary":
-        generator = torch.Generator().manual_seed(17)
-        logits = 1.2 * torch.randn(ROWS, DIM, generator=generator, dtype=torch.float64)
-        return logits, make_objective(objective, DIM)
-    logits = random_categorical_logits(VARIABLES, CLASSES, scale=1.5, seed=17, rows=ROWS)
-    return logits, make_categorical_objective(objective, VARIABLES, CLASSES)
-
-
-def _jacobian_product(latent: str, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``J(z)ᵀ v`` with the matrix ``diag(z) − zzᵀ`` written out per variable (``z(1 − z)`` per bit)."""
-    if latent == "binary":
-        return z * (1.0 - z) * v
-    jacobian = torch.diag_embed(z) - z.unsqueeze(-1) * z.unsqueeze(-2)  # [..., C, C]
-    return torch.einsum("...ij,...j->...i", jacobian, v)
 
 
 def _relaxed(latent: str, perturbed: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -83,14 +65,6 @@ def _conditional(latent: str, logits, b, u):
     return (conditional_logistic if latent == "binary" else conditional_gumbel)(logits, b, u)
 
 
-def _forcing_uniforms(latent: str, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Uniforms from which the family draws exactly ``b`` (``1[u < θ]``; Gumbel-max)."""
-    if latent == "binary":
-        theta = torch.sigmoid(logits)
-        return torch.where(b > 0, 0.5 * theta, 0.5 * (1.0 + theta))
-    return torch.where(b > 0, 1.0 - 1e-12, 1e-3).to(logits.dtype)  # the sampled class's Gumbel ≈ 28
-
-
 def _given(latent: str, logits: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, seed: int):
     """Gumbel-Rao with ``CONDITIONAL_DRAWS`` draws at the forced sample ``b [B, *event]``, for the
     linear ``f(b) = ⟨w, b⟩`` (so ``g = w``): the estimate, and the mean and standard error of its
@@ -99,7 +73,7 @@ def _given(latent: str, logits: torch.Tensor, b: torch.Tensor, weights: torch.Te
         "gumbel-rao", latent=latent, temperature=TEMPERATURE, rao_samples=CONDITIONAL_DRAWS
     )
     noise = estimator.sample(logits, 1, torch.Generator().manual_seed(seed))  # [1 + M, 1, B, *event]
-    noise[0] = _forcing_uniforms(latent, logits, b)
+    noise[0] = forcing_uniforms(latent, logits, b)
     family = family_named(latent)
 
     def linear(sample: torch.Tensor) -> torch.Tensor:
@@ -108,7 +82,7 @@ def _given(latent: str, logits: torch.Tensor, b: torch.Tensor, weights: torch.Te
     estimate = estimator.estimate(logits, linear, noise)
     assert torch.equal(family.sample(logits, noise[0]), b.unsqueeze(0))
     perturbed = _conditional(latent, logits, b, noise[1:, 0])  # [M, B, *event]
-    terms = _jacobian_product(latent, _relaxed(latent, perturbed, TEMPERATURE), weights) / TEMPERATURE
+    terms = jacobian_product(latent, _relaxed(latent, perturbed, TEMPERATURE), weights) / TEMPERATURE
     return estimate.grad, terms.mean(0), terms.std(0) / math.sqrt(len(terms))
 
 
@@ -129,7 +103,7 @@ def _conditional_bit_jacobian(eta: float, bit: int, temperature: float) -> float
 def test_gumbel_rao_averages_the_relaxed_jacobian_over_its_conditional_draws(
     latent: str, objective: str, temperature: float
 ):
-    logits, f = _case(latent, objective)
+    logits, f = case(latent, objective)
     estimator = get_estimator("gumbel-rao", latent=latent, temperature=temperature, rao_samples=5)
     noise = estimator.sample(logits, 3, torch.Generator().manual_seed(3))  # [1 + M, K, B, *event]
     assert noise.shape == (6, 3, *logits.shape)
@@ -138,7 +112,7 @@ def test_gumbel_rao_averages_the_relaxed_jacobian_over_its_conditional_draws(
     hard = b.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(f(hard).sum(), hard)
     z = _relaxed(latent, _conditional(latent, logits, b, noise[1:]), temperature)  # [M, K, B, *event]
-    expected = _jacobian_product(latent, z, g).mean((0, 1)) / temperature
+    expected = jacobian_product(latent, z, g).mean((0, 1)) / temperature
     assert_close(estimate.grad, expected, rtol=1e-12, atol=1e-14)
     assert_close(estimate.values.detach(), f(b))
     assert float(estimate.stats["temperature"]) == temperature
@@ -155,7 +129,7 @@ def test_given_the_class_it_is_the_st_gumbel_softmax_jacobian_conditioned_by_rej
     u = uniform_noise((8 * CONDITIONAL_DRAWS, CLASSES), eta, torch.Generator().manual_seed(6))
     perturbed = eta + gumbel_from_uniform(u)  # [R, C]
     terms = (
-        _jacobian_product("categorical", torch.softmax(perturbed / TEMPERATURE, -1), weights[0]) / TEMPERATURE
+        jacobian_product("categorical", torch.softmax(perturbed / TEMPERATURE, -1), weights[0]) / TEMPERATURE
     )
     winners = perturbed.argmax(-1)
     for c in range(CLASSES):
@@ -192,26 +166,18 @@ def test_given_the_bit_it_is_the_conditional_expectation_by_quadrature(latent: s
 
 
 def test_bits_mean_is_the_enumerated_expectation_with_the_quadrature_jacobians():
-    logits, f = _case("binary", "quadratic-form")
-    family = family_named("binary")
-    codes = family.enumerate((DIM,), logits.dtype).unsqueeze(1).expand(-1, ROWS, DIM)  # [M, B, D]
-    weights = family.log_prob(codes, logits).exp()  # q(b): [M, B]
-    hard = codes.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(f(hard).sum(), hard)  # [M, B, D]
-    jacobians = {  # (row, bit, value) → E[z(1 − z)/τ | b_d = value]
-        (row, d, bit): _conditional_bit_jacobian(float(logits[row, d]), bit, TEMPERATURE)
-        for row in range(ROWS)
-        for d in range(DIM)
-        for bit in (0, 1)
-    }
-    conditional = torch.tensor(
+    logits, f = case("binary", "quadratic-form")
+    # E[z(1 − z)/τ | b_d] for each (row, bit) given b_d = 0 and given b_d = 1: [2, B, D].
+    given = torch.tensor(
         [
-            [[jacobians[row, d, int(code[d])] for d in range(DIM)] for row in range(ROWS)]
-            for code in codes[:, 0]
+            [[_conditional_bit_jacobian(float(eta), bit, TEMPERATURE) for eta in row] for row in logits]
+            for bit in (0, 1)
         ],
         dtype=torch.float64,
-    )  # [M, B, D]
-    target = torch.einsum("mb,mbd->bd", weights, conditional * g)
+    )
+    target = enumerated_expectation(
+        "binary", logits, f, lambda b, g: torch.where(b > 0, given[1], given[0]) * g
+    )
     estimator = get_estimator("gumbel-rao", temperature=TEMPERATURE, rao_samples=10)
     measured = resample_variance(estimator, logits, f, 1, DRAWS, torch.Generator().manual_seed(9))
     z = float(measured.bias_z(target).max())
@@ -220,7 +186,7 @@ def test_bits_mean_is_the_enumerated_expectation_with_the_quadrature_jacobians()
 
 @pytest.mark.parametrize("latent", ["binary", "categorical"])
 def test_same_expectation_as_st_concrete_with_less_variance(latent: str):
-    logits, f = _case(latent, "quadratic-form")
+    logits, f = case(latent, "quadratic-form")
     rao = get_estimator("gumbel-rao", latent=latent, temperature=TEMPERATURE, rao_samples=10)
     st = get_estimator("st-concrete", latent=latent, temperature=TEMPERATURE)
     ours = resample_variance(rao, logits, f, 1, DRAWS, torch.Generator().manual_seed(10))

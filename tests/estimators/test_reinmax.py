@@ -26,42 +26,23 @@ from dcvbench.estimators import EstimatorError, estimator_info, get_estimator
 from dcvbench.estimators.reinmax import ReinMax
 from dcvbench.latent import family_named
 from dcvbench.measure.variance import resample_variance
-from dcvbench.problems.categorical_toy import (
-    CATEGORICAL_OBJECTIVES,
-    make_categorical_objective,
-    random_categorical_logits,
+from dcvbench.problems.toy import OBJECTIVES, exact_gradient
+from tests.estimators.straight_through import (
+    CASES,
+    COORDINATES,
+    DRAWS,
+    case,
+    enumerated_expectation,
+    forcing_uniforms,
+    input_grad,
+    jacobian_product,
 )
-from dcvbench.problems.toy import OBJECTIVES, exact_gradient, make_objective
 
-DIM = 3  # bits: 8 codes
-VARIABLES, CLASSES = 2, 3  # categorical: 9 codes
-ROWS = 2
-DRAWS = 20_000
 FAMILY_ALPHA = 1e-3
-CASES = [("binary", name) for name in OBJECTIVES] + [("categorical", name) for name in CATEGORICAL_OBJECTIVES]
 # Statistical checks: the expression's expectation at τ = 1.5 (quadratic-form of each family), the
 # exact gradient at τ = 1 (every case), and the two power checks (quadratic-form of each family).
-COORDINATES = {"binary": ROWS * DIM, "categorical": ROWS * VARIABLES * CLASSES}
 TESTS = sum(COORDINATES[latent] for latent, _ in CASES) + 4 * sum(COORDINATES.values())
 Z_CRITICAL = float(norm.isf(FAMILY_ALPHA / (2 * TESTS)))
-
-
-def _case(latent: str, objective: str):
-    """Logits ``[ROWS, *event]`` away from ½ / uniform, and a toy objective of that latent type."""
-    if latent == "binary":
-        generator = torch.Generator().manual_seed(17)
-        logits = 1.2 * torch.randn(ROWS, DIM, generator=generator, dtype=torch.float64)
-        return logits, make_objective(objective, DIM)
-    logits = random_categorical_logits(VARIABLES, CLASSES, scale=1.5, seed=17, rows=ROWS)
-    return logits, make_categorical_objective(objective, VARIABLES, CLASSES)
-
-
-def _jacobian_product(latent: str, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``J(p)ᵀ v`` with the matrix ``diag(p) − ppᵀ`` written out per variable (``p(1 − p)`` per bit)."""
-    if latent == "binary":
-        return p * (1.0 - p) * v
-    jacobian = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)  # [..., C, C]
-    return torch.einsum("...ij,...j->...i", jacobian, v)
 
 
 def _probs(latent: str, logits: torch.Tensor) -> torch.Tensor:
@@ -71,26 +52,9 @@ def _probs(latent: str, logits: torch.Tensor) -> torch.Tensor:
 def heun_expression(latent: str, logits, b, g, temperature: float, euler_weight: float = 0.5):
     """``2·J(π₁)ᵀg − w·J(π)ᵀg``, ``π₁ = ½(p(η/τ) + b)``, per sample: ``[..., B, *event]``."""
     midpoint = 0.5 * (_probs(latent, logits / temperature) + b)
-    return 2.0 * _jacobian_product(latent, midpoint, g) - euler_weight * _jacobian_product(
+    return 2.0 * jacobian_product(latent, midpoint, g) - euler_weight * jacobian_product(
         latent, _probs(latent, logits), g
     )
-
-
-def _input_grad(f, b: torch.Tensor) -> torch.Tensor:
-    b = b.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(f(b).sum(), b)
-    return grad
-
-
-def enumerated_expectation(latent: str, logits, f, expression) -> torch.Tensor:
-    """``Σ_D q(D)·expression(D, ∇f(D))`` over every code ``D``: ``[B, *event]``."""
-    family = family_named(latent)
-    codes = family.enumerate(logits.shape[1:], logits.dtype)  # [M, *event]
-    b = codes.unsqueeze(1).expand(-1, *logits.shape)  # [M, B, *event]
-    weights = family.log_prob(b, logits).exp()  # q(D): [M, B]
-    assert_close(weights.sum(0), torch.ones(len(logits), dtype=logits.dtype))
-    values = expression(b, _input_grad(f, b))  # [M, B, *event]
-    return torch.einsum("mb,mb...->b...", weights, values)
 
 
 def _max_z(estimator, logits, f, target: torch.Tensor, seed: int) -> float:
@@ -98,23 +62,15 @@ def _max_z(estimator, logits, f, target: torch.Tensor, seed: int) -> float:
     return float(measured.bias_z(target).max())
 
 
-def _forcing_uniforms(latent: str, logits: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Uniforms from which the family draws exactly ``b`` (``1[u < θ]``; Gumbel-max)."""
-    if latent == "binary":
-        theta = torch.sigmoid(logits)
-        return torch.where(b > 0, 0.5 * theta, 0.5 * (1.0 + theta))
-    return torch.where(b > 0, 1.0 - 1e-12, 1e-3).to(logits.dtype)  # the sampled class's Gumbel ≈ 28
-
-
 @pytest.mark.parametrize(("latent", "objective"), CASES)
 @pytest.mark.parametrize("temperature", [1.0, 1.7])
 def test_reinmax_is_the_heun_expression_at_its_sample(latent: str, objective: str, temperature: float):
-    logits, f = _case(latent, objective)
+    logits, f = case(latent, objective)
     estimator = get_estimator("reinmax", latent=latent, temperature=temperature)
     noise = estimator.sample(logits, 4, torch.Generator().manual_seed(3))  # [K, B, *event]
     estimate = estimator.estimate(logits, f, noise)
     b = family_named(latent).sample(logits, noise)
-    expected = heun_expression(latent, logits, b, _input_grad(f, b), temperature).mean(0)
+    expected = heun_expression(latent, logits, b, input_grad(f, b), temperature).mean(0)
     assert_close(estimate.grad, expected, rtol=1e-12, atol=1e-14)
     assert_close(estimate.values.detach(), f(b))
     assert float(estimate.stats["temperature"]) == temperature
@@ -124,7 +80,7 @@ def test_reinmax_is_the_heun_expression_at_its_sample(latent: str, objective: st
 def test_bits_are_the_two_class_case(objective: str):
     # Bits b with logits η, and one-hot [b, 1 − b] with logits [η, 0] of f(D) = f_bits(D₀): the bit's
     # estimate is the first class's (and the second's is its negative).
-    logits, f = _case("binary", objective)
+    logits, f = case("binary", objective)
     bits = get_estimator("reinmax", temperature=1.4)
     noise = bits.sample(logits, 3, torch.Generator().manual_seed(5))  # [K, B, D]
     b = family_named("binary").sample(logits, noise)
@@ -136,7 +92,7 @@ def test_bits_are_the_two_class_case(objective: str):
 
     classes = get_estimator("reinmax", latent="categorical", temperature=1.4)
     two_class = classes.estimate(
-        two_class_logits, on_classes, _forcing_uniforms("categorical", two_class_logits, one_hot)
+        two_class_logits, on_classes, forcing_uniforms("categorical", two_class_logits, one_hot)
     )
     assert_close(bits.estimate(logits, f, noise).grad, two_class.grad[..., 0], rtol=1e-12, atol=1e-14)
     assert_close(two_class.grad[..., 1], -two_class.grad[..., 0], rtol=1e-12, atol=1e-14)
@@ -145,7 +101,7 @@ def test_bits_are_the_two_class_case(objective: str):
 @pytest.mark.parametrize("latent", ["binary", "categorical"])
 def test_mean_is_the_enumerated_expectation_of_the_heun_expression(latent: str):
     temperature = 1.5
-    logits, f = _case(latent, "quadratic-form")
+    logits, f = case(latent, "quadratic-form")
     target = enumerated_expectation(
         latent, logits, f, lambda b, g: heun_expression(latent, logits, b, g, temperature)
     )
@@ -161,7 +117,7 @@ def test_mean_is_the_enumerated_expectation_of_the_heun_expression(latent: str):
 
 @pytest.mark.parametrize(("latent", "objective"), CASES)
 def test_at_temperature_one_reinmax_is_exact_for_quadratic_objectives(latent: str, objective: str):
-    logits, f = _case(latent, objective)
+    logits, f = case(latent, objective)
     exact = exact_gradient(f, logits)
     # Independently of the estimator: the enumerated expectation of the expression is the gradient.
     expected = enumerated_expectation(
@@ -174,7 +130,7 @@ def test_at_temperature_one_reinmax_is_exact_for_quadratic_objectives(latent: st
 
 @pytest.mark.parametrize("latent", ["binary", "categorical"])
 def test_away_from_temperature_one_reinmax_is_biased(latent: str):
-    logits, f = _case(latent, "quadratic-form")
+    logits, f = case(latent, "quadratic-form")
     estimator = get_estimator("reinmax", latent=latent, temperature=2.0)
     assert _max_z(estimator, logits, f, exact_gradient(f, logits), seed=17) > Z_CRITICAL
 
