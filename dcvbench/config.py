@@ -650,13 +650,14 @@ def _check_temperatures(
     """Each chosen estimator's temperature suits it (ReinMax: λ ≥ 1), and so does the floor that an
     annealed one comes down to."""
     for name in estimators:
-        problem = temperature_problem(name, settings)
-        if problem is not None:
-            raise ConfigError(f"--temperature {start_temperature(name, settings):g}: {problem}")
-        if anneal != "none" and start_temperature(name, settings) is not None:
-            problem = temperature_problem(name, {"temperature": floor})
+        start = start_temperature(name, settings)
+        if start is None:
+            continue  # no temperature
+        reached = {"--temperature": start} | ({"--anneal-floor": floor} if anneal != "none" else {})
+        for option, value in reached.items():
+            problem = temperature_problem(name, {"temperature": value})
             if problem is not None:
-                raise ConfigError(f"--anneal-floor {floor:g}: {problem}")
+                raise ConfigError(f"{option} {value:g}: {problem}")
 
 
 def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -> float:

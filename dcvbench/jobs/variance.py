@@ -272,10 +272,9 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
             root, f"variance-{point.problem}{kind}-seed{config.seed}", identity, (), manifest
         ) as run:
             records = []
-            measured_per_k = [len(_with_reference(config.estimators, k)) for k in config.ks]
-            progress.plan(len(config.ks), sum(measured_per_k) * config.samples)
-            for k in config.ks:
-                measured = _with_reference(config.estimators, k)
+            measured_at = {k: _with_reference(config.estimators, k) for k in config.ks}
+            progress.plan(len(config.ks), sum(map(len, measured_at.values())) * config.samples)
+            for k, measured in measured_at.items():
                 progress.start(f"variance K={k}: {len(measured)} estimators", len(measured) * config.samples)
                 rows = {}
                 for name in measured:
