@@ -8,7 +8,7 @@ from torch import Tensor
 from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo
 from dcvbench.estimators.evaluation import evaluate
 from dcvbench.estimators.registry import register
-from dcvbench.latent.noise import dirichlet_copula
+from dcvbench.latent.noise import dirichlet_copula, dirichlet_copula_both_below
 from dcvbench.objectives import Objective
 
 
@@ -18,9 +18,8 @@ def arms_pair_joint(probs: Tensor, k: int) -> Tensor:
     ``max(2θ^{1/(K−1)} − 1, 0)^{K−1}`` for ``θ < ½``; for ``θ ≥ ½`` by symmetry,
     ``2θ − 1 + max(2(1−θ)^{1/(K−1)} − 1, 0)^{K−1}``.
     """
-    power = 1.0 / (k - 1)
-    low = (2.0 * probs.pow(power) - 1.0).clamp(min=0.0).pow(k - 1)
-    high = 2.0 * probs - 1.0 + (2.0 * (1.0 - probs).pow(power) - 1.0).clamp(min=0.0).pow(k - 1)
+    low = dirichlet_copula_both_below(probs, k)
+    high = 2.0 * probs - 1.0 + dirichlet_copula_both_below(1.0 - probs, k)
     return torch.where(probs < 0.5, low, high)
 
 

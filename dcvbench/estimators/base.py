@@ -101,6 +101,9 @@ class EstimatorInfo:
     even_k: bool = False
     evals_per_sample: int = 1  # evaluations of f per sample (RELAX: f(b), c(z), c(z̃))
     extra_evals: int = 0  # evaluations of f beyond those of the K samples (MuProp evaluates f at θ)
+    # Evaluates f at every one-variable change of each sample too (IndeCateR's local expectations):
+    # D more per sample for bits, N(C−1) for classes (LatentFamily.neighbour_count).
+    neighbour_evals: bool = False
     # The problems it runs on: exact-baseline needs the toy's closed-form E_q[f]; VIMCO needs f to be
     # a negative log importance weight, which the VAE's and structured prediction's objectives are.
     problems: tuple[str, ...] = ("toy", "vae", "predict")
@@ -120,14 +123,32 @@ class EstimatorInfo:
     # trains L_K of whole chains).
     trains_chain: bool = False
 
-    def evals(self, k: int) -> int:
-        """Evaluations of ``f`` per estimate with ``k`` samples."""
-        return k * self.evals_per_sample + self.extra_evals
+    def evals(self, k: int, shape: ProblemShape | None = None) -> int:
+        """Evaluations of ``f`` per estimate with ``k`` samples, for latents of ``shape`` (needed
+        only by an estimator whose cost depends on them: :attr:`neighbour_evals`)."""
+        per_sample = self.evals_per_sample
+        if self.neighbour_evals:
+            if shape is None:
+                raise ValueError(f"{self.name}'s evaluations depend on the latent shape: pass it")
+            per_sample += shape.family.neighbour_count(shape.event)
+        return k * per_sample + self.extra_evals
 
     def evals_rule(self) -> str:
-        """Evaluations per estimate in words: ``K``, ``3K``, ``K+1``."""
+        """Evaluations per estimate in words: ``K``, ``3K``, ``K+1``, ``K(1+M)``."""
+        if self.neighbour_evals:
+            return "K(1+M)"  # M one-variable changes per sample: D bit flips, or N(C−1)
         rule = "K" if self.evals_per_sample == 1 else f"{self.evals_per_sample}K"
         return rule + (f"+{self.extra_evals}" if self.extra_evals else "")
+
+    def k_for_budget(self, budget: int, shape: ProblemShape) -> int | None:
+        """The largest allowed K whose estimate costs at most ``budget`` evaluations of ``f`` on
+        latents of ``shape``, or ``None`` when even the smallest allowed K costs more."""
+        fixed = self.evals(0, shape)  # evaluations that do not scale with K
+        per_sample = self.evals(1, shape) - fixed
+        k = (budget - fixed) // per_sample
+        if self.even_k and k % 2:
+            k -= 1
+        return k if k >= self.min_k else None
 
     def k_rule(self) -> str:
         """The constraint on K, in words (for tables and error messages)."""

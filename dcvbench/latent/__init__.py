@@ -11,6 +11,7 @@ from dcvbench.latent.family import (
     BinaryFamily,
     CategoricalFamily,
     LatentFamily,
+    Neighbours,
     family_named,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "BinaryFamily",
     "CategoricalFamily",
     "LatentFamily",
+    "Neighbours",
     "family_named",
 ]

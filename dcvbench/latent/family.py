@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,26 @@ from torch.distributions import Categorical, kl_divergence
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from dcvbench.latent.noise import gumbel_from_uniform, logistic_from_uniform, one_hot_argmax
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Every sample one variable away from each of ``K`` samples ``b`` (the one-variable changes).
+
+    ``M`` changes per sample: ``D`` bit flips, or ``N(C−1)`` class changes (each variable set to each
+    of its other classes). They are what a Gibbs kernel that resamples one variable moves to (RODEO's
+    Stein operator) and what a local expectation enumerates (IndeCateR).
+
+    Attributes:
+        points: ``[M, K, B, *event]`` the changed samples; change ``m`` of sample ``k`` is ``points[m, k]``.
+        probs: ``[M, K, B]`` the probability ``q_n(c)`` of the new value ``c`` of the changed variable
+            ``n`` (``θ_d`` or ``1 − θ_d`` for a flipped bit).
+        changed: ``[M, *event]`` 1 on the entries of the variable that change ``m`` changes, 0 elsewhere.
+    """
+
+    points: Tensor
+    probs: Tensor
+    changed: Tensor
 
 
 class LatentFamily(ABC):
@@ -79,6 +100,18 @@ class LatentFamily(ABC):
     def covariance_product(self, probs: Tensor, v: Tensor) -> Tensor:
         """``Cov(score) · v`` = ``∂p/∂η`` applied to ``v`` (the Jacobian is symmetric):
         ``θ(1−θ) ⊙ v`` or ``π ⊙ v − π⟨π, v⟩``; ``probs`` broadcasts against ``v``."""
+
+    @abstractmethod
+    def neighbours(self, b: Tensor, probs: Tensor) -> Neighbours:
+        """The one-variable changes of samples ``b [K, B, *event]``, with ``probs [B, *event]``."""
+
+    @abstractmethod
+    def neighbour_count(self, event: tuple[int, ...]) -> int:
+        """``M``, the one-variable changes of one sample: ``D`` or ``N(C−1)``."""
+
+    def variable_count(self, event: tuple[int, ...]) -> int:
+        """The independent variables of one row: ``D`` bits or ``N`` categorical variables."""
+        return event[0]
 
     @abstractmethod
     def log_prob(self, b: Tensor, logits: Tensor) -> Tensor:
@@ -145,6 +178,19 @@ class BinaryFamily(LatentFamily):
     def covariance_product(self, probs: Tensor, v: Tensor) -> Tensor:
         return v * probs * (1.0 - probs)
 
+    def neighbours(self, b: Tensor, probs: Tensor) -> Neighbours:
+        """Bit ``d`` of every sample flipped, ``M = D``; its new value has probability
+        ``θ_d`` where ``b_d = 0`` and ``1 − θ_d`` where ``b_d = 1``."""
+        bits = b.shape[-1]
+        eye = torch.eye(bits, dtype=b.dtype, device=b.device)  # [D, D]
+        flips = 1.0 - 2.0 * b  # [K, B, D]: +1 turns a 0 on, −1 turns a 1 off
+        points = b.unsqueeze(0) + eye[:, None, None, :] * flips.unsqueeze(0)  # [D, K, B, D]
+        new_probs = probs + b * (1.0 - 2.0 * probs)  # [K, B, D]: q_d(1 − b_d)
+        return Neighbours(points=points, probs=new_probs.movedim(-1, 0), changed=eye)
+
+    def neighbour_count(self, event: tuple[int, ...]) -> int:
+        return event[0]
+
     def log_prob(self, b: Tensor, logits: Tensor) -> Tensor:
         """``Σ_d b_d a_d − softplus(a_d)``."""
         return (b * logits).sum(-1) - F.softplus(logits).sum(-1)
@@ -201,6 +247,30 @@ class CategoricalFamily(LatentFamily):
     def covariance_product(self, probs: Tensor, v: Tensor) -> Tensor:
         # (diag(π) − ππᵀ) v per variable, without forming the C × C matrix.
         return probs * (v - (probs * v).sum(-1, keepdim=True))
+
+    def neighbours(self, b: Tensor, probs: Tensor) -> Neighbours:
+        """Variable ``n`` of every sample set to each of its other classes, ``M = N(C−1)``, in the
+        order ``(n, r)``: class ``(c_n + r) mod C`` for ``r = 1 … C−1``, ``c_n`` the sampled class."""
+        variables, classes = b.shape[-2:]
+        shifts = torch.arange(1, classes, device=b.device).view(-1, 1, 1, 1)  # [C−1, 1, 1, 1]
+        new_class = (b.argmax(-1).unsqueeze(0) + shifts) % classes  # [C−1, K, B, N]
+        new_one_hot = F.one_hot(new_class, classes).to(b.dtype)  # [C−1, K, B, N, C]
+        eye = torch.eye(variables, dtype=torch.bool, device=b.device)  # [N, N]
+        # Change (n, r) takes variable n from the r-th new class, every other variable from b.
+        points = torch.where(eye[:, None, None, None, :, None], new_one_hot, b)  # [N, C−1, K, B, N, C]
+        new_probs = probs.expand(*new_one_hot.shape[:-1], classes).gather(-1, new_class.unsqueeze(-1))
+        new_probs = new_probs.squeeze(-1).movedim(-1, 0)  # [N, C−1, K, B]
+        changed = eye.to(b.dtype)[:, None, :, None].expand(variables, classes - 1, variables, classes)
+        changes = variables * (classes - 1)
+        return Neighbours(
+            points=points.reshape(changes, *b.shape),
+            probs=new_probs.reshape(changes, *b.shape[:-2]),
+            changed=changed.reshape(changes, variables, classes),
+        )
+
+    def neighbour_count(self, event: tuple[int, ...]) -> int:
+        variables, classes = event
+        return variables * (classes - 1)
 
     def log_prob(self, b: Tensor, logits: Tensor) -> Tensor:
         """``Σ_n ⟨b_n, log softmax(a_n)⟩``."""

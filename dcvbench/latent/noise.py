@@ -44,6 +44,16 @@ def dirichlet_copula(u: Tensor) -> Tensor:
     return (1.0 - d).pow(k - 1)
 
 
+def dirichlet_copula_both_below(x: Tensor, k: int) -> Tensor:
+    """``P(c_i < x, c_j < x)`` for two of the K values of :func:`dirichlet_copula`, elementwise in ``x``.
+
+    ``c < x`` is ``d > 1 − x^{1/(K−1)}``, and two coordinates of a flat K-dimensional Dirichlet
+    satisfy ``P(d_i > a, d_j > a) = max(1 − 2a, 0)^{K−1}``; hence ``max(2x^{1/(K−1)} − 1, 0)^{K−1}``,
+    at most ``x²`` (the dependence is negative) and 0 for ``x ≤ 2^{−(K−1)}``.
+    """
+    return (2.0 * x.pow(1.0 / (k - 1)) - 1.0).clamp(min=0.0).pow(k - 1)
+
+
 def one_hot_argmax(scores: Tensor) -> Tensor:
     """``one_hot(argmax_c scores)`` along the last dimension, in ``scores``' dtype.
 

@@ -194,7 +194,7 @@ def resample_encoder_variance(
         raise ValueError(f"variance needs at least 2 draws, got {draws}")
     rows = x.shape[0]
     encoder_size = sum(p.numel() for p in model.encoder.parameters())
-    evals = estimator.info.evals(k)
+    evals = estimator.info.evals(k, model.problem_shape)
     per_draw = evals * rows * model.pixels + encoder_size  # the largest tensors one draw adds
     chunk = chunk or max(1, CHUNK_ELEMENTS // per_draw)
 

@@ -160,6 +160,44 @@ def _learned_control_variants(name: str) -> list[Variant]:
     ]
 
 
+RODEO_KS = (2, 3, 4)
+
+
+def _train_rodeo(estimator: Estimator) -> None:
+    """Train α, β and ψ for 100 steps at another point of another objective, as a run would."""
+    if estimator.family.name == "binary":
+        f = make_objective("quadratic-form", DIM, seed=7)
+        logits = torch.logit(torch.linspace(0.2, 0.9, DIM, dtype=torch.float64)).repeat(8, 1)  # [8, DIM]
+    else:
+        f = make_categorical_objective("separable", CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES, seed=5)
+        shape = (8, CATEGORICAL_VARIABLES, CATEGORICAL_CLASSES)
+        logits = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(11)
+    for _ in range(100):
+        estimator.update(estimator(logits, f, 2, generator))
+    assert float(estimator.alpha.detach()) != 0.0 and float(estimator.beta.detach()) != 0.0
+
+
+def _randomise_rodeo(estimator: Estimator) -> None:
+    """α, β and every weight of ψ random, ψ of the order of f (a control that dominated g would hide a
+    bias)."""
+    generator = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        estimator.alpha.fill_(0.8)
+        estimator.beta.fill_(-0.6)
+        for param in estimator.network.parameters():
+            param.copy_(0.3 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
+def _rodeo_variants() -> list[Variant]:
+    fewer = {"ks": RODEO_KS, "draws": LEARNED_DRAWS}
+    return [
+        Variant("rodeo", label="rodeo", **fewer),
+        Variant("rodeo", {"control_lr": 1e-2}, _train_rodeo, label="rodeo-trained", **fewer),
+        Variant("rodeo", prepare=_randomise_rodeo, label="rodeo-random", **fewer),
+    ]
+
+
 # Estimators with options worth testing separately; every other unbiased estimator in the registry is
 # tested with its defaults, so a newly registered unbiased estimator is covered automatically.
 SPECIAL_VARIANTS = {
@@ -170,6 +208,9 @@ SPECIAL_VARIANTS = {
     ],
     "rebar": _learned_control_variants("rebar"),
     "relax": _learned_control_variants("relax"),
+    "rodeo": _rodeo_variants(),
+    # K = 1 too: IndeCateR's outer samples need no baseline from each other.
+    "indecater": [Variant("indecater", label="indecater", ks=(1, 2, 3))],
 }
 
 
@@ -180,7 +221,7 @@ def _on_the_toy(name: str) -> bool:
 
 def _cases() -> list:
     cases = []
-    for name in estimator_names():
+    for name in estimator_names("binary"):
         info = estimator_info(name)
         if not _on_the_toy(name):
             continue
@@ -213,7 +254,7 @@ def test_threshold_is_a_sensible_family_wise_bound():
 
 def test_every_unbiased_estimator_is_covered():
     covered = {param.values[0].name for param in CASES}
-    assert covered == {name for name in estimator_names() if _on_the_toy(name)}
+    assert covered == {name for name in estimator_names("binary") if _on_the_toy(name)}
     expected = {"reinforce", "rloo", "rloo-dcv", "muprop", "exact-baseline", "arm", "disarm", "arms"}
     assert expected | {"rebar", "relax"} <= covered
 
@@ -284,6 +325,11 @@ def _set_categorical_ema_baseline(estimator: Estimator) -> None:
 CATEGORICAL_SPECIAL = {
     "rloo-dcv": [({"alpha": -0.6}, None, "rloo-dcv-alpha-0.6")],
     "reinforce-ema": [({}, _set_categorical_ema_baseline, "reinforce-ema-c")],
+    "rodeo": [
+        ({}, None, "rodeo"),
+        ({"control_lr": 1e-2}, _train_rodeo, "rodeo-trained"),
+        ({}, _randomise_rodeo, "rodeo-random"),
+    ],
 }
 
 
@@ -327,8 +373,9 @@ def test_categorical_the_points_include_peaked_and_uniform_distributions():
 
 
 def test_categorical_threshold_is_a_sensible_family_wise_bound():
-    # reinforce, reinforce-ema, rloo, rloo-dcv, muprop, exact-baseline, nvil; K = 2, 3, 4; 2 objectives
-    assert len(CATEGORICAL_CASES) == 42
+    # reinforce, reinforce-ema, rloo, rloo-dcv, muprop, exact-baseline, nvil, carms, indecater and
+    # three rodeo variants; K = 2, 3, 4; 2 objectives
+    assert len(CATEGORICAL_CASES) == 72
     assert 4.5 < CATEGORICAL_Z_CRITICAL < 5.5
 
 
@@ -336,6 +383,7 @@ def test_every_unbiased_categorical_estimator_is_covered():
     covered = {param.values[0] for param in CATEGORICAL_CASES}
     on_the_toy = {name for name in estimator_names("categorical") if _on_the_toy(name)}
     expected = {"reinforce", "reinforce-ema", "rloo", "rloo-dcv", "muprop", "exact-baseline", "nvil"}
+    expected |= {"carms", "indecater", "rodeo"}
     assert covered == on_the_toy == expected
 
 

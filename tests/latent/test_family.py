@@ -90,6 +90,58 @@ def test_covariance_product_is_the_covariance_of_the_score(family: LatentFamily)
 
 
 @pytest.mark.parametrize("family", FAMILY_LIST, ids=IDS)
+def test_neighbours_are_every_one_variable_change_once(family: LatentFamily):
+    event = EVENTS[family.name]
+    logits = _logits(family)  # [B, *event]
+    values = family.enumerate(event, F64)  # [V, *event]
+    b = values.unsqueeze(1).expand(-1, 2, *event)  # every value as a sample of each row: [V, B, *event]
+    neighbours = family.neighbours(b, family.probs(logits))
+    count = family.neighbour_count(event)
+    assert neighbours.points.shape == (count, *b.shape) and neighbours.probs.shape == (count, *b.shape[:2])
+    assert neighbours.changed.shape == (count, *event)
+    # Variables that differ from b: exactly one per neighbour, the one its mask marks.
+    differs = (neighbours.points != b).reshape(count, *b.shape[:2], family.variable_count(event), -1).any(-1)
+    marked = neighbours.changed.reshape(count, family.variable_count(event), -1).any(-1)  # [M, N]
+    assert torch.equal(differs, marked[:, None, None].expand_as(differs))
+    assert torch.equal(marked.sum(-1), torch.ones(count, dtype=torch.long))
+    # Every value one variable away from b appears once: M distinct points per sample.
+    for v in range(values.shape[0]):
+        points = {tuple(neighbours.points[m, v, 0].flatten().tolist()) for m in range(count)}
+        others = (values != values[v]).reshape(values.shape[0], family.variable_count(event), -1).any(-1)
+        expected = {
+            tuple(values[u].flatten().tolist()) for u in range(values.shape[0]) if others[u].sum() == 1
+        }
+        assert points == expected and len(points) == count
+    # probs is the new value's probability: q(y)/q(b) = q_n(new)/q_n(old) for the changed variable n.
+    ratio = (family.log_prob(neighbours.points, logits) - family.log_prob(b, logits)).exp()  # [M, V, B]
+    probs = family.probs(logits)  # [B, *event]
+    binary = family.name == "binary"
+    # q_d(b_d) [V, B, D], or π_n(b_n) [V, B, N]
+    old_per_variable = b * probs + (1 - b) * (1 - probs) if binary else (b * probs).sum(-1)
+    old_of_changed = (old_per_variable.unsqueeze(0) * marked[:, None, None]).sum(-1)  # [M, V, B]
+    assert_close(neighbours.probs, ratio * old_of_changed, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("family", FAMILY_LIST, ids=IDS)
+def test_the_gibbs_stein_operator_of_the_neighbours_has_mean_zero(family: LatentFamily):
+    """``(A h)(b) = (1/N) Σ_m q_m (h(y_m) − h(b))`` is the Gibbs kernel's ``E[h(b')] − h(b)``: its
+    expectation under q is 0 for any h (RODEO's control variates rest on it)."""
+    event = EVENTS[family.name]
+    logits = _logits(family)
+    values, probabilities = _exact_probabilities(family, logits)
+    b = values.unsqueeze(1).expand(-1, 2, *event)  # [V, B, *event]
+    weights = torch.randn(*event, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def h(x: torch.Tensor) -> torch.Tensor:  # an arbitrary nonlinear function of the sample
+        return torch.tanh(family.reduce(x * weights)) ** 2 + family.reduce(x).cos()
+
+    neighbours = family.neighbours(b, family.probs(logits))
+    stein = (neighbours.probs * (h(neighbours.points) - h(b))).sum(0) / family.variable_count(event)  # [V, B]
+    assert stein.abs().max() > 1e-3  # not zero pointwise: zero in expectation
+    assert_close((probabilities * stein).sum(0), torch.zeros(2, dtype=F64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("family", FAMILY_LIST, ids=IDS)
 def test_sample_frequencies_match_the_probabilities(family: LatentFamily):
     logits = _logits(family, rows=1)
     draws = 40_000
