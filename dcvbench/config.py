@@ -59,6 +59,7 @@ VARIANCE_DEFAULT_ESTIMATORS = {
 }
 TOY_OBJECTIVES = {"binary": OBJECTIVES, "categorical": CATEGORICAL_OBJECTIVES}
 TOY_CLASSES = 4  # the categorical toy's classes when not given (the example of issue #8)
+DEFAULT_K = 2  # samples per estimate of the VAE and the variance study when neither K nor a budget is given
 # Where a variance study puts categorical latents: seeded random logits (away from uniform), or uniform.
 CATEGORICAL_THETAS = ("random", "uniform")
 
@@ -147,7 +148,11 @@ class VarianceConfig:
     theta: str | None = None
     checkpoint: str | None = None  # a VAE run's checkpoint (or run directory): the point instead
     estimators: tuple[str, ...] = VARIANCE_DEFAULT_ESTIMATORS["binary"]
-    ks: tuple[int, ...] = (2,)
+    # Every estimator at each K; None: (DEFAULT_K,), or none when budgets are given.
+    ks: tuple[int, ...] | None = None
+    # Equal cost instead: per budget, each estimator at the largest K whose estimate costs at most that
+    # many evaluations of f (budget_ks); exclusive with ks.
+    budgets: tuple[int, ...] = ()
     samples: int = 20000
     seed: int = 0
     device: str = "auto"
@@ -156,18 +161,31 @@ class VarianceConfig:
     estimator_settings: dict[str, Any] = field(default_factory=lambda: default_settings("variance"))
     out: str = "results"
     exact: bool = False  # at a checkpoint: the exact gradient by enumeration, for bias norm, MSE, cosine
+    # Estimates (each followed by the estimator's update) that train an estimator's learned parts at
+    # the point before it is measured; 0: as built, or as its checkpoint's run left them.
+    tune_steps: int = 0
 
     def __post_init__(self):
-        if not self.ks:
-            raise ConfigError("give at least one --k")
+        if self.ks is None:
+            _fill(self, "ks", () if self.budgets else (DEFAULT_K,))
+        if self.ks and self.budgets:
+            raise ConfigError("--budget sets each estimator's K: give --k or --budget, not both")
+        if not self.ks and not self.budgets:
+            raise ConfigError("give at least one --k or --budget")
         if self.exact and self.checkpoint is None:
             raise ConfigError("--exact is for a --checkpoint: the toy's exact gradient is always known")
-        # At a checkpoint the latent type is the run's, known once its manifest is read (the job
-        # checks the estimators again then); here they need only exist for some latent type.
+        # At a checkpoint the latent type (and a budget's K) is the run's, known once its manifest is
+        # read (the job checks the estimators again then); here they need only exist for some latent type.
         latent = self.problem.latent if self.checkpoint is None else None
-        for k in self.ks:
-            check_estimators(self.estimators, k, "toy" if self.checkpoint is None else "vae", latent)
+        problem = "toy" if self.checkpoint is None else "vae"
+        for k in self.ks or (None,):
+            check_estimators(self.estimators, k, problem, latent)
+        for budget in self.budgets:
+            _check_budget(budget)
+            if self.checkpoint is None:
+                budget_ks(self.estimators, budget, self.problem.shape)
         _at_least("--samples", self.samples, 2)
+        _at_least("--tune-steps", self.tune_steps, 0)
         if self.problem.latent == "binary":
             _fill(self, "theta", "0.5" if self.theta is None else self.theta)
             theta_probability(self.theta)
@@ -213,12 +231,22 @@ ANNEAL_SCHEDULES = ("none", "exp")
 
 
 class TrainsBounds:
-    """What the model jobs (``vae``, ``predict``) share: ``objective`` (what each estimator trains)
-    and the checks of the training loop's settings."""
+    """What the model jobs (``vae``, ``predict``) share: ``objective`` (what each estimator trains),
+    each run's K and the checks of the training loop's settings."""
 
     estimators: tuple[str, ...]
     objective: str | None
     latent: str
+    k: int | None
+    budget: int | None
+
+    def run_k(self, estimator: str, shape: ProblemShape) -> int:
+        """The K of a run of ``estimator`` whose (first) stochastic layer has latents of ``shape``:
+        ``k``, or with a ``budget`` the largest K whose estimate costs at most that many evaluations
+        of f (:func:`budget_ks`)."""
+        if self.budget is None:
+            return self.k
+        return budget_ks((estimator,), self.budget, shape)[estimator]
 
     def _check_objective(self) -> None:
         if self.objective is None:
@@ -283,7 +311,10 @@ class VaeConfig(TrainsBounds):
     # width the architecture's name gives), 20 variables.
     latent_vars: int | None = None
     classes: int | None = None  # categorical: C (None: 10, as the Gumbel-softmax paper); binary: none
-    k: int = 2
+    k: int | None = None  # None: DEFAULT_K, or none when a budget is given
+    # Equal cost instead of k: each estimator trains at the largest K whose estimate (of the first
+    # stochastic layer) costs at most this many evaluations of f (run_k); its run's manifest says which.
+    budget: int | None = None
     estimators: tuple[str, ...] = ("rloo-dcv",)
     # What the estimators train: "elbo" (m = 1) or "iwae" (the K-sample bound, m = K); None: each its
     # own (the ELBO; VIMCO's is the K-sample bound). An estimator that cannot train it is refused.
@@ -336,7 +367,7 @@ class VaeConfig(TrainsBounds):
             raise ConfigError(f"unknown --targets {self.targets!r}; choose from: {', '.join(TARGETS)}")
         _fill(self, "classes", latent_classes(self.latent, self.classes, CLASSES))
         self._check_arch()
-        check_estimators(self.estimators, self.k, "vae", self.latent)
+        self._check_k()
         self._check_objective()
         _positive("--latent-vars", self.latent_vars)
         _positive("--prior-lr", self.prior_lr)
@@ -365,6 +396,20 @@ class VaeConfig(TrainsBounds):
             raise ConfigError(
                 f"--kl analytic is for one stochastic layer; --arch {self.arch} has {layout.depth}"
             )
+
+    def _check_k(self) -> None:
+        """A K for every estimator, or a budget that each one's cheapest estimate fits; not both."""
+        if self.budget is None:
+            _fill(self, "k", DEFAULT_K if self.k is None else self.k)
+            check_estimators(self.estimators, self.k, "vae", self.latent)
+            return
+        if self.k is not None:
+            raise ConfigError(
+                f"--budget {self.budget} sets each estimator's K: give --k or --budget, not both"
+            )
+        _check_budget(self.budget)
+        check_estimators(self.estimators, None, "vae", self.latent)
+        budget_ks(self.estimators, self.budget, ProblemShape(self.latent_vars, classes=self.classes))
 
     @property
     def depth(self) -> int:
@@ -430,8 +475,9 @@ class PredictConfig(TrainsBounds):
     out: str = "results"
 
     # Not options: structured prediction's latents are bits, its relaxation has no densities (the
-    # prior is the proposal, so they cancel) and no prior is learned.
+    # prior is the proposal, so they cancel), no prior is learned and every estimator runs at k.
     latent = "binary"
+    budget = None
     kl = "relaxed"
     prior_lr = 0.0
 
@@ -498,7 +544,9 @@ def vae_config_from_dict(values: dict) -> VaeConfig:
 
 def variance_config_from_dict(values: dict) -> VarianceConfig:
     """Rebuild a :class:`VarianceConfig` from its manifest form (``asdict``), validating it again."""
-    return _config_from_dict(VarianceConfig, "variance", values, ("estimators", "ks"), problem=ToyProblem)
+    return _config_from_dict(
+        VarianceConfig, "variance", values, ("estimators", "ks", "budgets"), problem=ToyProblem
+    )
 
 
 def normalised_config(job: str, values: dict) -> dict:
@@ -535,7 +583,8 @@ def _config_from_dict(cls, job: str, values: dict, sequences: tuple[str, ...], *
         for name, kind in nested.items():
             values[name] = kind(**values[name])
         for name in sequences:
-            values[name] = tuple(values[name])
+            if name in values:  # a sequence added since (budgets) takes its default
+                values[name] = tuple(values[name])
         return cls(**values)
     except (KeyError, TypeError) as error:
         raise ConfigError(f"the run's manifest holds no valid {cls.__name__}: {error}") from None
@@ -571,20 +620,41 @@ def latent_classes(latent: str, classes: int | None, default: int) -> int | None
     return classes
 
 
-def check_estimators(names: tuple[str, ...], k: int, problem: str, latent: str | None) -> None:
+def check_estimators(names: tuple[str, ...], k: int | None, problem: str, latent: str | None) -> None:
     """Refuse estimators that are not registered for ``latent`` latents (``None``: for any latent
-    type), whose rule on K excludes ``k``, or that do not run on ``problem``."""
+    type), whose rule on K excludes ``k`` (``None``: a budget sets each one's K, see :func:`budget_ks`),
+    or that do not run on ``problem``."""
     if not names:
         raise ConfigError("give at least one --estimator")
     for name in names:
         info = _estimator_info(name, latent)
-        try:
-            info.check_k(k)
-        except EstimatorError as error:
-            raise ConfigError(f"--k {k}: {error}") from None
+        if k is not None:
+            try:
+                info.check_k(k)
+            except EstimatorError as error:
+                raise ConfigError(f"--k {k}: {error}") from None
         if problem not in info.problems:
             problems = " and ".join(info.problems) + (" problems" if len(info.problems) > 1 else " problem")
             raise ConfigError(f"{name} runs on the {problems} only, not {problem}")
+
+
+def budget_ks(names: tuple[str, ...], budget: int, shape: ProblemShape) -> dict[str, int]:
+    """Each estimator's K under ``budget``: the largest K it allows whose estimate costs at most
+    ``budget`` evaluations of f on latents of ``shape`` (:meth:`EstimatorInfo.k_for_budget`), so that
+    estimators compared at one budget cost the same, up to the rounding of K. A :class:`ConfigError`
+    names an estimator whose cheapest estimate costs more, and what that costs."""
+    ks = {}
+    for name in names:
+        info = estimator_info(name, shape.latent_type)
+        k = info.k_for_budget(budget, shape)
+        if k is None:
+            smallest = info.min_k + info.min_k % 2 if info.even_k else info.min_k
+            raise ConfigError(
+                f"--budget {budget} is below {name}'s cheapest estimate: {info.evals(smallest, shape)} "
+                f"evaluations of f at K={smallest} (it costs {info.evals_rule()})"
+            )
+        ks[name] = k
+    return ks
 
 
 def _estimator_info(name: str, latent: str | None) -> EstimatorInfo:
@@ -666,6 +736,11 @@ def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -
     if anneal == "none":
         return start
     return max(floor, start * math.exp(-rate * step))
+
+
+def _check_budget(budget: int) -> None:
+    if not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"--budget must be a positive whole number of evaluations of f, got {budget}")
 
 
 def _finite(option: str, value: float) -> None:

@@ -200,6 +200,7 @@ CASES = [
     (["variance", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
     (["variance", "--estimator", "disarm", "--k", "3", "--out", "{out}"], "K must be even for disarm, got 3"),
     (["variance", "--samples", "1", "--out", "{out}"], "--samples must be at least 2, got 1"),
+    (["variance", "--tune-steps", "-1", "--out", "{out}"], "--tune-steps must be at least 0, got -1"),
     (["variance", "--theta", "1.5", "--out", "{out}"], "--theta must be in (0, 1)"),
     (["variance", "--theta", "abc", "--out", "{out}"], "--theta must be a probability in (0, 1) or 'random'"),
     (["variance", "--objective", "cubic", "--out", "{out}"], "unknown objective 'cubic'"),
@@ -232,6 +233,34 @@ CASES = [
     ),
     pytest.param(["variance", "--device", "cuda", "--out", "{out}"], "CUDA is not available", marks=NO_CUDA),
     (["variance", "--out", "{blocker}/below"], "cannot write to --out"),
+    # equal cost: a budget of f-evaluations instead of K
+    (["variance", "--budget", "4", "--k", "2", "--out", "{out}"], "give --k or --budget, not both"),
+    (["variance", "--budget", "0", "--out", "{out}"], "--budget must be a positive whole number"),
+    (
+        ["variance", "--estimator", "disarm", "--budget", "1", "--out", "{out}"],
+        "--budget 1 is below disarm's cheapest estimate: 2 evaluations of f at K=2",
+    ),
+    (
+        [
+            "variance",
+            "--checkpoint",
+            "{linear}",
+            "--estimator",
+            "indecater",
+            "--budget",
+            "8",
+            "--out",
+            "{out}",
+        ],
+        "--budget 8 is below indecater's cheapest estimate: 9 evaluations of f at K=1",  # its run's 8 bits
+    ),
+    (["vae", "--budget", "4", "--k", "2", "--out", "{out}"], "give --k or --budget, not both"),
+    (["vae", "--budget", "-2", "--out", "{out}"], "--budget must be a positive whole number"),
+    (
+        ["vae", "--estimator", "relax", "--budget", "2", "--out", "{out}"],
+        "--budget 2 is below relax's cheapest estimate: 3 evaluations of f at K=1",
+    ),
+    (["vae", "--resume", "{corrupt_ckpt}", "--budget", "4"], "drop --budget"),
     # contradictions: an option beside a value of another under which it does nothing
     (
         ["toy", "--alpha", "-0.1", "--alpha-learning", "optimal", "--out", "{out}"],

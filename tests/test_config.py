@@ -54,6 +54,32 @@ from dcvbench.runtime import ConfigError
         (lambda: VarianceConfig(theta="1.5"), "--theta must be in"),
         (lambda: VarianceConfig(theta="half"), "--theta must be a probability"),
         (lambda: VarianceConfig(ks=(2, 3), estimators=("disarm",)), "K must be even for disarm, got 3"),
+        (lambda: VarianceConfig(ks=(2,), budgets=(4,)), "give --k or --budget, not both"),
+        (lambda: VarianceConfig(ks=()), "give at least one --k or --budget"),
+        (lambda: VarianceConfig(budgets=(4, 0)), "--budget must be a positive whole number of evaluations"),
+        (lambda: VarianceConfig(budgets=(2.5,)), "--budget must be a positive whole number of evaluations"),
+        (
+            lambda: VarianceConfig(budgets=(8, 2), estimators=("rloo", "relax")),
+            "--budget 2 is below relax's cheapest estimate: 3 evaluations of f at K=1 (it costs 3K)",
+        ),
+        (
+            lambda: VarianceConfig(problem=ToyProblem(dim=10), estimators=("indecater",), budgets=(10,)),
+            "--budget 10 is below indecater's cheapest estimate: 11 evaluations of f at K=1",
+        ),
+        (
+            lambda: VaeConfig(k=2, budget=4),
+            "--budget 4 sets each estimator's K: give --k or --budget, not both",
+        ),
+        (
+            lambda: VaeConfig(budget=-1),
+            "--budget must be a positive whole number of evaluations of f, got -1",
+        ),
+        (
+            lambda: VaeConfig(
+                latent="categorical", latent_vars=4, classes=3, estimators=("indecater",), budget=8
+            ),
+            "--budget 8 is below indecater's cheapest estimate: 9 evaluations of f at K=1",
+        ),
         (lambda: VaeConfig(prior_temperature=0.0), "--prior-temperature must be positive, got 0.0"),
         (lambda: VaeConfig(kl="exact"), "unknown --kl 'exact'; choose from: relaxed, analytic"),
         (lambda: VaeConfig(anneal="linear"), "unknown --anneal 'linear'; choose from: none, exp"),
@@ -77,6 +103,23 @@ from dcvbench.runtime import ConfigError
 def test_bad_settings_are_refused(make, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()
+
+
+def test_k_or_a_budget_round_trips_and_old_manifests_have_no_budget():
+    # Neither given: K = 2; a budget leaves K to each estimator (its run's manifest records it).
+    assert (VarianceConfig().ks, VarianceConfig().budgets) == ((2,), ())
+    assert (VaeConfig().k, VaeConfig().budget) == (2, None)
+    at_budget = VarianceConfig(budgets=(8, 16))
+    assert at_budget.ks == ()
+    assert variance_config_from_dict(asdict(at_budget)) == at_budget
+    vae = VaeConfig(estimators=("rloo", "disarm"), budget=7)
+    assert vae.k is None and vae_config_from_dict(asdict(vae)) == vae
+    old = asdict(VarianceConfig(ks=(2, 4)))
+    del old["budgets"]  # written before budgets
+    assert variance_config_from_dict(old) == VarianceConfig(ks=(2, 4))
+    old_vae = asdict(VaeConfig())
+    del old_vae["budget"]
+    assert vae_config_from_dict(old_vae) == VaeConfig()
 
 
 def test_theta():

@@ -45,7 +45,7 @@ from dcvbench.cli.options import (
     warn_unused_options,
     with_estimator_options,
 )
-from dcvbench.config import CLASSES, LATENT_BITS, VAE_PROTOCOLS, VARIABLES, VaeConfig
+from dcvbench.config import CLASSES, DEFAULT_K, LATENT_BITS, VAE_PROTOCOLS, VARIABLES, VaeConfig
 from dcvbench.data.sampler import TARGETS
 from dcvbench.problems.vae import KL_VARIANTS
 from dcvbench.runtime import ConfigError
@@ -61,6 +61,7 @@ def vae_config(ctx: typer.Context) -> VaeConfig:
     config = VaeConfig.for_protocol(
         p["protocol"],
         **training_options(p, "vae", VaeConfig),
+        budget=p["budget"],
         targets=p["targets"],
         latent=p["latent"],
         latent_vars=p["latent_vars"],
@@ -86,8 +87,20 @@ def vae(
     ctx: typer.Context,
     estimator: estimator_choice(", ".join(VaeConfig.estimators)) = None,
     k: Annotated[
-        int, typer.Option("--k", help="Samples per datum K.", rich_help_panel=ESTIMATORS)
-    ] = VaeConfig.k,
+        int | None,
+        typer.Option(
+            "--k", help="Samples per datum K.", show_default=str(DEFAULT_K), rich_help_panel=ESTIMATORS
+        ),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            metavar="EVALS",
+            help="Equal cost instead of --k: each estimator at the largest K whose estimate costs at most "
+            "EVALS evaluations of f (recorded in each run's manifest).",
+            rich_help_panel=ESTIMATORS,
+        ),
+    ] = VaeConfig.budget,
     objective: Bound = None,
     dataset: Dataset = VaeConfig.dataset,
     data_dir: DataDir = None,

@@ -37,7 +37,13 @@ from dcvbench.cli.options import (
     warn_unused_options,
     with_estimator_options,
 )
-from dcvbench.config import CHECKPOINT_SAMPLES, VARIANCE_DEFAULT_ESTIMATORS, ToyProblem, VarianceConfig
+from dcvbench.config import (
+    CHECKPOINT_SAMPLES,
+    DEFAULT_K,
+    VARIANCE_DEFAULT_ESTIMATORS,
+    ToyProblem,
+    VarianceConfig,
+)
 from dcvbench.estimators import estimator_order
 from dcvbench.estimators.options import flag_of
 from dcvbench.runtime import ConfigError
@@ -75,8 +81,10 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
         theta=p["theta"],
         checkpoint=checkpoint,
         estimators=tuple(p["estimator"] or VARIANCE_DEFAULT_ESTIMATORS[toy.latent]),
-        ks=tuple(p["k"] or VarianceConfig.ks),
+        ks=tuple(p["k"]) if p["k"] else None,
+        budgets=tuple(p["budget"] or VarianceConfig.budgets),
         samples=samples,
+        tune_steps=p["tune_steps"],
         seed=p["seed"],
         device=p["device"],
         dtype=p["dtype"],
@@ -145,7 +153,16 @@ def variance(
         typer.Option(
             "--k",
             help="Samples per estimate K (repeatable).",
-            show_default=", ".join(map(str, VarianceConfig.ks)),
+            show_default=f"{DEFAULT_K} without --budget",
+            rich_help_panel=ESTIMATORS,
+        ),
+    ] = None,
+    budget: Annotated[
+        list[int] | None,
+        typer.Option(
+            metavar="EVALS",
+            help="Equal cost instead of --k (repeatable): each estimator at the largest K whose estimate "
+            "costs at most EVALS evaluations of f.",
             rich_help_panel=ESTIMATORS,
         ),
     ] = None,
@@ -157,6 +174,15 @@ def variance(
             rich_help_panel=MEASUREMENT,
         ),
     ] = None,
+    tune_steps: Annotated[
+        int,
+        typer.Option(
+            help="Train each estimator's learned parts (rodeo's network, relax's control, baselines) "
+            "for this many estimates at the point, on draws of their own, before measuring; 0: as "
+            "built (or as the checkpoint's run left them).",
+            rich_help_panel=MEASUREMENT,
+        ),
+    ] = VarianceConfig.tune_steps,
     seed: Annotated[int, typer.Option(help="Seed.", rich_help_panel=RUN)] = VarianceConfig.seed,
     device: Device = VarianceConfig.device,
     dtype: Dtype = VarianceConfig.dtype,
@@ -186,13 +212,17 @@ def variance(
         extra = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z", **QUALITY_COLUMNS}
     columns = {"variance": "variance", "vs rloo": "variance_ratio", "variance×evals": "cost_variance"}
     columns.update(extra)
+    budget = ("budget",) if config.budgets else ()  # each estimator at its own K within it
     table = results_table(
-        title, ("estimator", "K", "evals", *columns, "s/estimate", "α"), left=("estimator",)
+        title, (*budget, "estimator", "K", "evals", *columns, "s/estimate", "α"), left=("estimator",)
     )
     records = study.table.to_dict("records")
-    for row in sorted(records, key=lambda r: (estimator_order(r["estimator"]), r["k"])):  # as summary.md
+    # As summary.md: by estimator, then K (at equal cost, K grows with the budget).
+    for row in sorted(records, key=lambda r: (estimator_order(r["estimator"]), r["k"])):
         alpha_text = "–" if pd.isna(row["alpha_source"]) else f"{row['alpha']:.4g} ({row['alpha_source']})"
+        budget_cell = (str(row["budget"]),) if budget else ()
         table.add_row(
+            *budget_cell,
             row["estimator"],
             str(row["k"]),
             str(row["evals"]),

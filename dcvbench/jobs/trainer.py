@@ -71,9 +71,9 @@ class ModelJob(ABC):
     """What differs between the model jobs: the model, its held-out bound, its manifest's entries.
 
     ``config`` is the job's configuration (:class:`~dcvbench.config.VaeConfig`,
-    :class:`~dcvbench.config.PredictConfig`); the engine reads the settings they share (``k``,
-    ``steps``, learning rates, row cadences, ``estimator_settings``, ``temperatures(step, estimator)``,
-    ``kl``, ``bound(estimator)``).
+    :class:`~dcvbench.config.PredictConfig`); the engine reads the settings they share
+    (``run_k(estimator, shape)``: ``k`` or a budget's, ``steps``, learning rates, row cadences,
+    ``estimator_settings``, ``temperatures(step, estimator)``, ``kl``, ``bound(estimator)``).
     """
 
     name: str  # the job's name: its command, its manifests' "job"
@@ -112,6 +112,7 @@ class Training:
 
     model: nn.Module
     estimator: Estimator
+    k: int  # samples per estimate: the configuration's K, or the largest its budget affords the estimator
     # One per stochastic layer above the first, for an estimator applied layer by layer (training.py).
     upper_estimators: list[Estimator]
     encoder_optimizer: torch.optim.Optimizer
@@ -213,6 +214,7 @@ def build_training(
     return Training(
         model=model,
         estimator=estimator,
+        k=config.run_k(name, model.problem_shape),
         upper_estimators=[
             build_estimator(name, config.estimator_settings, model.layer_shape(layer)).to(device)
             for layer in layered
@@ -250,17 +252,19 @@ def run_job(job: ModelJob, config, progress: Progress | None = None) -> list[Run
         for seed in config.seeds:
             for name in config.estimators:
                 training = build_training(job, config, name, seed, dataset, device)
-                progress.start(f"{job.name} {name} K={config.k} seed={seed}", config.steps)
+                progress.start(f"{job.name} {name} K={training.k} seed={seed}", config.steps)
                 identity = {
                     "problem": job.name,
                     "estimator": name,
-                    "k": config.k,
+                    "k": training.k,
                     "seed": seed,
                     "latent": config.latent,
                 }
                 manifest = {
                     "job": job.name,
                     **job.manifest(config, training.estimator),
+                    # What one estimate (of each stochastic layer) costs: equal under a budget.
+                    "evals": training.estimator.info.evals(training.k, training.model.problem_shape),
                     "config": asdict(config),
                     "data": dict(dataset.metadata),
                     "device": str(device),
@@ -327,7 +331,7 @@ def _train(
             model,
             estimator,
             x,
-            config.k,
+            training.k,
             training.train_generator,
             training.encoder_optimizer,
             training.decoder_optimizer,
@@ -391,7 +395,7 @@ def _record(
             model,
             training.estimator,
             evaluation.snapshot,
-            config.k,
+            training.k,
             config.var_samples,
             training.measure_generator,
             prior_temperature=prior_temperature,

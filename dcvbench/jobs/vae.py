@@ -11,6 +11,10 @@ The relaxed estimators (``concrete``, ``st-concrete``: those with an
 the step (:meth:`VaeConfig.temperatures`); the manifest's ``relaxation`` says what they train, and
 its ``objective`` what each estimator trains (``elbo``, or ``iwae``: the K-sample bound).
 
+At equal cost (``budget``), each estimator trains at the largest K whose estimate costs at most the
+budget's evaluations of f (:meth:`~dcvbench.config.VaeConfig.run_k`): its manifest's ``k``, beside the
+``evals`` an estimate costs and the budget in its ``config`` (whose ``k`` is then null).
+
 ``targets="intensities"`` trains and scores on the grey levels as soft Bernoulli targets (the
 ReinMax paper's MNIST) instead of binarised images: its bounds are the paper's objective, not a
 discrete model's log-likelihood bound, and are never compared with binarised runs' (their runs are
@@ -71,7 +75,8 @@ class VaeJob(ModelJob):
         kind = "" if config.latent == "binary" else f"-categorical{config.latent_vars}x{config.classes}"
         bound = "" if config.objective is None else f"-{config.objective}"
         targets = "" if config.targets == VaeConfig.targets else f"-{config.targets}"
-        return f"vae-{config.dataset}{targets}-{config.arch}{kind}-{estimator}{bound}-k{config.k}-seed{seed}"
+        size = f"k{config.k}" if config.budget is None else f"budget{config.budget}"  # K: in the manifest
+        return f"vae-{config.dataset}{targets}-{config.arch}{kind}-{estimator}{bound}-{size}-seed{seed}"
 
 
 def build_model(config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:

@@ -8,6 +8,11 @@ drawn there (vectorised, see :mod:`dcvbench.measure.variance`) and summarised in
 ``variance.parquet``. Estimators at the same K draw from generators in the same state, so those
 whose noise has the same shape see the same random numbers (paired comparisons).
 
+At equal cost instead (``budgets``), each estimator is measured, per budget, at the largest K whose
+estimate costs at most that many evaluations of f on the point's latents
+(:func:`~dcvbench.config.budget_ks`): ``k`` and ``evals`` differ between estimators, ``budget`` is
+the block's (null in a study by K), and ``rloo``, the reference of the ratios, runs at its own K there.
+
 ``rloo-dcv`` without a fixed ``--alpha`` is evaluated at the variance-optimal ``α*`` of that point,
 estimated from a separate set of draws (``alpha_source = "optimal"`` in the table).
 
@@ -17,10 +22,13 @@ quality against it (:class:`~dcvbench.measure.variance.GradientQuality`): ``bias
 ``cosine``, each with its ``_se``; at a checkpoint, of the logit gradient over all rows (``g / B``, as
 ``logit_variance``). Without the exact gradient those columns are absent.
 
-Estimators with learned state (RELAX's and REBAR's control, NVIL's baselines, rloo-dcv's α) are
-measured as built, except at a VAE checkpoint of a run that trained the same estimator: there the
-run's learned state is loaded from the checkpoint, so the variance is that of the trained estimator
-(``estimator_state`` is ``"checkpoint"`` or ``"fresh"``; null for estimators without state).
+Estimators with learned state (RODEO's control network, RELAX's and REBAR's control, NVIL's
+baselines, rloo-dcv's α) are measured as built, except at a VAE checkpoint of a run that trained the
+same estimator: there the run's learned state is loaded from the checkpoint, so the variance is that
+of the trained estimator. With ``tune_steps`` the others' learned parts (not a control variate's α,
+set to its optimum) are first trained at the point for that many estimates, on draws of their own
+(``estimator_state`` is ``"checkpoint"``, ``"tuned N steps"`` or ``"fresh"``; null for estimators
+without state). A fresh ``rodeo`` is ``rloo`` exactly (its weights start at 0): tune it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import pandas as pd
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
-from dcvbench.config import VarianceConfig, check_estimators, theta_probability
+from dcvbench.config import VarianceConfig, budget_ks, check_estimators, theta_probability
 from dcvbench.estimators import (
     REFERENCE_ESTIMATOR,
     ControlVariateEstimator,
@@ -95,6 +103,10 @@ class FixedPoint(Protocol):
         """Load the learned state this point holds for estimator ``name``; whether it did."""
         ...
 
+    def tune(self, estimator: Estimator, k: int, steps: int, generator: torch.Generator) -> None:
+        """Train the estimator's learned parts here: ``steps`` estimates, each followed by its update."""
+        ...
+
 
 class ToyPoint:
     """The toy at its study logits ``[1, *latent]`` (:func:`study_logits`), with its exact gradient
@@ -144,6 +156,10 @@ class ToyPoint:
 
     def restore(self, name, estimator) -> bool:
         return False  # a toy point is not a run: every estimator is measured as built
+
+    def tune(self, estimator, k, steps, generator) -> None:
+        for _ in range(steps):
+            estimator.update(estimator(self.logits, self.objective, k, generator))
 
 
 class VaePoint:
@@ -227,6 +243,14 @@ class VaePoint:
         load_into(estimator, self.estimator_state, self.checkpoint, f"the {name} estimator of its run")
         return True
 
+    def tune(self, estimator, k, steps, generator) -> None:
+        for _ in range(steps):
+            # A fresh objective each step: with several stochastic layers it samples those below.
+            objective = self.model.objective(
+                self.x, self.logits, generative_grads=False, generator=generator, **self.relaxation
+            )
+            estimator.update(estimator(self.logits, objective, k, generator))
+
 
 def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The toy's point: ``η = logit(θ)`` ``[1, D]``, θ constant or seeded-random in (0.05, 0.95);
@@ -248,16 +272,53 @@ def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtyp
     return torch.logit(probs).to(device=device, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class Block:
+    """Estimators side by side in the table: each at its K, all at one K (``budget`` ``None``) or
+    each at the largest K within ``budget`` evaluations of f; the reference ``rloo`` included where
+    it can run, since every ratio of the block is to it."""
+
+    label: str  # for progress: "K=2", "budget 8"
+    budget: int | None
+    ks: dict[str, int]  # estimator → K
+
+
+def blocks(config: VarianceConfig, shape: ProblemShape) -> list[Block]:
+    """The table's blocks at a point of ``shape``: one per K, or one per budget; a ``ConfigError`` for
+    an estimator that a K or a budget excludes there."""
+    problem = "vae" if config.checkpoint else "toy"
+    reference = estimator_info(REFERENCE_ESTIMATOR)
+    found = []
+    for k in config.ks:
+        check_estimators(config.estimators, k, problem, shape.latent_type)
+        ks = dict.fromkeys(config.estimators, k)
+        found.append(Block(f"K={k}", None, _with_reference(ks, k if k >= reference.min_k else None)))
+    if config.budgets:
+        check_estimators(config.estimators, None, problem, shape.latent_type)
+    for budget in config.budgets:
+        ks = budget_ks(config.estimators, budget, shape)
+        found.append(
+            Block(f"budget {budget}", budget, _with_reference(ks, reference.k_for_budget(budget, shape)))
+        )
+    return found
+
+
+def _with_reference(ks: dict[str, int], reference_k: int | None) -> dict[str, int]:
+    """``ks`` and the reference ``rloo`` at ``reference_k``, unless chosen already or it cannot run
+    there (``None``)."""
+    if reference_k is None or REFERENCE_ESTIMATOR in ks:
+        return ks
+    return {**ks, REFERENCE_ESTIMATOR: reference_k}
+
+
 def run_variance(config: VarianceConfig, progress: Progress | None = None) -> VarianceStudy:
-    """Measure every (K, estimator) of ``config`` at its point, with ``config.threads`` torch
-    threads; write and return the table."""
+    """Measure every (K or budget, estimator) of ``config`` at its point, with ``config.threads``
+    torch threads; write and return the table."""
     progress = progress or NoProgress()
     with torch_threads(config.threads):
         device = resolve_device(config.device)
         point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
-        if config.checkpoint:  # the run's latent type is known only now
-            for k in config.ks:
-                check_estimators(config.estimators, k, "vae", point.shape.latent_type)
+        measured_in = blocks(config, point.shape)  # at a checkpoint the run's latents are known only now
         root = prepare_output_root(config.out)
         manifest = {
             "job": "variance",
@@ -272,13 +333,13 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
             root, f"variance-{point.problem}{kind}-seed{config.seed}", identity, (), manifest
         ) as run:
             records = []
-            measured_at = {k: _with_reference(config.estimators, k) for k in config.ks}
-            progress.plan(len(config.ks), sum(map(len, measured_at.values())) * config.samples)
-            for k, measured in measured_at.items():
-                progress.start(f"variance K={k}: {len(measured)} estimators", len(measured) * config.samples)
+            progress.plan(len(measured_in), sum(len(block.ks) for block in measured_in) * config.samples)
+            for block in measured_in:
+                measured = len(block.ks)
+                progress.start(f"variance {block.label}: {measured} estimators", measured * config.samples)
                 rows = {}
-                for name in measured:
-                    rows[name] = _measure(config, point, name, k, device, progress.advance)
+                for name, k in block.ks.items():
+                    rows[name] = _measure(config, point, name, k, block.budget, device, progress.advance)
                 reference = rows.get(REFERENCE_ESTIMATOR)
                 for name in config.estimators:
                     row = rows[name]
@@ -292,24 +353,29 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
         return VarianceStudy(run.run_id, run.path, table.to_pandas())
 
 
-def _with_reference(names: tuple[str, ...], k: int) -> list[str]:
-    """The estimators to measure: the chosen ones, plus ``rloo`` as reference where K allows."""
-    if REFERENCE_ESTIMATOR in names or k < estimator_info(REFERENCE_ESTIMATOR).min_k:
-        return list(names)
-    return [*names, REFERENCE_ESTIMATOR]
-
-
 def _measure(
     config: VarianceConfig,
     point: FixedPoint,
     name: str,
     k: int,
+    budget: int | None,
     device: torch.device,
     on_draws: Callable[[int], None],
 ) -> dict:
     info = estimator_info(name)
     estimator = build_estimator(name, point.settings, point.shape).to(device)
     restored = point.restore(name, estimator)
+    # Learned parts trained at the point on draws of their own (α of a control variate has its optimum).
+    tuned = (
+        config.tune_steps > 0
+        and not restored
+        and bool(estimator.state_dict())
+        and not isinstance(estimator, ControlVariateEstimator)
+    )
+    if tuned:
+        point.tune(
+            estimator, k, config.tune_steps, make_generator(device, config.seed, "variance", "train", k)
+        )
     alpha_source = None
     if isinstance(estimator, ControlVariateEstimator):
         alpha_source = "fixed"
@@ -319,20 +385,30 @@ def _measure(
             alpha_source = "optimal"
     generator = make_generator(device, config.seed, "variance", k)
     measured = point.measure(estimator, k, config.samples, generator, on_draws)
-    evals = info.evals(k)
+    evals = info.evals(k, point.shape)
     return {
         "estimator": name,
         "k": k,
         "evals": evals,
+        "budget": budget,
         "unbiased": info.unbiased,
         **measured,
         "cost_variance": measured["variance"] * evals,
         "alpha": float(estimator.alpha.detach()) if alpha_source else None,
         "alpha_source": alpha_source,
-        "estimator_state": ("checkpoint" if restored else "fresh") if estimator.state_dict() else None,
+        "estimator_state": _state_source(estimator, restored, tuned, config.tune_steps),
         "samples": config.samples,
         "seed": config.seed,
     }
+
+
+def _state_source(estimator: Estimator, restored: bool, tuned: bool, steps: int) -> str | None:
+    """Where the measured estimator's learned state came from (``None``: it has none)."""
+    if not estimator.state_dict():
+        return None
+    if restored:
+        return "checkpoint"
+    return f"tuned {steps} steps" if tuned else "fresh"
 
 
 def _warmup(like: torch.Tensor) -> torch.Generator:

@@ -197,25 +197,28 @@ def time_frame(results: Results) -> pd.DataFrame:
 
 
 def variance_frame(results: Results) -> pd.DataFrame:
-    """Variance studies aggregated over seeds, per (source, group, estimator, K).
+    """Variance studies aggregated over seeds, per (source, group, estimator, budget, K).
 
     Columns: each of :data:`STUDY_MEASURES` and :data:`QUALITY_MEASURES` with ``_mean`` and ``_se``
     (NaN where a study did not measure it: α for estimators without one, bias z and quality at a VAE
     checkpoint without the exact gradient, columns of tables written before they existed);
-    ``alpha_source`` (``optimal``: α* of that point, ``fixed``: ``--alpha``); ``n`` studies; ``evals``.
+    ``alpha_source`` (``optimal``: α* of that point, ``fixed``: ``--alpha``); ``n`` studies; ``evals``;
+    ``budget`` (NaN in a study by K).
     The s.e. of a study measure is that of the mean over studies (none for one study); that of a
     quality measure comes from the draws: ``√(Σ_i se_i²) / n`` over the ``n`` studies' own s.e.s, so
     one study has one too.
     """
     table = results.variance
-    columns = ["source", "group", "title", "estimator", "k", "evals", "n", "alpha_source"]
+    columns = ["source", "group", "title", "estimator", "budget", "k", "evals", "n", "alpha_source"]
     for name in (*STUDY_MEASURES, *QUALITY_MEASURES):
         columns += [f"{name}_mean", f"{name}_se"]
     if table.empty:
         return pd.DataFrame(columns=columns)
     rows = []
-    keys = ["source", "group", "title", "estimator", "k"]
-    for key, frame in table.groupby(keys, sort=True):
+    if "budget" not in table:  # written before equal-cost studies
+        table = table.assign(budget=math.nan)
+    keys = ["source", "group", "title", "estimator", "budget", "k"]
+    for key, frame in table.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, key, strict=True))
         row["evals"] = int(frame["evals"].iloc[0]) if "evals" in frame else int(row["k"])
         sources = frame["alpha_source"].dropna().unique() if "alpha_source" in frame else ()
@@ -228,6 +231,7 @@ def variance_frame(results: Results) -> pd.DataFrame:
             row |= _propagated_mean_se(frame, name)
         row["n"] = len(frame)
         rows.append(row)
+    # By K within an estimator: at equal cost too, as K grows with the budget.
     rows.sort(key=lambda r: (r["group"], r["source"] != RUNS, estimator_order(r["estimator"]), r["k"]))
     return pd.DataFrame(rows, columns=columns)
 

@@ -356,11 +356,17 @@ def _studies_phrase(variance: pd.DataFrame) -> str:
     return "one study, no error bars" if n.max() <= 1 else f"mean ± s.e. over {int(n.max())} studies"
 
 
+def _compared_along(variance: pd.DataFrame) -> str:
+    """What a study's estimators are compared at: ``"budget"`` (equal cost, each at its own K) or ``"k"``."""
+    return "budget" if variance["budget"].notna().any() else "k"
+
+
 def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
-    """Dots of variance relative to rloo per estimator and K (log y); rloo itself is the level 1
-    (its ratio is 1 by definition, so it is a line, not a column of dots)."""
+    """Dots of variance relative to rloo per estimator and K, or budget (log y); rloo itself is the
+    level 1 (its ratio is 1 by definition, so it is a line, not a column of dots)."""
     fig, ax = _new_figure()
-    ks = sorted(variance["k"].unique())
+    along = _compared_along(variance)
+    ks = sorted(variance[along].unique())
     compared = variance[variance["estimator"] != REFERENCE_ESTIMATOR]
     estimators = sorted(compared["estimator"].unique(), key=estimator_order)
     positions = _k_positions(ks, estimators)
@@ -380,7 +386,7 @@ def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
         look = _look(estimator, baseline, marker=True) | {"linestyle": "none", "markersize": 4}
         _points(
             ax,
-            [positions[(k, estimator)] + (0.05 if baseline else 0.0) for k in rows["k"]],
+            [positions[(k, estimator)] + (0.05 if baseline else 0.0) for k in rows[along]],
             rows["variance_ratio_mean"],
             rows["variance_ratio_se"],
             label=estimator + (" (baseline)" if baseline else ""),
@@ -388,7 +394,7 @@ def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
         )
     ax.set_yscale("log")
     _readable_log_axis(ax, "y")
-    ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
+    ax.set_xticks(range(len(ks)), [f"K={k}" if along == "k" else f"{k:.0f} evals" for k in ks])
     ax.set_xlim(-0.5, len(ks) - 0.5)
     ax.set_ylabel(f"variance / variance of {REFERENCE_ESTIMATOR}")
     studies = _studies_phrase(variance)
@@ -398,29 +404,30 @@ def draw_variance_ratio(variance: pd.DataFrame, title: str) -> Figure:
 
 
 def draw_cost_variance(variance: pd.DataFrame, title: str) -> Figure:
-    """Variance × evaluations of f against K, per estimator (log y, log₂ x)."""
+    """Variance × evaluations of f against K, or the budget, per estimator (log y, log₂ x)."""
     fig, ax = _new_figure()
+    along = _compared_along(variance)
     for (source, estimator), rows in variance.groupby(["source", "estimator"], sort=False):
-        rows = rows.sort_values("k")
+        rows = rows.sort_values(along)
         rows = rows[rows["cost_variance_mean"] > 0]
         if rows.empty:
             continue
         baseline = source == BASELINE
         _points(
             ax,
-            rows["k"],
+            rows[along],
             rows["cost_variance_mean"],
             rows["cost_variance_se"],
             label=estimator + (" (baseline)" if baseline else ""),
             **_look(estimator, baseline, marker=True),
         )
-    ks = sorted(variance["k"].unique())
+    ks = sorted(variance[along].unique())
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xticks(ks, [f"{k:.0f}" for k in ks])
     ax.minorticks_off()
     ax.set_yscale("log")
     _readable_log_axis(ax, "y")
-    ax.set_xlabel("K (samples per estimate)")
+    ax.set_xlabel("K (samples per estimate)" if along == "k" else "budget (evaluations of f per estimate)")
     ax.set_ylabel("variance × evaluations of f")
     studies = _studies_phrase(variance)
     ax.set_title(f"{title}\ncost-normalised variance" + (f", {studies}" if studies else ""))

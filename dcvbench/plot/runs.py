@@ -178,17 +178,20 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         targets = config.get("targets", VaeConfig.targets)
         suffix += "" if targets == VaeConfig.targets else f"-{targets}"
         extra += "" if targets == VaeConfig.targets else f", {targets}"
+        # At equal cost (--budget) each estimator trains at its own K: the runs of one budget are one group.
+        budget = config.get("budget")
+        size, size_title = (f"budget{budget}", f"budget {budget}") if budget else (f"k{k}", f"K={k}")
         if config.get("latent") == "categorical":
             variables, classes = int(config["latent_vars"]), int(config["classes"])
-            group = f"vae-categorical-{dataset}-{arch}{suffix}-n{variables}-c{classes}-k{k}"
-            title = f"VAE {dataset}, {arch}{extra}, {_categorical(variables, classes)}, K={k}"
+            group = f"vae-categorical-{dataset}-{arch}{suffix}-n{variables}-c{classes}-{size}"
+            title = f"VAE {dataset}, {arch}{extra}, {_categorical(variables, classes)}, {size_title}"
         else:
             # Written before categorical latents, "latent" was the number of bits.
             bits = int(config.get("latent_vars", config.get("latent", LATENT_BITS)))
             suffix += "" if bits == LATENT_BITS else f"-l{bits}"
             extra += "" if bits == LATENT_BITS else f", {bits} latents"
-            group = f"vae-{dataset}-{arch}{suffix}-k{k}"
-            title = f"VAE {dataset}, {arch}{extra}, K={k}"
+            group = f"vae-{dataset}-{arch}{suffix}-{size}"
+            title = f"VAE {dataset}, {arch}{extra}, {size_title}"
     return {
         "source": source,
         "run_id": manifest["run_id"],
@@ -294,7 +297,7 @@ def _read_variance(path: Path, manifest: dict[str, Any], skipped: list[Skipped])
         )
         skipped.append(Skipped(table_path, f"{VARIANCE_TABLE} {why}"))
         return None
-    labels = [_study_label(problem, row) for row in table.to_dict("records")]
+    labels = [_equal_cost(row, *_study_label(problem, row)) for row in table.to_dict("records")]
     return table.assign(
         group=[group for group, _ in labels],
         title=[title for _, title in labels],
@@ -329,6 +332,14 @@ def _study_label(problem: str, row: dict[str, Any]) -> tuple[str, str]:
     suffix = "" if math.isclose(target, ToyProblem.target) else f"-t{target:g}"
     title = f"variance at θ={theta}: toy {objective}, D={dim}" + (suffix and f", t={target:g}")
     return f"variance-toy-{objective}-d{dim}{suffix}-theta{theta}", title
+
+
+def _equal_cost(row: dict[str, Any], group: str, title: str) -> tuple[str, str]:
+    """A study at equal cost (``--budget``: each estimator at its own K) is a group of its own: its
+    ratios are to rloo at the same budget, not at the same K. Tables written before have no budget."""
+    if pd.isna(row.get("budget")):
+        return group, title
+    return f"{group}-budgets", f"{title}, equal cost"
 
 
 def _categorical(variables: int, classes: int) -> str:

@@ -119,6 +119,7 @@ def variance_display(variance: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "study": variance["group"],
+            "budget": ["–" if pd.isna(budget) else f"{budget:.0f}" for budget in variance["budget"]],
             "estimator": _estimator_labels(variance),
             "K": variance["k"].astype(str),
             "evals": variance["evals"].astype(str),
