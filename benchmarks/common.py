@@ -199,10 +199,13 @@ def binary_images(batch: int = BATCH, seed: int = 0) -> Tensor:
     return (torch.rand(batch, PIXELS, generator=generator) < PIXEL_DENSITY).float()
 
 
-def vae_model(arch: str, latent: int = LATENT, compile_modules: bool = False) -> VAE:
-    """A freshly initialised VAE, the same weights each call; optionally its encoder and decoder
-    wrapped in ``torch.compile`` (parameters and the model's methods stay as they are)."""
-    model = VAE(latent, arch=arch, generator=torch.Generator().manual_seed(1))
+def vae_model(
+    arch: str, latent: int = LATENT, compile_modules: bool = False, classes: int | None = None
+) -> VAE:
+    """A freshly initialised VAE (``latent`` bits, or variables of ``classes`` classes), the same
+    weights each call; optionally its encoder and decoder wrapped in ``torch.compile`` (parameters
+    and the model's methods stay as they are)."""
+    model = VAE(latent, classes=classes, arch=arch, generator=torch.Generator().manual_seed(1))
     if compile_modules:
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
@@ -225,9 +228,15 @@ class VaeTrainer:
 
     @classmethod
     def build(
-        cls, name: str, arch: str, k: int, latent: int = LATENT, compile_modules: bool = False
+        cls,
+        name: str,
+        arch: str,
+        k: int,
+        latent: int = LATENT,
+        compile_modules: bool = False,
+        classes: int | None = None,
     ) -> VaeTrainer:
-        model = vae_model(arch, latent, compile_modules)
+        model = vae_model(arch, latent, compile_modules, classes)
         settings = default_settings("vae")
         estimator = build_estimator(name, settings, model.problem_shape)
         layers = () if estimator.info.trains_chain else range(2, model.depth + 1)

@@ -14,7 +14,11 @@ Measures, and prints as Markdown tables:
 4. seconds for the VAE's ``resample`` encoder-gradient variance (M = 100 draws at a freshly
    initialised model), the library's batched path against M separate backward passes;
 5. peak resident memory of each kind of work, each in a fresh process;
-6. with ``--compile``: the nonlinear K = 2 step with ``torch.compile``-d encoder and decoder.
+6. with ``--compile``: the nonlinear K = 2 step with ``torch.compile``-d encoder and decoder;
+7. the double control variate's successors (DESIGN §3.8) against ``rloo`` at equal K: seconds per
+   VAE step of ``rodeo`` and ``indecater`` (bits, D = 200) and of ``carms`` and ``indecater``
+   (20 variables of 10 classes), ``rloo-dcv`` beside them, interleaved. IndeCateR evaluates f at
+   K(1 + D) points, so its ratio is its price at equal K, not at equal cost.
 
 ``--check`` tests each ``rloo-dcv / rloo`` ratio against its bar of DESIGN §7 (within 10 % of
 ``rloo`` for nonlinear, of the multiply-add floor for linear) with a one-sided paired sign test over
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import torch
 from common import (
+    LATENT,
     VAE_VARIANCE_METHODS,
     Timings,
     VaeTrainer,
@@ -54,6 +59,12 @@ from common import (
 SCHEMA_VERSION = 1
 ESTIMATORS = ("rloo", "rloo-dcv", "disarm", "arms", "concrete")
 PAIR = ("rloo", "rloo-dcv")  # the comparison the double control variate's cost bar is about
+# Section 7: each latent type's successors of the double control variate, beside rloo and rloo-dcv.
+SUCCESSORS = {
+    "binary": ("rloo", "rloo-dcv", "rodeo", "indecater"),
+    "categorical": ("rloo", "rloo-dcv", "carms", "indecater"),
+}
+CATEGORICAL_SHAPE = (20, 10)  # N variables of C classes: the categorical VAE's default
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 CHECK_ALPHA = 0.01  # --check: family-wise significance level of a missed bar
 
@@ -76,6 +87,9 @@ class Plan:
     vae_repeats: int = 3
     memory_tasks: tuple[str, ...] = ("vae_step", "toy_variance", "vae_variance")
     memory_estimators: tuple[str, ...] = ESTIMATORS
+    successor_archs: tuple[str, ...] = ("linear", "nonlinear")
+    successor_ks: tuple[int, ...] = (2, 4)
+    successor_steps: int = 20  # fewer: an IndeCateR step evaluates the decoder at K(1 + D) points
 
 
 FULL = Plan()
@@ -92,6 +106,9 @@ QUICK = Plan(
     vae_repeats=1,
     memory_tasks=("vae_step",),
     memory_estimators=PAIR,
+    successor_archs=("nonlinear",),
+    successor_ks=(2,),
+    successor_steps=2,
 )
 
 
@@ -114,6 +131,38 @@ def vae_steps(plan: Plan) -> tuple[list[dict], list[dict]]:
             ]
             ratios.append({"arch": arch, "k": k, **step_ratio(arch, k, timings["rloo-dcv"], timings["rloo"])})
     return rows, ratios
+
+
+def successor_steps(plan: Plan) -> list[dict]:
+    """Per-step timings of the double control variate's successors and their ratio to rloo at equal K."""
+    x = binary_images()
+    rows = []
+    for latent, names in SUCCESSORS.items():
+        latent_vars, classes = CATEGORICAL_SHAPE if latent == "categorical" else (LATENT, None)
+        for arch in plan.successor_archs:
+            for k in plan.successor_ks:
+                _progress(f"successors: {latent}, {arch}, K={k}")
+                trainers = {
+                    name: VaeTrainer.build(name, arch, k, latent=latent_vars, classes=classes)
+                    for name in names
+                }
+                timings = time_vae_steps(trainers, plan.successor_steps, plan.warmup, x)
+                shape = trainers["rloo"].model.problem_shape
+                rows += [
+                    {
+                        "latent": latent,
+                        "arch": arch,
+                        "k": k,
+                        "estimator": name,
+                        "evals": trainers[name].estimator.info.evals(k, shape),
+                        "steps": plan.successor_steps,
+                        **_milliseconds(t),
+                        "cpu_ratio_to_rloo": t.cpu_median / timings["rloo"].cpu_median,
+                        "wall_ratio_to_rloo": t.wall_median / timings["rloo"].wall_median,
+                    }
+                    for name, t in timings.items()
+                ]
+    return rows
 
 
 def toy_variance(plan: Plan) -> list[dict]:
@@ -246,7 +295,7 @@ def report(results: dict) -> str:
         f"{load['before']}, after {load['after']}; {results['seconds']:.0f} s in all"
     )
     sections = [head, _step_table(results), _step_growth_table(results), *_toy_tables(results)]
-    sections += [_vae_variance_table(results), _memory_table(results)]
+    sections += [_vae_variance_table(results), _memory_table(results), _successor_table(results)]
     if results.get("compile"):
         sections.append(_compile_table(results))
     return "\n\n".join(sections)
@@ -353,6 +402,28 @@ def _vae_variance_table(results: dict) -> str:
     return _table(title, header, rows)
 
 
+def _successor_table(results: dict) -> str:
+    rows = [
+        [
+            r["latent"],
+            r["arch"],
+            str(r["k"]),
+            r["estimator"],
+            str(r["evals"]),
+            f"{r['cpu_ms']:.2f} / {r['wall_ms']:.2f}",
+            f"**{r['cpu_ratio_to_rloo']:.2f}** / {r['wall_ratio_to_rloo']:.2f}",
+        ]
+        for r in results["successor_step"]
+    ]
+    title = (
+        f"The double control variate's successors: VAE training step, ms (median thread-CPU / wall over "
+        f"{results['plan']['successor_steps']} interleaved steps, batch 100), and its ratio to rloo at "
+        "equal K; bits D = 200, classes 20 × 10"
+    )
+    header = ["latents", "arch", "K", "estimator", "f evals", "step ms", "÷ rloo (cpu / wall)"]
+    return _table(title, header, rows)
+
+
 def _memory_table(results: dict) -> str:
     rows = []
     for r in results["memory"]:
@@ -409,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_variance": vae_variance(plan),
         "compile": compiled_steps(plan) if args.compile else None,
         "memory": memory(plan, args.threads),
+        "successor_step": successor_steps(plan),
     }
     results["load_average"] = {"before": before, "after": load_average()}
     results["seconds"] = time.perf_counter() - start

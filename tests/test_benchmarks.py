@@ -49,6 +49,7 @@ def test_quick_run_writes_every_section_with_provenance(quick):
         "toy_variance",
         "vae_variance",
         "memory",
+        "successor_step",
     } <= results.keys()
     assert results["quick"] is True
     assert {"cpu_model", "cores", "torch", "git_commit"} <= results["machine"].keys()
@@ -68,6 +69,16 @@ def test_quick_run_times_each_estimator_and_section(quick):
     assert results["memory"] and all(row["peak_mib"] > 0 for row in results["memory"])
     assert len({row["pid"] for row in results["memory"]}) == len(results["memory"])  # a process each
     assert "| arch | K |" in stdout  # the Markdown tables
+    successors = {(row["latent"], row["estimator"]) for row in results["successor_step"]}
+    assert successors == {
+        *(("binary", name) for name in ("rloo", "rloo-dcv", "rodeo", "indecater")),
+        *(("categorical", name) for name in ("rloo", "rloo-dcv", "carms", "indecater")),
+    }
+    assert all(row["cpu_ratio_to_rloo"] > 0 for row in results["successor_step"])
+    indecater = next(
+        r for r in results["successor_step"] if (r["latent"], r["estimator"]) == ("binary", "indecater")
+    )
+    assert indecater["evals"] == 2 * (1 + 200)  # K outer samples, each with its D flips
 
 
 def test_multiply_add_floor_of_the_nonlinear_step(quick):
