@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The double control variate's unbiased successors (DESIGN §3.8) at equal cost, and the RODEO figure.
 # From the repository root:
-#   bash baselines/successors/run.sh variance   # equal-budget variance tables (about 15 minutes)
+#   bash baselines/successors/run.sh variance   # equal-budget variance tables (about 45 minutes)
 #   bash baselines/successors/run.sh training   # the VAE training comparison (about 20 minutes)
 set -euo pipefail
 out=baselines/successors/runs

@@ -27,6 +27,9 @@ def test_plot_baselines_produces_every_figure(tmp_path, capsys):
         "vae-mnist-subset-linear-k2-sec_per_step.svg",
         "variance-toy-separable-d200-theta0.7-ratio.svg",
         "variance-toy-separable-d200-theta0.7-cost.svg",
+        # baselines/successors: the RODEO figure's group
+        "vae-mnist-subset-nonlinear-k2-grad_var_ema.svg",
+        "vae-mnist-subset-nonlinear-k2-grad_var_resample.svg",
     }
     drawn = {path.name for path in out.glob("*.svg")}
     assert expected <= drawn
