@@ -179,7 +179,7 @@ def variance(
         typer.Option(
             help="Train each estimator's learned parts (rodeo's network, relax's control, baselines) "
             "for this many estimates at the point, on draws of their own, before measuring; 0: as "
-            "built (or as the checkpoint's run left them).",
+            "built. An estimator whose state a --checkpoint's run saved is measured as it left it.",
             rich_help_panel=MEASUREMENT,
         ),
     ] = VarianceConfig.tune_steps,

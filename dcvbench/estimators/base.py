@@ -123,6 +123,10 @@ class EstimatorInfo:
     # trains L_K of whole chains).
     trains_chain: bool = False
 
+    def __post_init__(self):
+        if self.neighbour_evals and (self.evals_per_sample != 1 or self.extra_evals):
+            raise ValueError(f"{self.name}: neighbour_evals counts one evaluation per sample and no others")
+
     def evals(self, k: int, shape: ProblemShape | None = None) -> int:
         """Evaluations of ``f`` per estimate with ``k`` samples, for latents of ``shape`` (needed
         only by an estimator whose cost depends on them: :attr:`neighbour_evals`)."""

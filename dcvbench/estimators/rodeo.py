@@ -84,7 +84,7 @@ class SteinControl(nn.Module):
     the coefficients of every interval are prefix sums over the sorted kinks, and each point looks
     its interval up: the network's values and gradients exactly, in ``O((H + P) log H)`` per value
     rather than ``O(H·P)``. (Measured, nonlinear VAE, K = 2, one thread: with the ``[P, H]``
-    activations a step took 6–10× RLOO's, with the kinks 1.8×.)
+    activations a step took 6–10× RLOO's, with the kinks 1.6×: benchmarks/run.py.)
     """
 
     def __init__(self, hidden: int, generator: torch.Generator):

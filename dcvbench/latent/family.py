@@ -189,7 +189,7 @@ class BinaryFamily(LatentFamily):
         return Neighbours(points=points, probs=new_probs.movedim(-1, 0), changed=eye)
 
     def neighbour_count(self, event: tuple[int, ...]) -> int:
-        return event[0]
+        return self.variable_count(event)
 
     def log_prob(self, b: Tensor, logits: Tensor) -> Tensor:
         """``Σ_d b_d a_d − softplus(a_d)``."""

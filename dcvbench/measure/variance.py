@@ -28,11 +28,12 @@ from dcvbench.objectives import Objective
 
 # Elements of the largest [K, rows, *event] sample tensor in one chunk: about 32 MB in float64.
 CHUNK_ELEMENTS = 4_000_000
-# The smallest bias, relative to the largest exact coordinate, that bias_z resolves: below it an error
-# is rounding. An estimator exact on an objective (IndeCateR on a separable toy) errs by rounding
-# alone, with a rounding-sized standard error (measured: 3e-14 and 1e-16 of the gradient), whose
-# ratio means nothing; an estimator with real variance never resolves a bias this small.
-ROUNDING_BIAS = 1e-10
+# The smallest bias that bias_z resolves, in units of the study dtype's machine epsilon relative to the
+# largest exact coordinate: below it an error is rounding. An estimator exact on an objective
+# (IndeCateR on a separable toy) errs by rounding alone, with a rounding-sized standard error
+# (measured in float64: up to 1.3e-13 and 1e-16 of the gradient), whose ratio means nothing; an
+# estimator with real variance never resolves a bias this small.
+ROUNDING_EPS = 1e4
 
 
 @runtime_checkable
@@ -225,13 +226,15 @@ class VarianceResult:
         return self.seconds / self.draws
 
     def bias_z(self, exact: Tensor) -> Tensor:
-        """``|mean − exact| / s.e.`` per coordinate; 0 where the error is below
-        :data:`ROUNDING_BIAS` of the largest exact coordinate (rounding, not bias)."""
+        """``|mean − exact| / s.e.`` per coordinate; 0 where the error is below :data:`ROUNDING_EPS`
+        machine epsilons (of ``exact``'s dtype, the study's) of the largest exact coordinate: rounding,
+        not bias."""
+        rounding = ROUNDING_EPS * torch.finfo(exact.dtype).eps
         exact = exact.to(torch.float64)
         error = (self.moments.mean - exact).abs()
         standard_error = (self.moments.variance / self.draws).sqrt()
         z = error / standard_error
-        return torch.where(error <= ROUNDING_BIAS * exact.abs().max(), torch.zeros_like(z), z)
+        return torch.where(error <= rounding * exact.abs().max(), torch.zeros_like(z), z)
 
 
 def draw_estimates(
