@@ -19,9 +19,12 @@ from dcvbench.results import write_atomic
 from dcvbench.runtime import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
-# torch's messages when weights_only refuses a file: a pickled object it will not build, or bytes
-# its restricted unpickler cannot read. The rest of its text suggests weights_only=False: not for us.
-PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# torch's messages when weights_only refuses a file: a pickled object it will not build (a reference to
+# a callable, a class or a function such as os.system, that unpickling would call: "Unsupported global:
+# GLOBAL x.y was not an allowed global", or for os, sys, subprocess... "unsupported GLOBAL posix.system
+# whose module posix is blocked"), or bytes its restricted unpickler cannot read. The rest of its text
+# advises retrying with weights_only=False, which would run that code: never passed on.
+PICKLED_OBJECT = re.compile(r"GLOBAL (\S+)")
 UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.+)")
 
 
@@ -53,11 +56,16 @@ def _load_failure(error: Exception) -> str:
     text = str(error).strip()
     pickled = PICKLED_OBJECT.search(text)
     if pickled:
-        return f"it holds a pickled Python object ({pickled[1]}); only tensors and plain data are loaded"
+        return (
+            f"refused: it holds a pickled Python object ({pickled[1]}), and loading it would run code; "
+            "only tensors and plain data are loaded"
+        )
     detail = UNPICKLER_DETAIL.search(text)
     if detail:
         return f"damaged, or not a checkpoint ({detail[1].strip()})"
-    return text.splitlines()[0] if text else type(error).__name__
+    # Any other refusal: torch's reason, without its lines about turning weights_only off.
+    reasons = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return reasons[0].removeprefix("Weights only load failed. ") if reasons else type(error).__name__
 
 
 def load_into(target: Any, state: Any, path: Path, what: str) -> None:

@@ -7,7 +7,8 @@ Layout of one run (DESIGN §5)::
     <out>/<run_id>/trace/part-00001.parquet ...
 
 Every file is written to a temporary name in the same directory and renamed into place, so a reader
-(or a run killed at any moment) sees either the whole file or none of it. Trace parts are never
+(or a run killed at any moment) sees either the whole file or none of it; files and directories get
+the modes the user's umask gives a plain ``open()`` and ``mkdir()``. Trace parts are never
 rewritten: a flush adds a part. All parts of a run share one schema — identity columns plus
 float64 metric columns fixed when the run starts — so pandas reads the directory back in one call.
 """
@@ -84,8 +85,19 @@ def prepare_output_root(out: Path | str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+
+    The file gets the mode a plain ``open()`` gives, 0666 less the umask (the kernel applies it), not
+    the 0600 of ``tempfile.mkstemp``: a shared ``--out`` is readable to others when the umask says so.
+    """
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            # O_EXCL, as mkstemp: never opens a file or a symlink that is already there.
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)

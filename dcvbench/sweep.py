@@ -39,7 +39,7 @@ On a re-launch a run with a ``finished`` directory is skipped; an ``interrupted`
 resumed (``--resume RUN_DIR``); a ``failed`` or ``diverged`` one is reported and left alone unless
 ``retry_failed`` (a new run directory is made; the old one stays); one still ``running`` is left to
 whatever runs it. An invocation that failed before making a directory (a usage error) leaves no
-trace and is simply tried again.
+trace and is simply tried again. Two grid points of one identity (``k = [2, "2"]``) are one run.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class SweepRun:
     # See the module docstring; None when the job refuses its configuration: the run then fails as
     # any bad invocation does, and is reported.
     identity: tuple | None = field(repr=False)
+    merged: tuple[str, ...] = ()  # the labels of later grid points that are this same run
 
     def argv(self, out: Path | str) -> list[str]:
         """The arguments of ``dcvbench`` that start this run, writing under ``out``."""
@@ -255,7 +256,10 @@ def _axis(label: str, values: Any, job: str, params: Mapping[str, Any], source: 
 
 
 def expand(spec: SweepSpec) -> list[SweepRun]:
-    """Every combination of the grid axes, as runs; each is parsed here, so bad values fail early."""
+    """Every combination of the grid axes, as runs; each is parsed here, so bad values fail early.
+
+    Grid points that configure the same run (``k = [2, "2"]``) are one run: see :func:`_merge_same`.
+    """
     runs = []
     for settings in itertools.product(*spec.grid.values()):  # one value of each axis
         point = {name: value for setting in settings for name, value in setting.items()}
@@ -279,7 +283,35 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
                 identity=identity,
             )
         )
-    return runs
+    return _merge_same(runs)
+
+
+def _merge_same(runs: list[SweepRun]) -> list[SweepRun]:
+    """The runs with each one's later repeats merged into it (their labels kept in ``merged``).
+
+    Two points are the same run when the job configures them alike (the same identity), or, when the
+    job refuses them, when their command lines are the same: started twice, they would race to make
+    the same run, and a re-launch would count it twice.
+    """
+    kept: dict[tuple, SweepRun] = {}  # by what makes a run the same; insertion order: the first kept
+    for run in runs:
+        same = ("identity", run.identity) if run.identity is not None else ("args", run.args)
+        first = kept.setdefault(same, run)
+        if first is not run:
+            kept[same] = replace(first, merged=(*first.merged, run.label))
+    return list(kept.values())
+
+
+def merged_note(runs: Sequence[SweepRun]) -> str | None:
+    """One line saying how many grid points were merged into an earlier one (None if none were)."""
+    merged = [(run.label, label) for run in runs for label in run.merged]
+    if not merged:
+        return None
+    kept, repeat = merged[0]
+    return (
+        f"duplicate grid points merged: {len(merged)} (each configures the same run as an earlier point; "
+        f"first: {repeat}, the same run as {kept})"
+    )
 
 
 def _named(table: Any, section: str, job: str, params: Mapping[str, Any], source: str) -> dict[str, Value]:

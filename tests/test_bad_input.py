@@ -7,6 +7,7 @@ and must be unchanged.
 """
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,9 @@ from dcvbench.data.mnist import IDX_FILES
 from dcvbench.jobs.toy import run_toy
 from dcvbench.jobs.vae import run_vae
 from dcvbench.results import MANIFEST
+from tests.test_checkpoints import ShellCommand
 
+SHELL_REFUSED = f"refused: it holds a pickled Python object ({os.system.__module__}.system)"
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 TINY_VAE = VaeConfig.for_protocol(
     "dcv", latent_vars=8, batch_size=20, steps=2, var_samples=4, eval_samples=2, device="cpu"
@@ -70,6 +73,9 @@ def places(tmp_path_factory) -> dict[str, Path]:
     pickled = root / "pickled.pt"
     torch.save({"step": 2, "model": {}, "payload": Arbitrary()}, pickled)
     places["pickled"] = damaged_copy("pickled", pickled.read_bytes())
+    shell = root / "shell.pt"  # a real attack, made harmless: os.system creates a file below root
+    torch.save({"step": 2, "model": {}, "payload": ShellCommand(root / "code-ran")}, shell)
+    places["shell"] = damaged_copy("shell", shell.read_bytes())
     places["no_ckpt"] = damaged_copy("no-checkpoint", None)
     return places
 
@@ -321,6 +327,9 @@ CASES = [
     (["plot", "{empty}"], "no dcvbench runs under"),
     (["plot", "{root}/nowhere"], "is not a directory of dcvbench runs"),
     (["plot", "{linear}", "--format", "bmp"], "--format must be one of"),
+    # a checkpoint holding pickled code (os.system): refused by name, never run (the snapshot would see it)
+    (["vae", "--resume", "{shell}"], SHELL_REFUSED),
+    (["variance", "--checkpoint", "{shell}", "--out", "{out}"], SHELL_REFUSED),
 ]
 
 

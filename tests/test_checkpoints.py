@@ -1,16 +1,28 @@
 """Checkpoints are written atomically and loaded without ever running code from the file."""
 
 import ast
+import json
+import os
+import re
+import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import dcvbench
-from dcvbench.checkpoints import load_checkpoint, load_into, write_checkpoint
+from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.config import ToyConfig, ToyProblem, VaeConfig
+from dcvbench.jobs.toy import resume_toy, run_toy
+from dcvbench.jobs.vae import resume_vae, run_vae
+from dcvbench.results import MANIFEST
 from dcvbench.runtime import ConfigError
 
 CPU = torch.device("cpu")
+# What a refusal of pickled code says: what the file holds and that it was refused, never torch's
+# advice to load it with weights_only=False (which would run the code).
+REFUSED = r"refused: it holds a pickled Python object \({}\), and loading it would run code"
 
 
 class Payload:
@@ -23,6 +35,27 @@ class Payload:
         return (Path.write_text, (self.witness, "code ran"))
 
 
+class ShellCommand:
+    """A real attack: unpickling this runs a shell command (``os.system``, whose module torch blocks
+    outright). Made harmless: the command only creates ``witness``, the proof that it ran."""
+
+    def __init__(self, witness: Path):
+        self.witness = witness
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.witness))}",))
+
+
+def shell_checkpoint(run_dir: Path) -> Path:
+    """``run_dir``'s checkpoint replaced by one that also holds a :class:`ShellCommand`, its run marked
+    ``interrupted`` (so a resume loads the checkpoint); the witness file the command would create."""
+    witness = run_dir.parent / f"{run_dir.name}-code-ran"
+    torch.save({"step": 1, "model": {}, "payload": ShellCommand(witness)}, run_dir / CHECKPOINT)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "interrupted"}))
+    return witness
+
+
 def test_round_trip_of_plain_state(tmp_path):
     generator = torch.Generator().manual_seed(3)
     state = {"step": 7, "logits": torch.arange(3.0), "rng": generator.get_state(), "opt": {"lr": 0.1}}
@@ -33,13 +66,49 @@ def test_round_trip_of_plain_state(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
-def test_a_pickled_object_is_refused_and_never_built(tmp_path):
+@pytest.mark.parametrize(
+    ("payload", "callable_name"),
+    [
+        # Path.write_text pickles as getattr(Path, "write_text"): torch's "getattr … not an allowed global".
+        (Payload, "getattr"),
+        (ShellCommand, f"{os.system.__module__}.system"),  # torch: "… whose module posix is blocked"
+    ],
+    ids=["write-file", "os-system"],
+)
+def test_a_pickled_object_is_refused_in_one_line_and_never_built(tmp_path, payload, callable_name):
     witness = tmp_path / "witness"
     path = tmp_path / "checkpoint.pt"
-    torch.save({"step": 1, "model": {}, "payload": Payload(witness)}, path)
-    with pytest.raises(ConfigError, match=r"holds a pickled Python object"):
+    torch.save({"step": 1, "model": {}, "payload": payload(witness)}, path)
+    with pytest.raises(ConfigError, match=REFUSED.format(re.escape(callable_name))) as caught:
         load_checkpoint(path, CPU)
+    message = str(caught.value)
+    assert "\n" not in message and "weights_only" not in message and "False" not in message, message
     assert not witness.exists()
+    # The payload is real: an unsafe load runs it (harmlessly), so the check above can see a failure.
+    torch.load(path, weights_only=False)
+    assert witness.exists()
+
+
+TINY_VAE = VaeConfig.for_protocol(
+    "dcv", latent_vars=8, batch_size=20, steps=2, var_samples=4, eval_samples=2, device="cpu"
+)
+
+
+@pytest.mark.parametrize("job", ["toy", "vae"])
+def test_resume_refuses_a_checkpoint_replaced_by_pickled_code(tmp_path, job):
+    if job == "toy":
+        config = ToyConfig(ToyProblem(dim=4), ("rloo",), steps=4, checkpoint_every=2, device="cpu")
+        (run,) = run_toy(replace(config, out=str(tmp_path)))
+    else:
+        (run,) = run_vae(replace(TINY_VAE, out=str(tmp_path)))
+    witness = shell_checkpoint(run.path)
+    before = {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()}
+    resume = resume_toy if job == "toy" else resume_vae
+    with pytest.raises(ConfigError, match=REFUSED.format(f"{os.system.__module__}.system")) as caught:
+        resume(run.path)
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    assert not witness.exists()
+    assert {path: path.read_bytes() for path in run.path.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,14 @@
 """Run directories, manifests and append-only traces."""
 
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
 
 from dcvbench import results
+from dcvbench.cli import main
 from dcvbench.results import ResultsError, Run, find_runs, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
 
@@ -155,3 +158,28 @@ def test_read_trace_can_skip_an_unreadable_part_and_keep_the_rest(tmp_path):
     assert reported == [bad]
     with pytest.raises(ResultsError, match="part-00000"):
         read_trace(run.path)
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask-022", "umask-077"])
+def umask(request):
+    """The process's umask set to each value in turn, and restored."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_every_file_and_directory_of_a_run_follows_the_umask(tmp_path, umask):
+    # A shared --out (a Dask cluster's) is readable to others exactly when the user's umask says so:
+    # files get 0666 and directories 0777, less the umask, as a plain open() and mkdir() give them.
+    out = tmp_path / "runs"
+    tiny = ["--dim", "4", "--seed", "1", "--device", "cpu", "--out", str(out), "-q"]
+    toy = ["toy", *tiny, "--steps", "4", "--var-samples", "4", "--checkpoint-every", "2"]
+    assert main([*toy, "--estimator", "rloo"]) == 0  # run.json, trace parts, checkpoint.pt
+    assert main(["variance", *tiny, "--estimator", "rloo", "--k", "2", "--samples", "8"]) == 0
+    assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0  # figures and tables
+    made = list(tmp_path.rglob("*"))
+    names = {path.name for path in made}
+    assert {"run.json", "part-00000.parquet", "checkpoint.pt", "variance.parquet", "summary.md"} <= names
+    modes = {path.relative_to(tmp_path): stat.S_IMODE(path.stat().st_mode) for path in made}
+    expected = {path.relative_to(tmp_path): 0o777 if path.is_dir() else 0o666 for path in made}
+    assert modes == {path: mode & ~umask for path, mode in expected.items()}

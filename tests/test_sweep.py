@@ -18,7 +18,16 @@ from dcvbench import cli
 from dcvbench.cli import app, main
 from dcvbench.cli.sweep import job_commands
 from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
-from dcvbench.sweep import _plan, existing_runs, expand, load_spec, parse_spec, run_sweep, usable_cores
+from dcvbench.sweep import (
+    _plan,
+    existing_runs,
+    expand,
+    load_spec,
+    merged_note,
+    parse_spec,
+    run_sweep,
+    usable_cores,
+)
 
 runner = CliRunner()
 COMMANDS = job_commands()
@@ -141,6 +150,40 @@ def test_a_run_is_known_by_its_configuration_not_its_command_line(tmp_path):
     assert list(existing_runs(out, "toy")) == [runs[0].identity]
     (skipped,) = run_sweep(runs[:1], out)
     assert (skipped.status, skipped.run_dir) == ("skipped", made)
+
+
+@pytest.mark.parametrize(
+    ("grid", "labels", "merged"),
+    [
+        # The same value spelled twice: one run, the first kept.
+        ({"k": [2, "2", 4]}, ["k=2", "k=4"], [("k=2",), ()]),
+        # A default given or left out: the same configuration, though not the same command line.
+        ({"m": [{"dim": 3}, {"dim": 3, "k": 2}, {"dim": "3"}]}, ["dim=3"], [("dim=3 k=2", "dim=3")]),
+        # A point the job refuses (disarm needs an even K): the same command line, one failing run.
+        ({"k": [3, "3"]}, ["k=3"], [("k=3",)]),
+    ],
+)
+def test_equal_grid_points_are_one_run(grid, labels, merged):
+    spec = {"job": "toy", "options": {"estimator": "disarm", "seed": 1}, "grid": grid}
+    runs = expand(parse_spec(spec, COMMANDS))
+    assert [run.label for run in runs] == labels
+    assert [run.merged for run in runs] == merged
+    note = merged_note(runs)
+    assert f"merged: {sum(map(len, merged))} " in note and f"first: {merged[0][0]}, " in note
+
+
+def test_a_spec_without_equal_points_merges_nothing(tmp_path):
+    runs = expand(load_spec(write_spec(tmp_path), COMMANDS))
+    assert [run.merged for run in runs] == [()] * 4 and merged_note(runs) is None
+
+
+def test_dry_run_lists_equal_grid_points_once(tmp_path, capsys):
+    spec = write_spec(tmp_path, SPEC.replace("seed = [1, 2]", 'seed = [1, "1"]'))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    printed = capsys.readouterr()
+    chosen = [shlex.split(line)[-6:-3] for line in printed.out.splitlines()]  # ESTIMATOR --seed SEED
+    assert chosen == [["rloo", "--seed", "1"], ["disarm", "--seed", "1"]]
+    assert printed.err.count("duplicate grid points merged: 2 ") == 1  # one line on stderr
 
 
 def test_dry_run_prints_each_invocation(tmp_path, capsys):

@@ -18,7 +18,7 @@ from dcvbench.cli.toy import toy_config
 from dcvbench.cli.vae import vae_config
 from dcvbench.cli.variance import variance_config
 from dcvbench.runtime import ConfigError
-from dcvbench.sweep import BACKENDS, JobCommand, SweepCounts, expand, load_spec, run_sweep
+from dcvbench.sweep import BACKENDS, JobCommand, SweepCounts, expand, load_spec, merged_note, run_sweep
 
 SWEEP = "Sweep"  # the panel of the sweep's own options in its --help, before those of each run (RUN)
 CONFIGURE: dict[str, Callable[[typer.Context], Any]] = {
@@ -108,6 +108,9 @@ def sweep(
     """A grid of toy, VAE, predict or variance runs, skipping finished ones and resuming interrupted ones."""
     parsed = load_spec(spec, job_commands())
     runs = expand(parsed)
+    merged = merged_note(runs)
+    if merged is not None:  # on stderr: --dry-run's stdout stays one invocation a line
+        print(f"dcvbench: {merged}", file=sys.stderr)
     if dry_run:
         for run in runs:
             print(run.command(out))

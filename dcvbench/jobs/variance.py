@@ -345,12 +345,21 @@ def run_variance(config: VarianceConfig, progress: Progress | None = None) -> Va
                     row = rows[name]
                     for column in ("variance", "logit_variance"):
                         if column in row:
-                            ratio = row[column] / reference[column] if reference else None
+                            base = reference[column] if reference else None
+                            ratio = variance_ratio(row[column], base)
                             row[column.replace("variance", "variance_ratio")] = ratio
                     records.append({"run_id": run.run_id, **point.context(), **row})
             table = table_from_records(records)
             run.write_table("variance.parquet", table)
         return VarianceStudy(run.run_id, run.path, table.to_pandas())
+
+
+def variance_ratio(variance: float, reference: float | None) -> float | None:
+    """``variance / reference``, or ``None`` (undefined) without a reference or where its variance is
+    0: at ``θ`` near 0 or 1 every draw of ``rloo`` can be the same code, and its estimate a constant."""
+    if reference is None or not reference > 0:
+        return None
+    return variance / reference
 
 
 def _measure(

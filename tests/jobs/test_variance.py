@@ -1,5 +1,7 @@
 """The variance study end to end, through the library."""
 
+import os
+
 import pytest
 
 from dcvbench.config import ToyProblem, VarianceConfig
@@ -277,3 +279,42 @@ def test_exact_is_refused_without_a_checkpoint_and_where_the_codes_are_too_many(
     with pytest.raises(ConfigError, match="131,072 codes, more than 65,536"):
         run_variance(config)
     assert not (tmp_path / "study").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("theta", ["1e-06", "0.999999"])
+def test_a_reference_without_variance_leaves_the_ratios_undefined_and_keeps_the_study(tmp_path, theta):
+    # θ this close to 0 or 1: every draw of every sample is the same code, so rloo's estimate is a
+    # constant (variance exactly 0), while concrete's relaxed samples still vary.
+    from dcvbench.plot import plot_results
+
+    config = VarianceConfig(
+        problem=ToyProblem(dim=4),
+        theta=theta,
+        estimators=("rloo", "disarm", "concrete"),
+        samples=200,
+        device="cpu",
+        out=str(tmp_path),
+    )
+    study = run_variance(config)
+    assert read_manifest(study.path)["status"] == "finished"
+    table = read_table(study.path / "variance.parquet").set_index("estimator")
+    assert table.loc["rloo", "variance"] == 0 and table.loc["concrete", "variance"] > 0
+    assert table["variance_ratio"].isna().all()  # undefined: neither 0 / 0 nor an infinite ratio
+    # plot reads the study, and its summary keeps the ratio undefined.
+    report = plot_results(tmp_path)
+    assert report.skipped == []
+    assert report.variance["variance_ratio_mean"].isna().all()
+
+
+def test_a_checkpoint_replaced_by_pickled_code_is_refused_before_anything_is_written(tmp_path):
+    from dcvbench.runtime import ConfigError
+    from tests.test_checkpoints import REFUSED, shell_checkpoint
+
+    run = _small_vae(tmp_path, latent_vars=8, steps=2)
+    witness = shell_checkpoint(run.path)
+    config = VarianceConfig(checkpoint=str(run.path), device="cpu", out=str(tmp_path / "study"))
+    with pytest.raises(ConfigError, match=REFUSED.format(f"{os.system.__module__}.system")) as caught:
+        run_variance(config)
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    assert not witness.exists()
+    assert not (tmp_path / "study").exists()
