@@ -126,8 +126,7 @@ class ToyConfig:
         _positive("--var-every", self.var_every)
         _positive("--checkpoint-every", self.checkpoint_every)
         _at_least("--var-samples", self.var_samples, 2)
-        if not self.seeds:
-            raise ConfigError("give at least one --seed")
+        _check_seeds(self.seeds)
         _check_runtime(self.device, self.dtype, self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "toy"))
         _check_temperatures(self.estimators, self.estimator_settings)
@@ -186,6 +185,7 @@ class VarianceConfig:
                 budget_ks(self.estimators, budget, self.problem.shape)
         _at_least("--samples", self.samples, 2)
         _at_least("--tune-steps", self.tune_steps, 0)
+        _check_seeds((self.seed,))
         if self.problem.latent == "binary":
             _fill(self, "theta", "0.5" if self.theta is None else self.theta)
             theta_probability(self.theta)
@@ -283,8 +283,7 @@ class TrainsBounds:
                 f"unknown --var-method {self.var_method!r}; choose from: {', '.join(VAR_METHODS)}"
             )
         _at_least("--var-samples", self.var_samples, 2)
-        if not self.seeds:
-            raise ConfigError("give at least one --seed")
+        _check_seeds(self.seeds)
         _check_runtime(self.device, "float32", self.threads)
         _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, job))
         _check_temperatures(self.estimators, self.estimator_settings, self.anneal, self.anneal_floor)
@@ -736,6 +735,19 @@ def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -
     if anneal == "none":
         return start
     return max(floor, start * math.exp(-rate * step))
+
+
+# Seeds are stored as int64 (the trace's ``seed`` column) and fed to numpy's SeedSequence, which
+# refuses negative entropy: so a seed is a whole number in [0, 2⁶³).
+SEED_BOUND = 2**63
+
+
+def _check_seeds(seeds: tuple[int, ...]) -> None:
+    if not seeds:
+        raise ConfigError("give at least one --seed")
+    for seed in seeds:
+        if not (isinstance(seed, int) and 0 <= seed < SEED_BOUND):
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}")
 
 
 def _check_budget(budget: int) -> None:

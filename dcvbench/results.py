@@ -2,21 +2,26 @@
 
 Layout of one run (DESIGN §5)::
 
-    <out>/<run_id>/run.json                 the manifest: config, seed, versions, device, status
-    <out>/<run_id>/trace/part-00000.parquet the trace, one part file per flush
-    <out>/<run_id>/trace/part-00001.parquet ...
+    <out>/<run_id>/run.json                      the manifest: config, seed, versions, device, status
+    <out>/<run_id>/trace/part-0000000000.parquet the trace, one part file per flush
+    <out>/<run_id>/trace/part-0000000001.parquet ...
 
 Every file is written to a temporary name in the same directory and renamed into place, so a reader
 (or a run killed at any moment) sees either the whole file or none of it; files and directories get
 the modes the user's umask gives a plain ``open()`` and ``mkdir()``. Trace parts are never
-rewritten: a flush adds a part. All parts of a run share one schema — identity columns plus
-float64 metric columns fixed when the run starts — so pandas reads the directory back in one call.
+rewritten: a flush adds a part, numbered one past the largest number already there (never a count
+of the parts, which a deleted part would make collide with an existing one). Parts are read in the
+order of their numbers, not their names: runs written before the names had ten digits have five,
+and ``part-100000`` sorts before ``part-99999`` by name. All parts of a run share one schema —
+identity columns plus float64 metric columns fixed when the run starts — so pandas reads the
+directory back in one call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -37,6 +42,10 @@ from dcvbench.runtime import ConfigError
 SCHEMA_VERSION = 1
 MANIFEST = "run.json"
 TRACE_DIR = "trace"
+# Digits of a trace part's number: 10**10 parts, one every FLUSH_SECONDS, is over 1,500 years of
+# running, so the names of one run also sort in their order for a plain `ls` or a Parquet dataset.
+PART_DIGITS = 10
+PART_NAME = re.compile(r"part-(\d+)\.parquet")
 STATUSES = ("running", "finished", "interrupted", "failed", "diverged")
 
 # Columns that identify a row of a trace; every other column is a float64 metric.
@@ -150,7 +159,7 @@ class Run:
         identity: dict[str, Any],
         metrics: Sequence[str],
         manifest: dict[str, Any],
-        parts: int = 0,
+        next_part: int = 0,
         elapsed: float = 0.0,
     ):
         """Prefer :meth:`create` (a new run) and :meth:`reopen` (continue one)."""
@@ -167,7 +176,7 @@ class Run:
         self.schema = self.schema.with_metadata({"dcvbench_schema_version": str(SCHEMA_VERSION)})
         self.metrics = tuple(metrics)
         self.rows: list[dict[str, Any]] = []
-        self.parts = parts
+        self.next_part = next_part
         self.started = time.perf_counter() - elapsed
         self.last_flush = time.perf_counter()
         self.last_step: int | None = manifest.get("last_step")
@@ -208,7 +217,7 @@ class Run:
         """
         path = Path(path)
         manifest = read_manifest(path)
-        parts = sorted((path / TRACE_DIR).glob("part-*.parquet"))
+        parts = trace_parts(path)
         trace = read_trace(path)
         identity = {
             name: manifest[name] for name in ("problem", "estimator", "k", "seed") if name in manifest
@@ -221,7 +230,8 @@ class Run:
         resumes = [*manifest.get("resumes", []), resume]
         manifest.update(status="running", ended=None, last_step=resumed_from, resumes=resumes)
         elapsed = float(before.iloc[-1]) if len(before) else 0.0
-        return cls(path, identity, metrics, manifest, parts=len(parts), elapsed=elapsed)
+        next_part = part_number(parts[-1]) + 1 if parts else 0
+        return cls(path, identity, metrics, manifest, next_part=next_part, elapsed=elapsed)
 
     @property
     def wall_s(self) -> float:
@@ -243,8 +253,8 @@ class Run:
         if not self.rows:
             return
         table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        write_parquet_atomic(self.path / TRACE_DIR / f"part-{self.parts:05d}.parquet", table)
-        self.parts += 1
+        write_parquet_atomic(self.path / TRACE_DIR / f"part-{self.next_part:0{PART_DIGITS}d}.parquet", table)
+        self.next_part += 1
         self.rows = []
 
     def finish(self, status: str, **details: Any) -> None:
@@ -310,6 +320,17 @@ def config_key(config: Mapping[str, Any], ignore: Iterable[str] = INVOCATION_FIE
     return json.dumps(kept, sort_keys=True, default=str)
 
 
+def part_number(part: Path) -> int:
+    """The number in a trace part's name ``part-<number>.parquet`` (of any width)."""
+    return int(PART_NAME.fullmatch(part.name).group(1))
+
+
+def trace_parts(run_dir: Path | str) -> list[Path]:
+    """The trace part files of a run in the order they were written: by number, whatever its width."""
+    parts = (Path(run_dir) / TRACE_DIR).glob("part-*.parquet")
+    return sorted((part for part in parts if PART_NAME.fullmatch(part.name)), key=part_number)
+
+
 def read_trace(run_dir: Path | str, on_unreadable: Callable[[Path, str], None] | None = None) -> pd.DataFrame:
     """The whole trace of a run (all part files), sorted by step; empty if nothing was flushed.
 
@@ -318,7 +339,7 @@ def read_trace(run_dir: Path | str, on_unreadable: Callable[[Path, str], None] |
     given: then the part is reported to it and the readable parts are returned.
     """
     frames = []
-    for part in sorted((Path(run_dir) / TRACE_DIR).glob("part-*.parquet")):
+    for part in trace_parts(run_dir):
         try:
             frames.append(pd.read_parquet(part))
         except (OSError, pa.ArrowException) as error:

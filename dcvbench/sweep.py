@@ -177,6 +177,11 @@ def load_spec(path: Path | str, commands: Mapping[str, JobCommand]) -> SweepSpec
         raise ConfigError(f"cannot read sweep spec {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"sweep spec {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8 by definition
+        byte = error.object[error.start]
+        raise ConfigError(
+            f"sweep spec {path} is not UTF-8 text: byte 0x{byte:02x} at offset {error.start}"
+        ) from None
     return parse_spec(data, commands, str(path))
 
 

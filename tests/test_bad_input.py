@@ -55,6 +55,11 @@ def places(tmp_path_factory) -> dict[str, Path]:
     categorical = replace(TINY_VAE, latent="categorical", latent_vars=4, classes=3, out=str(root / "runs"))
     (categorical,) = run_vae(categorical)
     places.update(linear=linear.path, toy_run=toy.path, categorical=categorical.path)
+    # The toy run as if stopped before its first checkpoint (a finished one resumes as a no-op).
+    places["toy_no_ckpt"] = root / "toy-no-checkpoint"
+    shutil.copytree(toy.path, places["toy_no_ckpt"])
+    manifest = json.loads((toy.path / MANIFEST).read_text())
+    (places["toy_no_ckpt"] / MANIFEST).write_text(json.dumps({**manifest, "status": "interrupted"}))
 
     def damaged_copy(name: str, checkpoint: bytes | None) -> Path:
         """A copy of the linear run, marked interrupted (so resumable), with another checkpoint."""
@@ -77,6 +82,14 @@ def places(tmp_path_factory) -> dict[str, Path]:
     torch.save({"step": 2, "model": {}, "payload": ShellCommand(root / "code-ran")}, shell)
     places["shell"] = damaged_copy("shell", shell.read_bytes())
     places["no_ckpt"] = damaged_copy("no-checkpoint", None)
+
+    places["latin1_spec"] = root / "latin1.toml"  # TOML is UTF-8: 0xe9 is 'é' in Latin-1 only
+    places["latin1_spec"].write_bytes(b'job = "toy"\n# caf\xe9\n')
+    # An images header whose 2³¹·2³¹·4 elements are 2⁶⁴: 0 in int64 arithmetic, the 16 bytes given.
+    places["overflow_data"] = root / "overflow-mnist"
+    shutil.copytree(places["corrupt_data"], places["overflow_data"])
+    header = (0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
+    (places["overflow_data"] / IDX_FILES[0]).write_bytes(header)
     return places
 
 
@@ -109,7 +122,7 @@ CASES = [
     (["toy", "--out", "{blocker}/below"], "cannot write to --out"),
     (["toy", "--resume", "{empty}"], "run.json is missing"),
     (["toy", "--resume", "{linear}"], "is not a toy run (its job is 'vae')"),
-    (["toy", "--resume", "{toy_run}"], "has no checkpoint.pt to resume from"),
+    (["toy", "--resume", "{toy_no_ckpt}"], "has no checkpoint.pt to resume from"),
     (["toy", "--resume", "{toy_run}", "--steps", "10"], "drop --steps"),
     # toy, categorical latents
     (
@@ -330,6 +343,33 @@ CASES = [
     # a checkpoint holding pickled code (os.system): refused by name, never run (the snapshot would see it)
     (["vae", "--resume", "{shell}"], SHELL_REFUSED),
     (["variance", "--checkpoint", "{shell}", "--out", "{out}"], SHELL_REFUSED),
+    # seeds: int64 in the trace, non-negative for numpy's SeedSequence
+    (["toy", "--seed", "-1", "--out", "{out}"], "--seed must be a whole number from 0 to 2**63 - 1, got -1"),
+    (
+        ["toy", "--seed", str(2**63), "--out", "{out}"],
+        f"--seed must be a whole number from 0 to 2**63 - 1, got {2**63}",
+    ),
+    (["vae", "--seed", "-1", "--out", "{out}"], "--seed must be a whole number from 0 to 2**63 - 1"),
+    (
+        ["predict", "--seed", str(2**63), "--out", "{out}"],
+        "--seed must be a whole number from 0 to 2**63 - 1",
+    ),
+    (["variance", "--seed", "-1", "--out", "{out}"], "--seed must be a whole number from 0 to 2**63 - 1"),
+    (
+        ["variance", "--seed", str(2**63), "--out", "{out}"],
+        "--seed must be a whole number from 0 to 2**63 - 1",
+    ),
+    # files that are not what they claim
+    (["sweep", "{latin1_spec}"], "latin1.toml is not UTF-8 text: byte 0xe9 at offset 17"),
+    (
+        ["vae", "--dataset", "mnist", "--data-dir", "{overflow_data}", "--out", "{out}"],
+        f"expected {16 + 2**64} for shape [2147483648, 2147483648, 4]",
+    ),
+    # refused before the data directory is made or any request is sent
+    (
+        ["data", "download", "mnist", "--base-url", "notaurl", "--data-dir", "{out}"],
+        "--base-url 'notaurl' is not an http:// or https:// URL",
+    ),
 ]
 
 

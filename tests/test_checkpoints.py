@@ -13,6 +13,7 @@ import torch
 
 import dcvbench
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.cli import main
 from dcvbench.config import ToyConfig, ToyProblem, VaeConfig
 from dcvbench.jobs.toy import resume_toy, run_toy
 from dcvbench.jobs.vae import resume_vae, run_vae
@@ -162,3 +163,38 @@ def _keyword(call: ast.Call, name: str):
     """The constant value of keyword argument ``name`` of ``call`` (``None`` if absent)."""
     values = [k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)]
     return values[0] if values else None
+
+
+def directory_state(root: Path) -> dict[Path, tuple[bytes | None, int]]:
+    """Every file and directory under ``root`` with its bytes and modification time (a directory's
+    changes when a file, even a temporary one, is made or removed in it): what a no-op leaves alone."""
+    return {
+        path: (path.read_bytes() if path.is_file() else None, path.stat().st_mtime_ns)
+        for path in [root, *root.rglob("*")]
+    }
+
+
+# Finished runs with nothing to resume from at their last step: a toy run checkpoints at its cadence
+# only, so none at all (the first checkpoint would come after the last step) or one step short of
+# the end; any run whose checkpoint was deleted afterwards (to save space).
+@pytest.mark.parametrize(
+    ("steps", "checkpoint_every", "delete"),
+    [(3, 10, False), (3, 2, False), (3, 2, True)],
+    ids=["beyond-the-steps", "not-a-divisor", "deleted"],
+)
+@pytest.mark.parametrize("job", ["toy", "vae"])
+def test_resuming_a_finished_run_is_a_no_op_whatever_its_checkpoint_cadence(
+    tmp_path, job, steps, checkpoint_every, delete
+):
+    if job == "toy":
+        config = ToyConfig(ToyProblem(dim=4), ("rloo",), steps=steps, var_samples=4, device="cpu")
+        (run,) = run_toy(replace(config, checkpoint_every=checkpoint_every, out=str(tmp_path)))
+    else:
+        config = replace(TINY_VAE, steps=steps, log_every=1, checkpoint_every=checkpoint_every)
+        (run,) = run_vae(replace(config, out=str(tmp_path)))
+    assert run.status == "finished" and run.last_step == steps
+    if delete:
+        (run.path / CHECKPOINT).unlink()
+    before = directory_state(tmp_path)
+    assert main([job, "--resume", str(run.path), "-q"]) == 0
+    assert directory_state(tmp_path) == before

@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from dcvbench.config import (
+    PredictConfig,
     ToyConfig,
     ToyProblem,
     VaeConfig,
@@ -103,6 +104,28 @@ from dcvbench.runtime import ConfigError
 def test_bad_settings_are_refused(make, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: ToyConfig(seeds=(0, seed)),
+        lambda seed: VarianceConfig(seed=seed),
+        lambda seed: VaeConfig(seeds=(seed,)),
+        lambda seed: PredictConfig(seeds=(seed,)),
+    ],
+    ids=["toy", "variance", "vae", "predict"],
+)
+def test_a_seed_is_a_whole_number_in_0_to_2_63(make):
+    """The trace stores seeds as int64 and numpy's SeedSequence refuses negative ones: both ends, and
+    anything not a whole number (a hand-edited manifest's string), are one-line errors here."""
+    for seed in (0, 2**63 - 1):
+        make(seed)
+    for seed in (-1, 2**63, "1", 1.0):
+        with pytest.raises(
+            ConfigError, match=rf"--seed must be a whole number from 0 to 2\*\*63 - 1, got {seed}$"
+        ):
+            make(seed)
 
 
 def test_k_or_a_budget_round_trips_and_old_manifests_have_no_budget():

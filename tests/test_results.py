@@ -38,12 +38,12 @@ def test_each_flush_adds_a_part_and_never_rewrites_one(tmp_path):
     with make_run(tmp_path) as run:
         run.log(0, objective=1.0)
         run.flush()
-        first = (run.path / "trace" / "part-00000.parquet").read_bytes()
+        first = (run.path / "trace" / "part-0000000000.parquet").read_bytes()
         run.log(1, objective=2.0)
         run.flush()
         run.flush()  # nothing buffered: no empty part
     parts = sorted((run.path / "trace").glob("part-*.parquet"))
-    assert [p.name for p in parts] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [p.name for p in parts] == ["part-0000000000.parquet", "part-0000000001.parquet"]
     assert parts[0].read_bytes() == first
     assert list(read_trace(run.path)["objective"]) == [1.0, 2.0]
 
@@ -150,13 +150,13 @@ def test_read_trace_can_skip_an_unreadable_part_and_keep_the_rest(tmp_path):
         run.log(0, objective=1.0)
         run.flush()
         run.log(1, objective=2.0)
-    bad = run.path / "trace" / "part-00000.parquet"
+    bad = run.path / "trace" / "part-0000000000.parquet"
     bad.write_bytes(b"garbage")
     reported = []
     trace = read_trace(run.path, lambda part, reason: reported.append(part))
     assert list(trace["step"]) == [1]
     assert reported == [bad]
-    with pytest.raises(ResultsError, match="part-00000"):
+    with pytest.raises(ResultsError, match="part-0000000000"):
         read_trace(run.path)
 
 
@@ -179,7 +179,7 @@ def test_every_file_and_directory_of_a_run_follows_the_umask(tmp_path, umask):
     assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0  # figures and tables
     made = list(tmp_path.rglob("*"))
     names = {path.name for path in made}
-    assert {"run.json", "part-00000.parquet", "checkpoint.pt", "variance.parquet", "summary.md"} <= names
+    assert {"run.json", "part-0000000000.parquet", "checkpoint.pt", "variance.parquet", "summary.md"} <= names
     modes = {path.relative_to(tmp_path): stat.S_IMODE(path.stat().st_mode) for path in made}
     expected = {path.relative_to(tmp_path): 0o777 if path.is_dir() else 0o666 for path in made}
     assert modes == {path: mode & ~umask for path, mode in expected.items()}

@@ -297,6 +297,14 @@ def test_unreadable_spec_is_one_line_and_exit_2(tmp_path, capsys):
     assert error.count("\n") == 1 and "cannot read sweep spec" in error
 
 
+def test_a_spec_that_is_not_utf8_is_one_line_and_exit_2(tmp_path, capsys):
+    spec = tmp_path / "latin1.toml"
+    spec.write_bytes('job = "toy"\n# café\n'.encode("latin-1"))  # TOML is UTF-8; é is 0xe9 in Latin-1
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"dcvbench: error: sweep spec {spec} is not UTF-8 text: byte 0xe9 at offset 17\n"
+
+
 def test_missing_dask_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     out = tmp_path / "runs"

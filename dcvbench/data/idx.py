@@ -13,6 +13,7 @@ pickle anywhere.
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def parse_idx(content: bytes, path: Path, expected_magic: int | None = None) -> 
         raise DataError(f"truncated IDX file {path}: header cut short; {hint}")
     dims = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_DTYPES[type_code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python ints, never int64: a crafted header's product (say 2¹⁶ four times) must not wrap round
+    # to the file's real size and reach the reshape, nor ever be allocated.
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(content) != expected:
         problem = "truncated" if len(content) < expected else "trailing bytes in"
         raise DataError(

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from dcvbench.data.mnist import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LA
 from dcvbench.data.omniglot import CHARDATA
 
 ALGORITHMS = ("md5", "git-sha1")
+URL_SCHEMES = ("http", "https")
 CHUNK = 1 << 20  # 1 MiB per read: progress stays smooth, memory stays flat
 
 # Called as progress(file name, bytes so far, total bytes or None when the server does not say).
@@ -110,9 +112,10 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 
 def fetch_to(url: str, dest: Path, name: str, progress: Progress | None, timeout: float) -> None:
-    """Stream ``url`` into the open-able path ``dest``, reporting progress."""
+    """Stream ``url`` into ``dest``, a new file (an existing one is refused), reporting progress."""
     request = urllib.request.Request(url, headers={"User-Agent": f"dcvbench/{__version__}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, dest.open("wb") as out:
+    # "xb", not mkstemp: a file created by open() gets the user's umask (mkstemp's are always 0600).
+    with urllib.request.urlopen(request, timeout=timeout) as response, dest.open("xb") as out:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
@@ -131,10 +134,9 @@ def fetch_file(remote: RemoteFile, mirrors: tuple[str, ...], data_dir: Path, pro
     failures = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + remote.name
-        # Same directory as the target, so the final rename stays on one file system (atomic).
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.name}.", suffix=".part", dir=data_dir)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        # Same directory as the target, so the final rename stays on one file system (atomic); a
+        # random name, so that two downloads into one directory never write the same file.
+        tmp = data_dir / f".{remote.name}.{secrets.token_hex(4)}.part"
         try:
             fetch_to(url, tmp, remote.name, progress, timeout)
             got = file_digest(tmp, remote.algorithm)
@@ -173,13 +175,16 @@ def download(
         One :class:`Fetched` per file, in order; ``url is None`` for files already present.
 
     Raises:
-        DataError: unknown name, or a file no mirror served with the right checksum (nothing is left
-            under the file's name then).
+        DataError: unknown name, a ``base_url`` that is no HTTP(S) URL (refused before anything
+            is created or fetched), or a file no mirror served with the right checksum (nothing is
+            left under the file's name then).
     """
     info = dataset_info(name)
     if info.embedded:
         return []
     source = SOURCES[name]
+    if base_url is not None:
+        _check_base_url(base_url)
     mirrors = (base_url,) if base_url is not None else source.mirrors
     directory = default_data_dir(name) if data_dir is None else Path(data_dir).expanduser()
     try:
@@ -189,3 +194,16 @@ def download(
             f"cannot create {directory}: {exc.strerror or exc}; choose another --data-dir"
         ) from None
     return [fetch_file(remote, mirrors, directory, progress, timeout) for remote in source.files]
+
+
+def _check_base_url(base_url: str) -> None:
+    """Refuse a mirror that is not an ``http(s)://host/...`` URL, before any directory or request."""
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        web = parts.scheme in URL_SCHEMES and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed host (an unclosed IPv6 bracket) or port (not in 0–65535)
+        web = False
+    if not web or any(char.isspace() for char in base_url):
+        raise DataError(
+            f"--base-url {base_url!r} is not an http:// or https:// URL, such as https://example.org/mnist/"
+        )

@@ -39,7 +39,7 @@ from dcvbench.jobs import (
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.categorical_toy import make_categorical_objective
 from dcvbench.problems.toy import ToyObjective, exact_gradient, make_objective
-from dcvbench.results import Run, prepare_output_root
+from dcvbench.results import Run, prepare_output_root, read_manifest
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype, torch_threads
 
 # The toy's own trace columns; a run adds its estimator's stats (rloo-dcv's α, …: stat_columns).
@@ -182,12 +182,16 @@ def resume_toy(
 
     On the same device the rows after the checkpoint are the ones an uninterrupted run writes
     (rows already written past the checkpoint are written again and supersede the old ones).
-    A finished run is left as it is.
+    A finished run is left as it is: nothing is written, whatever its checkpoint cadence.
     """
     progress = progress or NoProgress()
+    run_dir = Path(run_dir)
+    finished = read_manifest(run_dir)
+    if finished.get("job") == "toy" and finished.get("status") == "finished":
+        # Checked before the checkpoint is looked for: a run can finish past its last checkpoint, or
+        # before its first (--checkpoint-every beyond --steps), and still has nothing to continue.
+        return run_summary(run_dir, finished, resumed_columns(run_dir, TOY_METRICS))
     run_dir, manifest, checkpoint = run_to_resume(run_dir, "toy")
-    if manifest["status"] == "finished":
-        return run_summary(run_dir, manifest, resumed_columns(run_dir, TOY_METRICS))
     config = toy_config_from_dict(manifest["config"])
     with torch_threads(threads or config.threads):
         device = resolve_device(config.device)

@@ -48,7 +48,7 @@ from dcvbench.jobs import (
     stat_columns,
 )
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
-from dcvbench.results import Run, prepare_output_root
+from dcvbench.results import Run, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device, torch_threads
 from dcvbench.training import train_step
 
@@ -285,12 +285,16 @@ def resume_job(
 
     On the same device the rows after the checkpoint are the ones an uninterrupted run writes
     (rows already written past the checkpoint are written again and supersede the old ones).
-    A finished run is left as it is.
+    A finished run is left as it is: nothing is written, whatever its checkpoint cadence.
     """
     progress = progress or NoProgress()
+    run_dir = Path(run_dir)
+    finished = read_manifest(run_dir)
+    if finished.get("job") == job.name and finished.get("status") == "finished":
+        # Checked before the checkpoint is looked for: a run can finish past its last checkpoint, or
+        # before its first (--checkpoint-every beyond --steps), and still has nothing to continue.
+        return run_summary(run_dir, finished, resumed_columns(run_dir, MODEL_METRICS))
     run_dir, manifest, checkpoint = run_to_resume(run_dir, job.name)
-    if manifest["status"] == "finished":
-        return run_summary(run_dir, manifest, resumed_columns(run_dir, MODEL_METRICS))
     config = job.config_from_dict(manifest["config"])
     with torch_threads(threads or config.threads):
         device = resolve_device(config.device)

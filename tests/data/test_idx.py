@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 
 import numpy as np
 import pytest
@@ -64,6 +65,25 @@ def test_corrupt_files_raise_one_line_naming_the_file(tmp_path, content, expecte
     with pytest.raises(DataError, match=words) as info:
         read_idx(path, expected_magic)
     message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [
+        (2**16, 2**16, 2**16, 2**16),  # 2⁶⁴ elements: 0 in int64, the size of a bare header
+        (2**31, 2**31, 4),  # the same with the images' three dimensions
+        (2**32 - 1, 2**32 - 1, 2**32 - 1),  # wraps to a wrong, but positive, size
+    ],
+)
+def test_a_header_whose_size_overflows_is_one_line_with_the_true_size(tmp_path, dims):
+    header = (0x0800 | len(dims)).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    path = tmp_path / "huge-idx-ubyte"
+    path.write_bytes(header)
+    with pytest.raises(DataError, match="truncated IDX file") as info:
+        read_idx(path)
+    message = str(info.value)
+    assert f"expected {len(header) + math.prod(dims)} for shape {list(dims)}" in message
     assert str(path) in message and "\n" not in message
 
 

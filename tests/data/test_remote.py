@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import stat
 import threading
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -120,6 +122,42 @@ def test_checksum_mismatch_leaves_nothing_behind(served_mnist, tmp_path, monkeyp
     assert str(target / "train-images-idx3-ubyte.gz") in message
     assert f"expected {'0' * 32}" in message and "\n" not in message
     assert list(target.iterdir()) == []  # neither the file nor its temporary
+
+
+@pytest.fixture
+def umask_027():
+    """A umask other than the usual 022 (and restored after), so that honouring it shows."""
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_downloaded_files_respect_the_umask(served_mnist, tmp_path, umask_027):
+    for fetched in download("mnist", tmp_path / "d"):
+        assert stat.S_IMODE(fetched.path.stat().st_mode) == 0o640  # 0o666 & ~0o027; not mkstemp's 0o600
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "notaurl",
+        "ftp://example.org/",
+        "file:///tmp/",
+        "http://",
+        "https://[::1/",
+        "https:// x/",
+        "http://h:99999/",
+    ],
+)
+def test_a_base_url_that_is_not_an_http_url_is_refused_before_anything(served_mnist, tmp_path, base_url):
+    _, _, requests = served_mnist
+    target = tmp_path / "d"
+    with pytest.raises(DataError) as info:
+        download("mnist", target, base_url=base_url)
+    assert str(info.value) == (
+        f"--base-url {base_url!r} is not an http:// or https:// URL, such as https://example.org/mnist/"
+    )
+    assert not target.exists() and requests == []
 
 
 def test_unreachable_mirror(served_mnist, tmp_path):

@@ -169,9 +169,10 @@ def test_checkpoints_are_written_at_row_steps(tmp_path):
 def test_resume_refuses_what_it_cannot_resume(tmp_path):
     config = replace(SMALL, estimators=("rloo",), steps=10, out=str(tmp_path))
     (summary,) = run_toy(config)  # 10 steps, no checkpoint (every 500)
+    manifest_path = summary.path / "run.json"  # as if stopped (a finished run resumes as a no-op)
+    manifest_path.write_text(manifest_path.read_text().replace('"finished"', '"interrupted"'))
     with pytest.raises(ConfigError, match=r"has no checkpoint\.pt"):
         resume_toy(summary.path)
-    manifest_path = summary.path / "run.json"
     manifest_path.write_text(manifest_path.read_text().replace('"job": "toy"', '"job": "vae"'))
     with pytest.raises(ConfigError, match="is not a toy run"):
         resume_toy(summary.path)

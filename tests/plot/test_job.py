@@ -20,7 +20,7 @@ from dcvbench.plot import (
     metrics_of,
     plot_results,
 )
-from dcvbench.results import Run, prepare_output_root, table_from_records
+from dcvbench.results import Run, prepare_output_root, table_from_records, trace_parts
 from tests.plot.conftest import (
     EXPECTED_FIGURES,
     row_where,
@@ -98,7 +98,7 @@ def test_cli_reports_each_skipped_file_in_one_line(tmp_path, capsys):
     good = write_toy(root, "rloo", 0)
     bad_manifest = write_toy(root, "rloo", 1) / "run.json"
     bad_manifest.write_text("{")
-    bad_part = good / "trace" / "part-00004.parquet"
+    bad_part = trace_parts(good)[4]
     bad_part.write_bytes(b"PAR1 truncated")
     out = tmp_path / "figures"
     assert main(["plot", str(root), "--out", str(out), "-q"]) == 0

@@ -12,7 +12,7 @@ from dcvbench.plot import (
     summary_frame,
     variance_frame,
 )
-from dcvbench.results import ResultsError, Run, table_from_records
+from dcvbench.results import ResultsError, Run, table_from_records, trace_parts
 from tests.plot.conftest import (
     row_where,
     write_toy,
@@ -72,7 +72,7 @@ def test_binary_runs_written_since_categorical_latents_join_the_old_groups(tmp_p
 
 def test_corrupt_trace_part_is_skipped_and_the_rest_of_the_run_kept(runs):
     run = sorted((runs / "toy").glob("toy-disarm-k2-seed0-*"))[0]
-    part = run / "trace" / "part-00004.parquet"  # the row at step 20
+    part = trace_parts(run)[4]  # the row at step 20
     part.write_bytes(b"not parquet at all")
     results = load_results(runs)
     (skipped,) = results.skipped
