@@ -38,7 +38,6 @@ training mode.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -46,8 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dcvbench.estimators.base import Estimate, Estimator, EstimatorError, EstimatorInfo, Stat
+from dcvbench.estimators.base import Estimate, EstimatorError, EstimatorInfo, Stat
 from dcvbench.estimators.evaluation import evaluate
+from dcvbench.estimators.learned_control import LearnedControlEstimator
 from dcvbench.estimators.options import CONTROL_LR
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.score_function import score_function_gradient
@@ -93,7 +93,7 @@ class ControlNetwork(nn.Module):
         return self.output_layer(torch.relu(hidden)).squeeze(-1).to(relaxed.dtype)
 
 
-class ConditionalRelaxation(Estimator):
+class ConditionalRelaxation(LearnedControlEstimator):
     """``g = (f(b) − c(z̃))(b − θ) + ∇_η c(z) − ∇_η c(z̃)``, ``c(z) = s·f(σ(z/λ)) + r_ψ``, learned.
 
     Args:
@@ -117,12 +117,10 @@ class ConditionalRelaxation(Estimator):
         super().__init__(family)
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not control_lr > 0.0:
-            raise ValueError(f"control_lr must be > 0, got {control_lr}")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.network = network
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=control_lr)
+        self.make_optimizer(control_lr)
 
     @property
     def temperature(self) -> Tensor:
@@ -216,20 +214,6 @@ class ConditionalRelaxation(Estimator):
         gradients = torch.autograd.grad(loss, params)
         pairs = zip(gradients, params, strict=True)
         return loss.detach() + sum((gradient * (param - param.detach())).sum() for gradient, param in pairs)
-
-    def update(self, estimate: Estimate) -> None:
-        if estimate.learning is None:
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        estimate.learning.backward(inputs=list(self.parameters()))
-        self.optimizer.step()
-
-    def get_extra_state(self) -> dict:
-        # A copy, as in rloo-dcv: state_dict() shares the live Adam moments.
-        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 @register(

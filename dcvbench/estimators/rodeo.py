@@ -47,15 +47,15 @@ one pair is piecewise linear in ``t`` and is evaluated from its kinks (:class:`S
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcvbench.estimators.base import Estimate, Estimator, EstimatorInfo, Stat
+from dcvbench.estimators.base import Estimate, EstimatorInfo, Stat
 from dcvbench.estimators.evaluation import evaluate
+from dcvbench.estimators.learned_control import LearnedControlEstimator
 from dcvbench.estimators.options import CONTROL_LR
 from dcvbench.estimators.registry import register
 from dcvbench.estimators.score_function import leave_one_out_centre
@@ -182,7 +182,7 @@ def other_samples(k: int, device: torch.device) -> Tensor:
         stats=(Stat("alpha"), Stat("beta")),
     )
 )
-class Rodeo(Estimator):
+class Rodeo(LearnedControlEstimator):
     """RODEO (Shi et al. 2022): ``g = (1/K) Σ_k [(f_k − mean_{j≠k}(f_j + α c_j)) s_k + β v_k]``.
 
     Args:
@@ -203,16 +203,14 @@ class Rodeo(Estimator):
         seed: int = 0,
     ):
         super().__init__(family)
-        if not control_lr > 0.0:
-            raise ValueError(f"control_lr must be > 0, got {control_lr}")
         if hidden < 1:
             raise ValueError(f"hidden must be ≥ 1, got {hidden}")
         self.alpha = nn.Parameter(torch.zeros(()))
         self.beta = nn.Parameter(torch.zeros(()))
         self.network = SteinControl(hidden, torch.Generator().manual_seed(seed))
-        # One Adam for all: the authors' two (hyper_lr for α and β, control_lr for ψ) have the same
-        # rate, and Adam steps each parameter on its own.
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=control_lr)
+        # One Adam for all (LearnedControlEstimator): the authors' two, hyper_lr for α and β and
+        # control_lr for ψ, have the same rate.
+        self.make_optimizer(control_lr)
 
     def estimate(self, logits: Tensor, f: Objective, noise: Tensor) -> Estimate:
         family = self.family
@@ -281,19 +279,5 @@ class Rodeo(Estimator):
         vector = trailing(stein_scale, dims) * family.score(b, probs) + moved  # v: [K, B, *event]
         return scalar, vector
 
-    def update(self, estimate: Estimate) -> None:
-        if estimate.learning is None:
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        estimate.learning.backward(inputs=list(self.parameters()))
-        self.optimizer.step()
-
     def state_stats(self) -> dict[str, float]:
         return {"alpha": float(self.alpha.detach()), "beta": float(self.beta.detach())}
-
-    def get_extra_state(self) -> dict:
-        # A copy, as in rloo-dcv: state_dict() shares the live Adam moments.
-        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])

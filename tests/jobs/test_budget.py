@@ -7,30 +7,17 @@ import pytest
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
-from dcvbench.config import ToyProblem, VaeConfig, VarianceConfig, budget_ks
+from dcvbench.config import ToyProblem, VarianceConfig, budget_ks
 from dcvbench.estimators import EstimatorError, estimator_info, estimator_names
 from dcvbench.jobs.vae import resume_vae, run_vae
 from dcvbench.jobs.variance import run_variance
 from dcvbench.objectives import ProblemShape
 from dcvbench.results import TIMING_COLUMNS, read_manifest, read_trace
 from dcvbench.runtime import ConfigError
+from tests.jobs.test_vae import TINY as TINY_AT_K
 
-# A VAE small enough to train in a second (as tests/jobs/test_vae.py's).
-TINY = VaeConfig.for_protocol(
-    "dcv",
-    latent_vars=8,
-    batch_size=20,
-    steps=40,
-    log_every=10,
-    var_every=20,
-    eval_every=20,
-    checkpoint_every=20,
-    var_samples=8,
-    eval_samples=5,
-    device="cpu",
-    k=None,
-    budget=5,
-)
+# test_vae.py's VAE, small enough to train in a second, at a budget instead of a K.
+TINY = replace(TINY_AT_K, k=None, budget=5)
 
 
 def _allowed(name: str, latent: str, k: int) -> bool:
