@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,61 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
         raise ConfigError(f"cannot load checkpoint {path}: {_load_failure(error)}") from None
     if not isinstance(state, dict) or "step" not in state:
         raise ConfigError(f"cannot load checkpoint {path}: not a dcvbench checkpoint")
+    check_entries(state, path, {"step": STEP})
     return state
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one entry of a checkpoint must be: ``kind`` in words (for the message), ``fits`` the test."""
+
+    kind: str
+    fits: Callable[[Any], bool]
+    required: bool = True  # False: an entry that checkpoints of earlier versions lack
+
+
+STEP = Entry("a whole number ≥ 0", lambda value: type(value) is int and value >= 0)
+TENSOR = Entry("a tensor", lambda value: isinstance(value, torch.Tensor))
+# torch.Generator.get_state(): the generator's state as bytes; set_state refuses any other dtype.
+GENERATOR = Entry(
+    "a generator state (a uint8 tensor)",
+    lambda value: isinstance(value, torch.Tensor) and value.dtype == torch.uint8,
+)
+STATE = Entry("a state dict (a mapping)", lambda value: isinstance(value, Mapping))
+OPTIONAL_STATE = Entry("a state dict or none", lambda value: value is None or isinstance(value, Mapping))
+# The estimators of the stochastic layers above the first, one state each; older checkpoints have none.
+LAYER_STATES = Entry(
+    "a list of state dicts",
+    lambda value: isinstance(value, list) and all(isinstance(item, Mapping) for item in value),
+    required=False,
+)
+
+
+def check_entries(state: Mapping[str, Any], path: Path, entries: Mapping[str, Entry]) -> None:
+    """Refuse a checkpoint ``state`` whose ``entries`` are missing or of the wrong type, naming the
+    entry (``checkpoint.pt: its step must be a whole number ≥ 0, got 'x'``): a hand-edited or foreign
+    file is one :class:`ConfigError`, never a crash in ``load_state_dict``."""
+    for name, entry in entries.items():
+        if name not in state:
+            if entry.required:
+                raise ConfigError(f"{path}: it has no entry {name!r}")
+        elif not entry.fits(state[name]):
+            raise ConfigError(f"{path}: its {name} must be {entry.kind}, got {_shown(state[name])}")
+
+
+def check_step(step: int, steps: int, path: Path) -> None:
+    """Refuse a checkpoint past the end of its run (``steps``): a resume from there has nothing to
+    train and would record a step the run never reached."""
+    if step > steps:
+        raise ConfigError(f"{path}: its step {step} is past the run's {steps} steps")
+
+
+def _shown(value: Any) -> str:
+    """A checkpoint's value in a message: a tensor by its dtype and shape, anything else as written."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _load_failure(error: Exception) -> str:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from dcvbench.data import dataset_names
@@ -59,6 +63,10 @@ VARIANCE_DEFAULT_ESTIMATORS = {
 }
 TOY_OBJECTIVES = {"binary": OBJECTIVES, "categorical": CATEGORICAL_OBJECTIVES}
 TOY_CLASSES = 4  # the categorical toy's classes when not given (the example of issue #8)
+# The largest |--target|: f = mean (b − t)² must keep its two values per bit, t² and (1 − t)², apart
+# in float32 (their gap 2|t| over t²'s rounding error t²·2⁻²⁴ is 2²⁵/|t| > 30 up to here); far
+# beyond it t² overflows (|t| > 1e154 in float64).
+TARGET_BOUND = 1e6
 DEFAULT_K = 2  # samples per estimate of the VAE and the variance study when neither K nor a budget is given
 # Where a variance study puts categorical latents: seeded random logits (away from uniform), or uniform.
 CATEGORICAL_THETAS = ("random", "uniform")
@@ -79,7 +87,8 @@ class ToyProblem:
 
     def __post_init__(self):
         _positive("--dim", self.dim)
-        _finite("--target", self.target)
+        if not abs(self.target) <= TARGET_BOUND:  # NaN fails too
+            raise ConfigError(f"--target must be in [-{TARGET_BOUND:g}, {TARGET_BOUND:g}], got {self.target}")
         _fill(self, "classes", latent_classes(self.latent, self.classes, TOY_CLASSES))
         objectives = TOY_OBJECTIVES[self.latent]
         if self.objective not in objectives:
@@ -163,6 +172,9 @@ class VarianceConfig:
     # Estimates (each followed by the estimator's update) that train an estimator's learned parts at
     # the point before it is measured; 0: as built, or as its checkpoint's run left them.
     tune_steps: int = 0
+    # The user's problem instead of the toy: "path/to/file.py:make_problem" (dcvbench.problems.user),
+    # whose file the job imports, running its code.
+    objective: str | None = None
 
     def __post_init__(self):
         if self.ks is None:
@@ -173,15 +185,19 @@ class VarianceConfig:
             raise ConfigError("give at least one --k or --budget")
         if self.exact and self.checkpoint is None:
             raise ConfigError("--exact is for a --checkpoint: the toy's exact gradient is always known")
-        # At a checkpoint the latent type (and a budget's K) is the run's, known once its manifest is
-        # read (the job checks the estimators again then); here they need only exist for some latent type.
-        latent = self.problem.latent if self.checkpoint is None else None
-        problem = "toy" if self.checkpoint is None else "vae"
+        if self.objective is not None and self.checkpoint is not None:
+            raise ConfigError("--objective FILE.py:NAME measures your problem, --checkpoint a VAE: give one")
+        # At a checkpoint or the user's problem the latent type (and a budget's K) is known once the run's
+        # manifest is read or the problem made (the job checks the estimators again then); here they need
+        # only exist for some latent type. A user's objective is a function of b, as the toy's.
+        toy = self.checkpoint is None and self.objective is None
+        latent = self.problem.latent if toy else None
+        problem = "vae" if self.checkpoint is not None else "toy" if toy else "user"
         for k in self.ks or (None,):
             check_estimators(self.estimators, k, problem, latent)
         for budget in self.budgets:
             _check_budget(budget)
-            if self.checkpoint is None:
+            if toy:
                 budget_ks(self.estimators, budget, self.problem.shape)
         _at_least("--samples", self.samples, 2)
         _at_least("--tune-steps", self.tune_steps, 0)
@@ -417,6 +433,7 @@ class VaeConfig(TrainsBounds):
 
     def _check_relaxation(self) -> None:
         _positive("--prior-temperature", self.prior_temperature)
+        _check_temperature("--prior-temperature", self.prior_temperature)
         if self.kl not in KL_VARIANTS:
             raise ConfigError(f"unknown --kl {self.kl!r}; choose from: {', '.join(KL_VARIANTS)}")
         starts = self.start_temperatures()
@@ -522,12 +539,12 @@ class PredictConfig(TrainsBounds):
 
 def toy_config_from_dict(values: dict) -> ToyConfig:
     """Rebuild a :class:`ToyConfig` from its manifest form (``asdict``), validating it again."""
-    return _config_from_dict(ToyConfig, "toy", values, ("estimators", "seeds"), problem=ToyProblem)
+    return _config_from_dict(ToyConfig, "toy", values)
 
 
 def predict_config_from_dict(values: dict) -> PredictConfig:
     """Rebuild a :class:`PredictConfig` from its manifest form (``asdict``), validating it again."""
-    return _config_from_dict(PredictConfig, "predict", values, ("estimators", "seeds"))
+    return _config_from_dict(PredictConfig, "predict", values)
 
 
 def vae_config_from_dict(values: dict) -> VaeConfig:
@@ -535,17 +552,22 @@ def vae_config_from_dict(values: dict) -> VaeConfig:
 
     Manifests written before categorical latents hold the number of latent bits as ``latent``.
     """
-    values = dict(values)
-    if isinstance(values.get("latent"), int):
-        values.update(latent="binary", latent_vars=values["latent"])
-    return _config_from_dict(VaeConfig, "vae", values, ("estimators", "seeds"))
+    if isinstance(values, Mapping) and _is_whole(values.get("latent")):
+        values = {**values, "latent": "binary", "latent_vars": values["latent"]}
+    return _config_from_dict(VaeConfig, "vae", values)
 
 
 def variance_config_from_dict(values: dict) -> VarianceConfig:
     """Rebuild a :class:`VarianceConfig` from its manifest form (``asdict``), validating it again."""
-    return _config_from_dict(
-        VarianceConfig, "variance", values, ("estimators", "ks", "budgets"), problem=ToyProblem
-    )
+    return _config_from_dict(VarianceConfig, "variance", values)
+
+
+CONFIG_FROM_DICT = {
+    "toy": toy_config_from_dict,
+    "vae": vae_config_from_dict,
+    "predict": predict_config_from_dict,
+    "variance": variance_config_from_dict,
+}
 
 
 def normalised_config(job: str, values: dict) -> dict:
@@ -554,39 +576,150 @@ def normalised_config(job: str, values: dict) -> dict:
     so that two runs of one configuration are one series whichever dcvbench wrote them. A
     :class:`ConfigError` if it is no valid configuration of ``job``.
     """
-    rebuild = {
-        "toy": toy_config_from_dict,
-        "vae": vae_config_from_dict,
-        "predict": predict_config_from_dict,
-        "variance": variance_config_from_dict,
-    }
-    if job not in rebuild:
-        raise ConfigError(f"unknown job {job!r} in the manifest; choose from: {', '.join(rebuild)}")
-    return asdict(rebuild[job](values))
+    if job not in CONFIG_FROM_DICT:
+        raise ConfigError(f"unknown job {job!r} in the manifest; choose from: {', '.join(CONFIG_FROM_DICT)}")
+    return asdict(CONFIG_FROM_DICT[job](values))
 
 
-def _config_from_dict(cls, job: str, values: dict, sequences: tuple[str, ...], **nested):
+# What a reader of a run's manifest relies on besides its ``config``, and the type of each: the run it
+# is (resume, sweep, plot) and how far it got. Present in every manifest dcvbench has written.
+RUN_FIELDS = {"run_id": str, "job": str, "estimator": str, "k": int, "seed": int}
+# Written by some versions or only once something happened (a resume): checked when present.
+OPTIONAL_RUN_FIELDS = {
+    "config": dict,
+    "status": str,
+    "last_step": int | None,
+    "started": str | None,
+    "resumes": list,
+    "process": dict,
+}
+
+
+def check_run_fields(manifest: Mapping[str, Any]) -> None:
+    """Refuse a run's manifest (``run.json``) whose bookkeeping fields are missing or of the wrong
+    type: a hand-edited or damaged manifest is a :class:`ConfigError` naming the field, never a crash
+    further on."""
+    for name in RUN_FIELDS:
+        if name not in manifest:
+            raise ConfigError(f"it has no {name!r}")
+    for name, kind in (RUN_FIELDS | OPTIONAL_RUN_FIELDS).items():
+        if name in manifest and not _conforms(manifest[name], kind):
+            raise ConfigError(f"{name} must be {_kind_name(kind)}, got {manifest[name]!r}")
+
+
+def run_config(job: str, manifest: Mapping[str, Any], where: Path | str):
+    """The configuration of the ``job`` run whose manifest (read from ``where``) is ``manifest``,
+    validated as :func:`normalised_config` does, with the fields that say which run of it this is.
+
+    A manifest edited by hand, damaged, or written by a dcvbench whose configurations differ is a
+    one-line :class:`ConfigError` naming ``where`` and the field: missing keys, values of the wrong
+    type, an estimator or a seed the configuration does not run.
+    """
+    try:
+        check_run_fields(manifest)
+        if job not in CONFIG_FROM_DICT or manifest["job"] != job:
+            raise ConfigError(f"it is no {job} run (its job is {manifest['job']!r})")
+        if "config" not in manifest:
+            raise ConfigError("it has no 'config'")
+        config = CONFIG_FROM_DICT[job](manifest["config"])
+        for name, runs in (("estimator", config.estimators), ("seed", config.seeds)):
+            if manifest[name] not in runs:
+                raise ConfigError(f"its {name} {manifest[name]!r} is not one its config runs ({runs})")
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return config
+
+
+def _config_from_dict(cls, job: str, values: Mapping[str, Any]):
     """``cls`` from ``asdict`` output: nested dataclasses rebuilt, JSON lists back to tuples.
 
     ``estimator_settings`` is taken as saved, less the options that are not the job's (a variance
     study's manifest written before options knew their jobs holds α's learning rate, which it never
     used); an option the manifest does not hold (one added since) takes the job's default. A
-    manifest edited by hand or written by another version is a :class:`ConfigError`, not a crash.
+    manifest edited by hand or written by another version is a :class:`ConfigError` naming the
+    field (``config.problem.dim must be a whole number, got 'x'``), not a crash.
     """
-    try:
-        values = dict(values)
+    values = _typed_fields(cls, values, "config")
+    if "estimator_settings" in values:
         others = set(estimator_options()) - set(estimator_options(job))  # unknown names stay, and fail
         values["estimator_settings"] = {
             name: value for name, value in values["estimator_settings"].items() if name not in others
         }
-        for name, kind in nested.items():
-            values[name] = kind(**values[name])
-        for name in sequences:
-            if name in values:  # a sequence added since (budgets) takes its default
-                values[name] = tuple(values[name])
+    try:
         return cls(**values)
-    except (KeyError, TypeError) as error:
+    except (TypeError, ValueError) as error:  # a value of the right type that a check cannot compare
+        if isinstance(error, ConfigError):
+            raise
         raise ConfigError(f"the run's manifest holds no valid {cls.__name__}: {error}") from None
+
+
+def _typed_fields(cls, values: Any, where: str) -> dict[str, Any]:
+    """``values`` (a manifest's form of dataclass ``cls``) as ``cls``'s arguments: each of the right
+    type for its field, JSON lists as tuples, nested dataclasses built; a :class:`ConfigError`
+    naming the field (``where``, dotted) otherwise."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a mapping of option names to values, got {values!r}")
+    hints = _field_types(cls)
+    arguments = {}
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(f"{where}.{name} is no setting of {cls.__name__}: written by another version?")
+        kind = hints[name]
+        if is_dataclass(kind):
+            arguments[name] = kind(**_typed_fields(kind, value, f"{where}.{name}"))
+            continue
+        if isinstance(value, list) and tuple in map(typing.get_origin, (kind, *typing.get_args(kind))):
+            value = tuple(value)  # JSON has lists only
+        if not _conforms(value, kind):
+            raise ConfigError(f"{where}.{name} must be {_kind_name(kind)}, got {value!r}")
+        arguments[name] = value
+    return arguments
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    """The type of each field of dataclass ``cls``, evaluated (this module postpones annotations)."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in fields(cls)}
+
+
+def _conforms(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is of type ``kind``: a whole number (not a bool) for ``int``, any real
+    number for ``float``, the element type throughout for ``tuple[X, ...]``, string keys for
+    ``dict[str, Any]``."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, option) for option in arguments)
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if kind is int:
+        return _is_whole(value)
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_conforms(item, arguments[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, Mapping) and all(isinstance(key, str) for key in value)
+    return isinstance(value, origin or kind)
+
+
+def _kind_name(kind: Any) -> str:
+    """``kind`` in words for messages: ``a whole number``, ``a list of strings``, ``… or null``."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind_name(option) for option in arguments)
+    if origin is tuple:
+        return f"a list of {_kind_name(arguments[0]).removeprefix('a ')}s"
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+    names |= {type(None): "null", dict: "a mapping", list: "a list"}
+    return names.get(origin or kind, f"a {getattr(kind, '__name__', kind)}")
+
+
+def _is_whole(value: Any) -> bool:
+    """A whole number: an integer that is not a bool (JSON's ``true`` is no K)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def theta_probability(theta: str) -> float | None:
@@ -625,6 +758,8 @@ def check_estimators(names: tuple[str, ...], k: int | None, problem: str, latent
     or that do not run on ``problem``."""
     if not names:
         raise ConfigError("give at least one --estimator")
+    if k is not None:
+        _fits_int64("--k", k)
     for name in names:
         info = _estimator_info(name, latent)
         if k is not None:
@@ -633,8 +768,11 @@ def check_estimators(names: tuple[str, ...], k: int | None, problem: str, latent
             except EstimatorError as error:
                 raise ConfigError(f"--k {k}: {error}") from None
         if problem not in info.problems:
-            problems = " and ".join(info.problems) + (" problems" if len(info.problems) > 1 else " problem")
-            raise ConfigError(f"{name} runs on the {problems} only, not {problem}")
+            names = info.problems
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            raise ConfigError(
+                f"{name} runs on the {listed} problem{'s' if len(names) > 1 else ''} only, not {problem}"
+            )
 
 
 def budget_ks(names: tuple[str, ...], budget: int, shape: ProblemShape) -> dict[str, int]:
@@ -724,9 +862,21 @@ def _check_temperatures(
             continue  # no temperature
         reached = {"--temperature": start} | ({"--anneal-floor": floor} if anneal != "none" else {})
         for option, value in reached.items():
+            _check_temperature(option, value)
             problem = temperature_problem(name, {"temperature": value})
             if problem is not None:
                 raise ConfigError(f"{option} {value:g}: {problem}")
+
+
+# The smallest temperature: float32's smallest normal number (2⁻¹²⁶ ≈ 1.2e-38). The relaxations divide
+# logits by λ, so a smaller one makes them infinite in the model jobs' float32 (and below ~1e-308 in
+# float64 too): a run that could only diverge, or silently train on hard samples.
+TEMPERATURE_MIN = 2.0**-126
+
+
+def _check_temperature(option: str, value: float) -> None:
+    if value < TEMPERATURE_MIN:
+        raise ConfigError(f"{option} must be at least 2**-126 (float32's smallest normal), got {value:g}")
 
 
 def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -> float:
@@ -737,20 +887,21 @@ def _annealed(anneal: str, rate: float, floor: float, start: float, step: int) -
     return max(floor, start * math.exp(-rate * step))
 
 
-# Seeds are stored as int64 (the trace's ``seed`` column) and fed to numpy's SeedSequence, which
-# refuses negative entropy: so a seed is a whole number in [0, 2⁶³).
-SEED_BOUND = 2**63
+# Whole numbers are stored as int64 (trace columns, torch sizes): each is below 2⁶³. Seeds, fed to
+# numpy's SeedSequence, which refuses negative entropy, are whole numbers in [0, 2⁶³).
+INT64_BOUND = 2**63
 
 
 def _check_seeds(seeds: tuple[int, ...]) -> None:
     if not seeds:
         raise ConfigError("give at least one --seed")
     for seed in seeds:
-        if not (isinstance(seed, int) and 0 <= seed < SEED_BOUND):
+        if not (isinstance(seed, int) and 0 <= seed < INT64_BOUND):
             raise ConfigError(f"--seed must be a whole number from 0 to 2**63 - 1, got {seed}")
 
 
 def _check_budget(budget: int) -> None:
+    _fits_int64("--budget", budget)
     if not isinstance(budget, int) or budget < 1:
         raise ConfigError(f"--budget must be a positive whole number of evaluations of f, got {budget}")
 
@@ -761,10 +912,20 @@ def _finite(option: str, value: float) -> None:
 
 
 def _positive(option: str, value: float) -> None:
+    _fits_int64(option, value)
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{option} must be positive, got {value}")
 
 
 def _at_least(option: str, value: int, minimum: int) -> None:
+    _fits_int64(option, value)
     if value < minimum:
         raise ConfigError(f"{option} must be at least {minimum}, got {value}")
+
+
+def _fits_int64(option: str, value: float) -> None:
+    """Refuse a whole number of 2⁶³ or more: sizes, counts and steps become torch sizes and trace
+    columns, both int64 (torch would fail with "Overflow when unpacking long"), and a float check
+    such as ``math.isfinite`` overflows on them."""
+    if _is_whole(value) and value >= INT64_BOUND:
+        raise ConfigError(f"{option} must be at most 2**63 - 1, got {value}")

@@ -19,25 +19,30 @@ directory back in one call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shlex
+import socket
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dcvbench.runtime import ConfigError
+from dcvbench.failures import describe
+from dcvbench.runtime import ConfigError, signals_held
 
 SCHEMA_VERSION = 1
 MANIFEST = "run.json"
@@ -47,6 +52,9 @@ TRACE_DIR = "trace"
 PART_DIGITS = 10
 PART_NAME = re.compile(r"part-(\d+)\.parquet")
 STATUSES = ("running", "finished", "interrupted", "failed", "diverged")
+# What a reader reports for a run whose manifest says ``running`` but whose process is gone (killed by
+# SIGKILL or the out-of-memory killer): never written to a manifest, only read from one.
+STALE = "stale"
 
 # Columns that identify a row of a trace; every other column is a float64 metric.
 IDENTITY_SCHEMA = pa.schema(
@@ -74,6 +82,19 @@ class ResultsError(ValueError):
     """A results file is missing, unreadable or not what dcvbench writes."""
 
 
+class TraceWriteError(OSError):
+    """A run's trace could not be written (the reason is in the message)."""
+
+
+class RunFailed(RuntimeError):
+    """A run ended ``failed``: its manifest says so and why. The CLI reports it in one line."""
+
+    def __init__(self, run_dir: Path, reason: str):
+        super().__init__(f"run {Path(run_dir).name} failed: {reason}")
+        self.run_dir = Path(run_dir)
+        self.reason = reason
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -91,6 +112,55 @@ def prepare_output_root(out: Path | str) -> Path:
         reason = error.strerror or type(error).__name__
         raise ConfigError(f"cannot write to --out {root}: {reason}; choose a writable directory") from None
     return root
+
+
+def process_record() -> dict[str, Any]:
+    """Which process is writing a run, for :func:`run_status` to tell later whether it is still alive:
+    the host, the process id and, where ``/proc`` has it, the process's start time (a process id is
+    reused by another process once the first has ended; the pair is not)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid())}
+
+
+def _process_started(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22),
+    or None where there is no ``/proc``; raises ProcessLookupError if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            raise ProcessLookupError(pid) from None
+        return None
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count fields after the last ")".
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def run_status(manifest: Mapping[str, Any]) -> str:
+    """A run's status as a reader should report it: the manifest's, except :data:`STALE` for a run
+    whose manifest says ``running`` while the process that wrote it, on this host, is gone.
+
+    A run on another host, or written before manifests named their process, cannot be checked: it
+    stays ``running``.
+    """
+    status = manifest.get("status")
+    process = manifest.get("process")
+    if status != "running" or not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return status
+    pid = process.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return status
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        started = _process_started(pid)
+    except ProcessLookupError:
+        return STALE
+    except PermissionError:  # it exists, owned by another user
+        return status
+    recorded = process.get("pid_started")
+    if started is not None and recorded is not None and started != recorded:
+        return STALE  # the process id now belongs to another process
+    return status
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -148,9 +218,17 @@ class Run:
     string labels); ``metrics`` names the float64 columns the run may log.
 
     Made by :meth:`create` or :meth:`reopen`; used as a context manager: leaving the block normally
-    marks the run ``finished`` (unless a
-    status was already set, e.g. ``diverged``); ``KeyboardInterrupt`` marks it ``interrupted`` and
-    any other exception ``failed``. In every case the buffered rows are flushed first.
+    marks the run ``finished`` (unless a status was already set, e.g. ``diverged``);
+    ``KeyboardInterrupt`` marks it ``interrupted`` and any other exception ``failed``, with the
+    reason in one line (``error``) and the traceback (``traceback``) in the manifest; the exception
+    is then raised again as :class:`RunFailed`, except bad input (ConfigError, ResultsError), raised
+    as it is. In every case the buffered rows are flushed first, and the end is written with
+    SIGINT and SIGTERM held (:func:`~dcvbench.runtime.signals_held`), so a signal cannot cut it short.
+
+    A trace that cannot be written (a full disk, a read-only file system, a value its schema cannot
+    hold) ends the run ``failed`` too: the rows flushed before stay readable, the write is not tried
+    again, the buffered rows go to :func:`rescue_dir` if they can, and the manifest says so — written
+    in place over the old one if no new file can be made (a full disk).
     """
 
     def __init__(
@@ -181,6 +259,9 @@ class Run:
         self.last_flush = time.perf_counter()
         self.last_step: int | None = manifest.get("last_step")
         self.manifest = manifest
+        # Why the trace could not be written, once a flush has failed: it is not tried again.
+        self.trace_failure: str | None = None
+        self.flushed_step: int | None = manifest.get("last_step")  # the last step on disk
         self._write_manifest()
 
     @classmethod
@@ -205,6 +286,7 @@ class Run:
             "ended": None,
             "status": "running",
             "last_step": None,
+            "process": process_record(),
         }
         return cls(path, identity, metrics, manifest)
 
@@ -228,7 +310,9 @@ class Run:
         # The machine may have changed since the run began: say with how many threads it went on.
         resume = {"from_step": resumed_from, "at": now_iso(), "torch_threads": torch.get_num_threads()}
         resumes = [*manifest.get("resumes", []), resume]
-        manifest.update(status="running", ended=None, last_step=resumed_from, resumes=resumes)
+        manifest.update(
+            status="running", ended=None, last_step=resumed_from, resumes=resumes, process=process_record()
+        )
         elapsed = float(before.iloc[-1]) if len(before) else 0.0
         next_part = part_number(parts[-1]) + 1 if parts else 0
         return cls(path, identity, metrics, manifest, next_part=next_part, elapsed=elapsed)
@@ -248,22 +332,48 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows as a new part file (nothing if none are buffered)."""
+        """Write the buffered rows as a new part file (nothing if none are buffered).
+
+        If the part cannot be written, :class:`TraceWriteError` says why, the rows stay buffered
+        and the run does not try again: its end (:meth:`finish`) marks it ``failed``.
+        """
         self.last_flush = time.perf_counter()
         if not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        write_parquet_atomic(self.path / TRACE_DIR / f"part-{self.next_part:0{PART_DIGITS}d}.parquet", table)
+        if self.trace_failure is not None:
+            raise TraceWriteError(self.trace_failure)
+        try:
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
+            write_parquet_atomic(
+                self.path / TRACE_DIR / f"part-{self.next_part:0{PART_DIGITS}d}.parquet", table
+            )
+        except Exception as error:  # OSError, or a value the schema cannot hold (ArrowException)
+            self.trace_failure = f"cannot write its trace: {describe(error)}"
+            raise TraceWriteError(self.trace_failure) from error
         self.next_part += 1
+        self.flushed_step = self.rows[-1]["step"]
         self.rows = []
 
     def finish(self, status: str, **details: Any) -> None:
-        """Flush, then record the final ``status`` (and any ``details``) in the manifest."""
+        """Flush, consolidate the trace, then record the final ``status`` (and any ``details``).
+
+        If the trace cannot be written, the run ends ``failed`` instead, with the reason; the
+        buffered rows go to :func:`rescue_dir` if they can, and :class:`RunFailed` is raised once
+        the manifest says so.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        self.flush()
-        self.manifest.update(status=status, ended=now_iso(), last_step=self.last_step, **details)
-        self._write_manifest()
+        with signals_held():
+            with contextlib.suppress(TraceWriteError):
+                self.flush()
+            if self.trace_failure is None:
+                consolidate_trace(self.path)
+            else:
+                status, details = "failed", {**details, "error": self.trace_failure, **self._rescue_rows()}
+            self.manifest.update(status=status, ended=now_iso(), last_step=self.last_step, **details)
+            manifest_failure = self._write_manifest_anyhow()
+        if self.trace_failure is not None or manifest_failure is not None:
+            raise RunFailed(self.path, self._failure_message(manifest_failure))
 
     def write_table(self, name: str, table: pa.Table) -> Path:
         """Write a result table (e.g. ``variance.parquet``) into the run directory, atomically."""
@@ -274,17 +384,117 @@ class Run:
     def _write_manifest(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
+    def _write_manifest_anyhow(self) -> str | None:
+        """Write the manifest; where no new file can be made (a full disk), over the old one in place.
+
+        The old file's blocks are already allocated, so a full disk can still take a manifest of
+        about the same size: not atomic, but a manifest saying ``failed`` beats one saying
+        ``running`` forever. Returns why neither worked, or None.
+        """
+        try:
+            self._write_manifest()
+            return None
+        except OSError:
+            pass
+        data = (json.dumps(self.manifest, indent=2, default=str) + "\n").encode()
+        try:
+            with open(self.path / MANIFEST, "r+b") as file:
+                file.write(data)
+                file.truncate()
+                file.flush()
+                os.fsync(file.fileno())
+            return None
+        except OSError as error:
+            return describe(error)
+
+    def _rescue_rows(self) -> dict[str, Any]:
+        """Write the rows the trace could not take to :func:`rescue_dir`; the manifest's details."""
+        if not self.rows:
+            return {}
+        rows, self.rows = self.rows, []
+        try:
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        except Exception:  # a value the schema cannot hold: keep them as JSON, which holds anything
+            data = (json.dumps(rows, default=str) + "\n").encode()
+            name = f"part-{self.next_part:0{PART_DIGITS}d}.json"
+        else:
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer)
+            data = buffer.getvalue().to_pybytes()
+            name = f"part-{self.next_part:0{PART_DIGITS}d}.parquet"
+        try:
+            folder = rescue_dir(self.run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / name, data)
+        except OSError as error:
+            return {"rows_lost": len(rows), "rows_lost_reason": describe(error)}
+        return {"rows_rescued": len(rows), "rescued_to": str(folder / name)}
+
+    def _failure_message(self, manifest_failure: str | None) -> str:
+        """One line: why the run failed, where its rows are, and whether its manifest says so."""
+        flushed = self.flushed_step
+        parts = [self.manifest.get("error") or self.trace_failure or "its run.json cannot be written"]
+        if self.manifest.get("rows_rescued"):
+            parts.append(
+                f"{self.manifest['rows_rescued']} unwritten rows saved to {self.manifest['rescued_to']}"
+            )
+        elif self.manifest.get("rows_lost"):
+            parts.append(
+                f"{self.manifest['rows_lost']} unwritten rows lost ({self.manifest['rows_lost_reason']})"
+            )
+        if flushed is not None:
+            parts.append(f"rows to step {flushed} are in {self.path / TRACE_DIR}")
+        if manifest_failure is not None:
+            parts.append(
+                f"and its run.json could not be updated ({manifest_failure}): it may still say running"
+            )
+        return "; ".join(parts)
+
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(self, kind, error, trace) -> None:
         if kind is None:
             if self.manifest["status"] == "running":
                 self.finish("finished")
-        elif issubclass(kind, KeyboardInterrupt):
+            return
+        if self.manifest["status"] != "running":
+            return  # ended already (e.g. diverged, or a failed end raising RunFailed): as it is
+        if issubclass(kind, KeyboardInterrupt):
             self.finish("interrupted")
-        else:
-            self.finish("failed", error=f"{kind.__name__}: {error}")
+            return
+        reason = self.trace_failure or describe(error)
+        self.finish("failed", error=reason, traceback="".join(traceback.format_exception(error)))
+        if not isinstance(error, (ConfigError, ResultsError, RunFailed)):
+            raise RunFailed(self.path, reason) from error
+
+
+def rescue_dir(run_id: str) -> Path:
+    """Where a run's rows go when its own directory cannot take them: ``<tmp>/dcvbench-rescued/<run>``
+    (``TMPDIR`` chooses ``<tmp>``), usually another file system than a full or read-only ``--out``."""
+    return Path(tempfile.gettempdir()) / "dcvbench-rescued" / run_id
+
+
+def consolidate_trace(run_dir: Path) -> None:
+    """Merge a run's trace parts into one, so that a finished run reads in one file, not thousands.
+
+    The merged part is the trace as :func:`read_trace` reads it, numbered after the others; only
+    once it is in place are the others deleted. A run stopped at any moment in between reads the
+    same rows (its newest part wins each step). A trace that cannot be merged (a full disk) keeps
+    its parts: nothing is lost, it only reads slower.
+    """
+    parts = trace_parts(run_dir)
+    if len(parts) < 2:
+        return
+    try:
+        table = _merged_parts(parts)
+        write_parquet_atomic(
+            parts[-1].with_name(f"part-{part_number(parts[-1]) + 1:0{PART_DIGITS}d}.parquet"), table
+        )
+    except (OSError, pa.ArrowException):
+        return
+    for part in parts:
+        part.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,21 +546,47 @@ def read_trace(run_dir: Path | str, on_unreadable: Callable[[Path, str], None] |
 
     A resumed run writes again the rows it had written after its checkpoint; the newest part wins.
     An unreadable part raises :class:`ResultsError`, unless ``on_unreadable(part, reason)`` is
-    given: then the part is reported to it and the readable parts are returned.
+    given: then the part is reported to it and the readable parts are returned. A part deleted
+    while it is read (the run consolidating its trace as it ends) means the listing is read again.
     """
-    frames = []
-    for part in trace_parts(run_dir):
+    for _ in range(3):
         try:
-            frames.append(pd.read_parquet(part))
+            table = _merged_parts(trace_parts(run_dir), on_unreadable, str(run_dir))
+        except FileNotFoundError:
+            continue
+        return table.to_pandas() if table is not None else pd.DataFrame()
+    raise ResultsError(f"the trace of {run_dir} kept changing while it was read; try again")
+
+
+def _merged_parts(
+    parts: Sequence[Path],
+    on_unreadable: Callable[[Path, str], None] | None = None,
+    where: str = "",
+) -> pa.Table | None:
+    """The rows of ``parts`` (in the order written) as one table: one row per step, the newest part's,
+    sorted by step; None if there are none. A part that has vanished raises FileNotFoundError."""
+    tables = []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part))
+        except FileNotFoundError:
+            raise
         except (OSError, pa.ArrowException) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if on_unreadable is None:
-                raise ResultsError(f"unreadable trace in {run_dir}: {part.name}: {reason}") from None
+                raise ResultsError(
+                    f"unreadable trace in {where or part.parent.parent}: {part.name}: {reason}"
+                ) from None
             on_unreadable(part, reason)
-    if not frames:
-        return pd.DataFrame()
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates(subset="step", keep="last")
-    return frame.sort_values("step", kind="stable").reset_index(drop=True)
+    if not tables:
+        return None
+    # Parts written by one run share a schema; older versions' may lack a column (null there).
+    table = pa.concat_tables(tables, promote_options="default")
+    steps = table.column("step").to_numpy()  # [rows]
+    # The last row of each step: np.unique on the reversed steps finds each step's first (i.e. last)
+    # occurrence, and returns the steps sorted.
+    _, first_in_reversed = np.unique(steps[::-1], return_index=True)
+    return table.take(len(steps) - 1 - first_in_reversed)
 
 
 def read_table(path: Path | str) -> pd.DataFrame:

@@ -8,8 +8,10 @@ a sweep never shifts another run's random numbers.
 from __future__ import annotations
 
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +66,36 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# The signals that stop a job: Ctrl-C, and what `kill` and process managers send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs, then deliver them to the handlers in place before.
+
+    A run's last flush and manifest write are short and must not be cut in half: a signal that
+    arrives inside the block waits for its end, and is then raised again (``signal.raise_signal``)
+    for whatever handles it outside: Python's KeyboardInterrupt, the CLI's, or the default
+    (terminate) for a SIGTERM in a library user's process. Outside the main thread, where Python
+    cannot install handlers, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):  # each signal once, in the order it came
+            signal.raise_signal(signum)
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:

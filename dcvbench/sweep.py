@@ -35,11 +35,18 @@ and, for a toy or VAE run, its own ``estimator`` and ``seed``: so ``dcvbench toy
 --estimator disarm --seed 1 --seed 2`` typed by hand covers four runs of a sweep, and renaming an
 option changes no identity. A sweep's run is configured by the job's own parser, without running it.
 
-On a re-launch a run with a ``finished`` directory is skipped; an ``interrupted`` toy, VAE or predict run is
-resumed (``--resume RUN_DIR``); a ``failed`` or ``diverged`` one is reported and left alone unless
-``retry_failed`` (a new run directory is made; the old one stays); one still ``running`` is left to
-whatever runs it. An invocation that failed before making a directory (a usage error) leaves no
-trace and is simply tried again. Two grid points of one identity (``k = [2, "2"]``) are one run.
+**Re-launching.** A run's directories are read with :func:`~dcvbench.results.run_status`: a manifest
+saying ``running`` whose process on this host is gone (SIGKILL, the out-of-memory killer) is
+``stale``. A run with a ``finished`` directory is skipped, and one whose process is still ``running``
+is left to it; otherwise its newest directory decides (an older one is one that was started again).
+An ``interrupted`` or ``stale`` toy, VAE or predict run with a checkpoint is resumed (``--resume
+RUN_DIR``); one stopped before its first checkpoint, or a variance study, which cannot resume, is
+started again in a new run directory, the old one left as it is (``plot`` takes the newest run of a
+seed). A ``failed`` or ``diverged`` one is reported and left alone unless ``retry_failed`` (then
+started again in a new directory, the old one kept). An invocation that failed before making a
+directory (a usage error) leaves no trace and is simply tried again. A sweep is done when every run
+is :data:`DONE`; each other run's result says what a re-launch does with it. Two grid points of one
+identity (``k = [2, "2"]``) are one run.
 """
 
 from __future__ import annotations
@@ -66,8 +73,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from dcvbench.config import normalised_config
-from dcvbench.results import ResultsError, config_key, find_runs, prepare_output_root, read_manifest
+from dcvbench.checkpoints import CHECKPOINT
+from dcvbench.config import check_run_fields, normalised_config
+from dcvbench.results import (
+    STALE,
+    ResultsError,
+    config_key,
+    find_runs,
+    prepare_output_root,
+    read_manifest,
+    read_trace,
+    run_status,
+)
 from dcvbench.runtime import ConfigError
 
 JOBS = ("toy", "vae", "predict", "variance")
@@ -80,6 +97,9 @@ RESUMABLE = ("toy", "vae", "predict")
 ONE_PER_RUN = ("estimator", "seed")
 # Exit codes of a run stopped by SIGINT or SIGTERM: it marked itself interrupted (see cli.main).
 INTERRUPTED_CODES = (130, 143)
+# The statuses of a run that leave nothing to do: a sweep is done when all its runs end so. Any other
+# (interrupted, stale, running, failed, diverged) is picked up again by a re-launch (see _plan).
+DONE = ("finished", "resumed", "skipped")
 
 Value = bool | int | float | str | list
 Setting = dict[str, Value]  # the options that one value of a grid axis sets, by parameter name
@@ -148,10 +168,16 @@ class RunResult:
     """How a run of the sweep ended, this time or (skipped, failed earlier) before."""
 
     run: SweepRun
-    status: str  # finished, resumed, skipped, failed, diverged, interrupted or running
+    status: str  # one of DONE, or interrupted, stale, running, failed or diverged
     run_dir: Path | None
     exit_code: int | None = None
-    note: str = ""  # the last line a failed run wrote on stderr, or why the run was not started
+    # The last line a failed run wrote on stderr, how it was killed, or why it was (not) started.
+    note: str = ""
+    relaunch: str = ""  # for a run not done: what launching the sweep again does with it
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
 
 
 @dataclass(frozen=True)
@@ -394,6 +420,7 @@ def _configured_identity(job: str, config: Any) -> tuple:
 
 def _manifest_identity(job: str, manifest: dict[str, Any]) -> tuple:
     """The identity of a run directory, from its manifest; ConfigError if its config is not valid."""
+    check_run_fields(manifest)  # a hand-edited estimator, seed or status: not a run this sweep made
     config = normalised_config(job, manifest["config"])  # as this version saves it
     return identity(job, config, manifest.get("estimator"), manifest.get("seed"))
 
@@ -407,9 +434,11 @@ class _Step:
     """What a sweep does for one run: start it (``argv``), or report it as it is (``result``)."""
 
     run: SweepRun
+    action: str  # in a few words, for the table's column of what a re-launch does
     argv: list[str] | None = None
     resuming: Path | None = None
     result: RunResult | None = None
+    note: str = ""  # why a run is started again in a new directory: its result's note if it finishes
 
 
 def existing_runs(root: Path, job: str) -> dict[tuple, list[tuple[Path, dict]]]:
@@ -433,22 +462,31 @@ def existing_runs(root: Path, job: str) -> dict[tuple, list[tuple[Path, dict]]]:
 
 
 def _plan(run: SweepRun, matches: list[tuple[Path, dict]], out: Path, retry_failed: bool) -> _Step:
-    """Skip, resume, report or start ``run``, given the run directories that are the same run."""
-    newest: dict[str, Path] = {manifest.get("status"): path for path, manifest in matches}
+    """Skip, resume, report or start ``run``, given the run directories that are the same run (oldest
+    first): see the module docstring."""
+    statuses = [(path, run_status(manifest)) for path, manifest in matches]
+    newest = {status: path for path, status in statuses}
     if "finished" in newest:
-        return _Step(run, result=RunResult(run, "skipped", newest["finished"]))
+        return _Step(run, "skip it", result=RunResult(run, "skipped", newest["finished"]))
     if "running" in newest:
-        note = "its run.json says running: another process may be running it (resume or delete it if not)"
-        return _Step(run, result=RunResult(run, "running", newest["running"], note=note))
-    if "interrupted" in newest and run.job in RESUMABLE:
-        path = newest["interrupted"]
-        return _Step(run, argv=[run.job, "--resume", str(path), "-q"], resuming=path)
-    if not retry_failed:
-        for status in ("failed", "diverged"):
-            if status in newest:
-                note = f"{status} earlier; --retry-failed starts it again"
-                return _Step(run, result=RunResult(run, status, newest[status], note=note))
-    return _Step(run, argv=run.argv(out))
+        note = "another process is running it (or ran it on another host, where it cannot be checked)"
+        result = RunResult(run, "running", newest["running"], note=note)
+        return _Step(run, "leave it to its process", result=result)
+    if not statuses:
+        return _Step(run, "start it", argv=run.argv(out))
+    path, status = statuses[-1]
+    if status in ("interrupted", STALE):
+        if run.job in RESUMABLE and (path / CHECKPOINT).is_file():
+            return _Step(run, "resume it", argv=[run.job, "--resume", str(path), "-q"], resuming=path)
+        why = "stopped before its first checkpoint" if run.job in RESUMABLE else f"{run.job} cannot resume"
+        # Started again from scratch in a new directory: the old one keeps its rows apart, and is no
+        # longer the newest (plot takes the newest run of a seed, a re-launch the newest directory).
+        return _Step(run, "start it again", argv=run.argv(out), note=f"{why} ({path}): started again")
+    if status in ("failed", "diverged") and not retry_failed:
+        note = f"{status} earlier; --retry-failed starts it again"
+        action = "report it (--retry-failed: start it again)"
+        return _Step(run, action, result=RunResult(run, status, path, note=note))
+    return _Step(run, "start it again", argv=run.argv(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +508,8 @@ def run_sweep(
     ``backend="local"`` runs ``workers`` runs at a time on this machine (default: one per usable
     core); ``"dask"`` runs them on a Dask ``LocalCluster`` of ``workers`` single-threaded worker
     processes on 127.0.0.1, or, given ``scheduler`` (``tcp://HOST:8786``), on that existing
-    cluster, whose workers must see ``out`` at the same path. A failed run does not stop the others.
+    cluster, whose workers must see ``out`` at the same path. A failed run does not stop the others;
+    each result not :data:`DONE` says in ``relaunch`` what launching the sweep again does with it.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
@@ -487,6 +526,7 @@ def run_sweep(
     steps = [_plan(run, found.get(run.identity, []), root, retry_failed) for run in runs]
     results = [step.result for step in steps]
     todo = [i for i, step in enumerate(steps) if step.argv is not None]
+    launched: dict[int, Launched] = {}
     report = on_progress or (lambda counts: None)
     with _executor(backend, workers or usable_cores(), scheduler) as (executor, slots, task):
         futures = {executor.submit(task, steps[i].argv): i for i in todo}
@@ -495,32 +535,60 @@ def run_sweep(
         for done, future in enumerate(as_completed(futures), start=1):
             i = futures[future]
             try:
-                launched = future.result()
+                launched[i] = future.result()
             except Exception as error:  # the worker running it died or could not start it
-                launched = Launched(code=-1, run_dirs=(), error=f"{type(error).__name__}: {error}")
-            results[i] = _outcome(steps[i], launched)
-            failed += results[i].status == "failed"
+                launched[i] = Launched(code=None, run_dirs=(), error=f"{type(error).__name__}: {error}")
+            failed += launched[i].code != 0
             waiting = len(todo) - done
             report(SweepCounts(len(runs), len(runs) - waiting, min(slots, waiting), failed))
-    if any(result.run_dir is None for result in results):
-        # A run that failed after making its directory did not print it: find it by identity.
-        found = existing_runs(root, runs[0].job)
-        for i, result in enumerate(results):
-            if result.run_dir is None and found.get(result.run.identity):
-                results[i] = replace(result, run_dir=found[result.run.identity][-1][0])
+    if not launched and all(result.done for result in results):
+        return results
+    now = existing_runs(root, runs[0].job)  # once: what the runs left, and what a re-launch does then
+    before = {path for matches in found.values() for path, _ in matches}
+    for i, ended in launched.items():
+        # A run that failed or was killed after making its directory did not print it: its new one.
+        made = [path for path, _ in now.get(steps[i].run.identity, []) if path not in before]
+        run_dir = _printed_dir(steps[i], ended) or (made[-1] if made and ended.code != 0 else None)
+        results[i] = _outcome(steps[i], ended, run_dir)
+    for i, result in enumerate(results):
+        if not result.done:
+            again = _plan(result.run, now.get(result.run.identity, []), root, retry_failed)
+            results[i] = replace(result, relaunch=again.action)
     return results
 
 
-def _outcome(step: _Step, launched: Launched) -> RunResult:
-    """The result of a started run, from its exit code and the manifest of the run it printed."""
-    run_dir = Path(launched.run_dirs[-1]) if launched.run_dirs else step.resuming
-    if launched.code == 0:
-        status = read_manifest(run_dir)["status"] if run_dir else "finished"
-        if status == "finished" and step.resuming:
-            status = "resumed"
-        return RunResult(step.run, status, run_dir)
-    status = "interrupted" if launched.code in INTERRUPTED_CODES else "failed"
-    return RunResult(step.run, status, run_dir, exit_code=launched.code, note=launched.error)
+def _printed_dir(step: _Step, launched: Launched) -> Path | None:
+    """The run directory a started run printed (``-q``: at its end), or the one it resumed."""
+    return Path(launched.run_dirs[-1]) if launched.run_dirs else step.resuming
+
+
+def _outcome(step: _Step, launched: Launched, run_dir: Path | None) -> RunResult:
+    """How a started run ended: its manifest's status (see ``run_status``: a run killed with its
+    manifest ``running`` is ``stale``), or where it made no run directory, what its exit code says."""
+    code = launched.code
+    exit_code = None if code == 0 else code
+    if run_dir is None:
+        status = "finished" if code == 0 else "interrupted" if code in INTERRUPTED_CODES else "failed"
+        return RunResult(step.run, status, None, exit_code, note=launched.error or step.note)
+    try:
+        status = run_status(read_manifest(run_dir))
+    except ResultsError as error:  # its directory was removed or spoilt meanwhile
+        return RunResult(step.run, "failed", run_dir, exit_code, note=str(error))
+    if status == "finished" and step.resuming:
+        status = "resumed"
+    if status in DONE:
+        note = step.note
+    elif status == STALE and code is not None and code < 0:
+        note = f"killed (signal {-code}) {_last_flushed(run_dir)}"
+    else:
+        note = launched.error or step.note
+    return RunResult(step.run, status, run_dir, exit_code, note=note)
+
+
+def _last_flushed(run_dir: Path) -> str:
+    """Where a killed run's trace ends: ``at step N``, its last row on disk."""
+    trace = read_trace(run_dir, on_unreadable=lambda part, reason: None)
+    return f"at step {int(trace['step'].max())}" if len(trace) else "before its first row was written"
 
 
 @contextmanager
@@ -623,7 +691,7 @@ def _dask():
 class Launched:
     """What one invocation did: its exit code, the run directories it printed, its last error line."""
 
-    code: int
+    code: int | None  # negative: killed by that signal; None: it never ended (its Dask worker died)
     run_dirs: tuple[str, ...]
     error: str
 

@@ -103,29 +103,12 @@ def train_step(
 
     params = f.generative_parameters()
     lower_encoders = f.downstream_parameters() if chain else []
-    if estimate.param_grads is not None:
-        if estimate.surrogate is not None:  # two answers to one question: refuse, do not pick one
-            raise RuntimeError(f"{type(estimator).__name__} returned both param_grads and a surrogate")
-        for param, grad in zip(params, estimate.param_grads, strict=True):
-            param.grad = grad
-    else:
-        surrogate = values.mean() if estimate.surrogate is None else estimate.surrogate
-        chain_surrogate = surrogate if estimate.chain_surrogate is None else estimate.chain_surrogate
-        if surrogate.requires_grad:
-            # inputs=...: the surrogate may also reach an estimator's own leaves (a relaxed sample's
-            # logits), which are not the generative model's to train.
-            if chain_surrogate is surrogate:
-                surrogate.backward(inputs=params + lower_encoders)
-            else:
-                surrogate.backward(inputs=params, retain_graph=bool(lower_encoders))
-                if lower_encoders:
-                    chain_surrogate.backward(inputs=lower_encoders)
-        elif params:
-            raise RuntimeError(
-                f"{type(estimator).__name__} returned objective values without a graph and without "
-                "the gradients of the objective's value_and_input_grad: the decoder cannot be trained"
-            )
-    logits.backward(estimate.grad / x.shape[0])
+    if estimate.param_grads is None and not _surrogate(estimate).requires_grad and params:
+        raise RuntimeError(
+            f"{type(estimator).__name__} returned objective values without a graph and without "
+            "the gradients of the objective's value_and_input_grad: the decoder cannot be trained"
+        )
+    backward_estimate(estimate, logits, params, lower_encoders)
     upper_estimates = _train_upper_layers(
         model, upper_estimators, x, logits, k, generator, prior_temperature, kl
     )
@@ -138,6 +121,47 @@ def train_step(
     for upper, upper_estimate in zip(upper_estimators, upper_estimates, strict=True):
         upper.update(upper_estimate)
     return StepOutput(train_elbo=-values.detach().mean(), estimate=estimate, upper_estimates=upper_estimates)
+
+
+def backward_estimate(
+    estimate: Estimate, logits: Tensor, params: Sequence[Tensor], lower_encoders: Sequence[Tensor] = ()
+) -> None:
+    """Write one estimate's gradients into ``.grad``: the split of every training step.
+
+    - ``params``, the parameters ``f`` depends on (a decoder, a classifier): the gradient of
+      ``mean(f)`` over the estimate's samples — its ``param_grads`` when the objective computed
+      them in its own backward pass, else by autograd through the values, or through the
+      estimate's ``surrogate`` where it gives one (VIMCO's K-sample bound); nothing when the values
+      carry no graph (an objective with no parameters of its own);
+    - ``lower_encoders``, the encoders of the layers below a chain-trained first layer: the
+      estimate's ``chain_surrogate`` (or the same surrogate);
+    - the parameters behind ``logits [B, *latent]``: ``g`` by one vector–Jacobian product,
+      ``η.backward(g / B)`` (``g`` is per row; the objective averages the rows).
+    """
+    params, lower_encoders = list(params), list(lower_encoders)
+    if estimate.param_grads is not None:
+        if estimate.surrogate is not None:  # two answers to one question: refuse, do not pick one
+            raise RuntimeError("an estimate returned both param_grads and a surrogate")
+        for param, grad in zip(params, estimate.param_grads, strict=True):
+            param.grad = grad
+    else:
+        surrogate = _surrogate(estimate)
+        chain_surrogate = surrogate if estimate.chain_surrogate is None else estimate.chain_surrogate
+        if surrogate.requires_grad:
+            # inputs=...: the surrogate may also reach an estimator's own leaves (a relaxed sample's
+            # logits), which are not the generative model's to train.
+            if chain_surrogate is surrogate:
+                surrogate.backward(inputs=params + lower_encoders)
+            else:
+                surrogate.backward(inputs=params, retain_graph=bool(lower_encoders))
+                if lower_encoders:
+                    chain_surrogate.backward(inputs=lower_encoders)
+    logits.backward(estimate.grad / logits.shape[0])
+
+
+def _surrogate(estimate: Estimate) -> Tensor:
+    """What the parameters of ``f`` follow the gradient of: the estimate's surrogate, or mean f."""
+    return estimate.values.mean() if estimate.surrogate is None else estimate.surrogate
 
 
 def _train_upper_layers(

@@ -6,6 +6,7 @@ where a default ``--out`` would land, and the ``--out`` given), is snapshotted, 
 and must be unchanged.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -21,7 +22,9 @@ from dcvbench.config import ToyConfig, ToyProblem, VaeConfig
 from dcvbench.data.mnist import IDX_FILES
 from dcvbench.jobs.toy import run_toy
 from dcvbench.jobs.vae import run_vae
+from dcvbench.plot.runs import load_results
 from dcvbench.results import MANIFEST
+from dcvbench.sweep import existing_runs
 from tests.test_checkpoints import ShellCommand
 
 SHELL_REFUSED = f"refused: it holds a pickled Python object ({os.system.__module__}.system)"
@@ -90,7 +93,81 @@ def places(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(places["corrupt_data"], places["overflow_data"])
     header = (0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4))
     (places["overflow_data"] / IDX_FILES[0]).write_bytes(header)
+
+    # Hand-edited manifests: of the resumable VAE run, and of the finished toy run (whose resume is a
+    # no-op, but only once its manifest has been read).
+    for name, changes in HAND_EDITED.items():
+        places[f"edited_{name}"] = edited_manifest(root / f"edited-{name}", linear.path, changes)
+    places["edited_toy"] = edited_manifest(
+        root / "edited-toy", toy.path, {"config": ["rloo"], "status": "finished"}
+    )
+    # Checkpoints whose entries have the wrong type.
+    state = torch.load(linear.path / CHECKPOINT, weights_only=True)
+    for name, changes in BAD_ENTRIES.items():
+        wrong = root / f"{name}.pt"
+        torch.save({**state, **changes}, wrong)
+        places[f"entry_{name}"] = damaged_copy(f"entry-{name}", wrong.read_bytes())
+    # The user's own objective and model (variance --objective, train --objective).
+    places["user_problem"] = root / "problem.py"
+    places["user_problem"].write_text(USER_PROBLEM)
+    places["bandit"] = Path(__file__).resolve().parents[1] / "docs" / "examples" / "bandit.py"
     return places
+
+
+USER_PROBLEM = """
+import torch
+
+def make_problem():
+    return (lambda b: b.sum((-2, -1))), torch.zeros(2, 1, 3, dtype=torch.float64)
+
+def bits():
+    return (lambda b: b.sum(-1)), torch.zeros(2, 3, dtype=torch.float64)
+
+def wrong_shape():
+    return (lambda b: b.sum((-2, -1))[0]), torch.zeros(2, 1, 3, dtype=torch.float64)
+
+def boom():
+    raise RuntimeError("no data")
+"""
+
+
+# A field of the manifest (None: removed; a dotted name: inside config) → its hand-edited value.
+HAND_EDITED = {
+    "no_config": {"config": None},
+    "config_list": {"config": [1, 2]},
+    "k_two": {"config.k": "two"},
+    "k_float": {"config.k": 2.5},
+    "seed_x": {"seed": "x"},
+    "estimator_3": {"estimator": 3},
+    "status_5": {"status": 5},
+    "last_step_a": {"last_step": "a"},
+    "no_k": {"k": None},
+    "settings_list": {"config.estimator_settings": [1]},
+    "other_seed": {"seed": 7},
+}
+# Checkpoint entries of the wrong type.
+BAD_ENTRIES = {
+    "step_str": {"step": "x"},
+    "step_float": {"step": 2.5},
+    "step_past": {"step": 10**6},
+    "generator_float": {"train_generator": torch.zeros(8)},
+    "optimizer_list": {"encoder_optimizer": [1]},
+}
+
+
+def edited_manifest(copy: Path, run: Path, changes: dict) -> Path:
+    """A copy of ``run`` marked interrupted, its manifest edited by hand as ``changes`` says."""
+    shutil.copytree(run, copy)
+    manifest = {**json.loads((copy / MANIFEST).read_text()), "status": "interrupted"}
+    for name, value in changes.items():
+        *parents, key = name.split(".")
+        edited = functools.reduce(lambda values, parent: values[parent], parents, manifest)
+        if value is None:
+            del edited[key]
+        else:
+            edited[key] = value
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -152,7 +229,7 @@ CASES = [
     (["vae", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
     (["vae", "--estimator", "rloo", "--k", "1", "--out", "{out}"], "K must be ≥ 2 for rloo, got 1"),
     (["vae", "--estimator", "arm", "--k", "3", "--out", "{out}"], "K must be even for arm, got 3"),
-    (["vae", "--estimator", "exact-baseline", "--out", "{out}"], "runs on the toy problem only"),
+    (["vae", "--estimator", "exact-baseline", "--out", "{out}"], "runs on the toy and user problems only"),
     (["vae", "--latent-vars", "0", "--out", "{out}"], "--latent-vars must be positive, got 0"),
     (["vae", "--batch-size", "0", "--out", "{out}"], "--batch-size must be positive, got 0"),
     (["vae", "--steps", "-3", "--out", "{out}"], "--steps must be positive, got -3"),
@@ -212,7 +289,7 @@ CASES = [
     ),
     (
         ["vae", "--latent", "categorical", "--estimator", "exact-baseline", "--out", "{out}"],
-        "toy problem only",
+        "toy and user problems only",
     ),
     # variance
     (["variance", "--estimator", "nope", "--out", "{out}"], "unknown estimator 'nope'; choose from:"),
@@ -231,7 +308,7 @@ CASES = [
     (["variance", "--checkpoint", "{pickled}", "--out", "{out}"], "holds a pickled Python object"),
     (
         ["variance", "--checkpoint", "{linear}", "--estimator", "exact-baseline", "--out", "{out}"],
-        "runs on the toy problem only",
+        "runs on the toy and user problems only",
     ),
     (
         ["variance", "--latent", "categorical", "--theta", "0.3", "--out", "{out}"],
@@ -370,6 +447,126 @@ CASES = [
         ["data", "download", "mnist", "--base-url", "notaurl", "--data-dir", "{out}"],
         "--base-url 'notaurl' is not an http:// or https:// URL",
     ),
+    # a hand-edited run.json: the field, named, with the file (config.py promises a ConfigError)
+    (["vae", "--resume", "{edited_no_config}"], "run.json: it has no 'config'"),
+    (["vae", "--resume", "{edited_config_list}"], "run.json: config must be a mapping, got [1, 2]"),
+    (["vae", "--resume", "{edited_k_two}"], "run.json: config.k must be a whole number or null, got 'two'"),
+    (["vae", "--resume", "{edited_k_float}"], "run.json: config.k must be a whole number or null, got 2.5"),
+    (["vae", "--resume", "{edited_seed_x}"], "run.json: seed must be a whole number, got 'x'"),
+    (["vae", "--resume", "{edited_estimator_3}"], "run.json: estimator must be a string, got 3"),
+    (["vae", "--resume", "{edited_status_5}"], "run.json: status must be a string, got 5"),
+    (
+        ["vae", "--resume", "{edited_last_step_a}"],
+        "last_step must be a whole number or null, got 'a'",
+    ),
+    (["vae", "--resume", "{edited_no_k}"], "run.json: it has no 'k'"),
+    (["vae", "--resume", "{edited_settings_list}"], "run.json: config.estimator_settings must be a mapping"),
+    (["vae", "--resume", "{edited_other_seed}"], "run.json: its seed 7 is not one its config runs ((0,))"),
+    (["toy", "--resume", "{edited_toy}"], "run.json: config must be a mapping, got ['rloo']"),
+    (
+        ["variance", "--checkpoint", "{edited_seed_x}", "--out", "{out}"],
+        "run.json: seed must be a whole number, got 'x'",
+    ),
+    # a checkpoint whose entries have the wrong type: the entry, named
+    (["vae", "--resume", "{entry_step_str}"], "checkpoint.pt: its step must be a whole number ≥ 0, got 'x'"),
+    (
+        ["vae", "--resume", "{entry_step_float}"],
+        "its step must be a whole number ≥ 0, got 2.5",
+    ),
+    (["vae", "--resume", "{entry_step_past}"], "checkpoint.pt: its step 1000000 is past the run's 2 steps"),
+    (
+        ["vae", "--resume", "{entry_generator_float}"],
+        "its train_generator must be a generator state (a uint8 tensor), got a torch.float32 tensor",
+    ),
+    (["vae", "--resume", "{entry_optimizer_list}"], "its encoder_optimizer must be a state dict (a mapping)"),
+    (
+        ["variance", "--checkpoint", "{entry_step_str}", "--out", "{out}"],
+        "checkpoint.pt: its step must be a whole number ≥ 0, got 'x'",
+    ),
+    # arithmetic that would overflow: refused with the allowed range
+    (["toy", "--target", "1e308", "--out", "{out}"], "--target must be in [-1e+06, 1e+06], got 1e+308"),
+    (["variance", "--target", "-1e155", "--out", "{out}"], "--target must be in [-1e+06, 1e+06]"),
+    (["toy", "--steps", str(10**19), "--out", "{out}"], f"--steps must be at most 2**63 - 1, got {10**19}"),
+    (["toy", "--steps", str(10**400), "--out", "{out}"], "--steps must be at most 2**63 - 1"),
+    (["toy", "--log-every", str(2**63), "--out", "{out}"], "--log-every must be at most 2**63 - 1"),
+    (["toy", "--k", str(2**63), "--out", "{out}"], f"--k must be at most 2**63 - 1, got {2**63}"),
+    (["variance", "--k", str(10**30), "--out", "{out}"], "--k must be at most 2**63 - 1"),
+    (["variance", "--budget", str(10**30), "--out", "{out}"], "--budget must be at most 2**63 - 1"),
+    (["vae", "--budget", str(10**30), "--out", "{out}"], f"--budget must be at most 2**63 - 1, got {10**30}"),
+    (["vae", "--latent-vars", str(2**63), "--out", "{out}"], "--latent-vars must be at most 2**63 - 1"),
+    (["variance", "--samples", str(2**64), "--out", "{out}"], "--samples must be at most 2**63 - 1"),
+    (
+        ["toy", "--estimator", "concrete", "--temperature", "1e-320", "--out", "{out}"],
+        "--temperature must be at least 2**-126 (float32's smallest normal), got 9.99989e-321",
+    ),
+    (
+        ["vae", "--estimator", "concrete", "--prior-temperature", "1e-39", "--out", "{out}"],
+        "--prior-temperature must be at least 2**-126",
+    ),
+    # the user's own objective (variance --objective FILE.py:NAME) and model (train --objective)
+    (["variance", "--objective", "{root}/absent.py:make_problem", "--out", "{out}"], "no file"),
+    (["variance", "--objective", "{user_problem}:missing", "--out", "{out}"], "defines no 'missing'"),
+    (["variance", "--objective", "{user_problem}:wrong_shape", "--out", "{out}"], "to values [2, 2]"),
+    (["variance", "--objective", "{user_problem}:boom", "--out", "{out}"], "raised RuntimeError: no data"),
+    (
+        ["variance", "--objective", "{user_problem}:make_problem", "--dim", "3", "--out", "{out}"],
+        "drop --dim",
+    ),
+    (
+        [
+            "variance",
+            "--objective",
+            "{user_problem}:make_problem",
+            "--checkpoint",
+            "{linear}",
+            "--out",
+            "{out}",
+        ],
+        "drop --checkpoint",
+    ),
+    (
+        [
+            "variance",
+            "--objective",
+            "{user_problem}:make_problem",
+            "--estimator",
+            "exact-baseline",
+            "--out",
+            "{out}",
+        ],
+        "exact-baseline needs the objective's expectation (dcvbench.objectives.HasExpectation)",
+    ),
+    (
+        ["variance", "--objective", "{user_problem}:bits", "--estimator", "vimco", "--out", "{out}"],
+        "vimco needs the objective's proposal_in_weight",
+    ),
+    (["train", "--objective", "{root}/absent.py:make_model", "--out", "{out}"], "no file"),
+    (
+        ["train", "--objective", "{bandit}:make_nothing", "--out", "{out}"],
+        "defines no 'make_nothing'",
+    ),
+    (
+        ["train", "--objective", "{bandit}:make_model", "--k", "0", "--out", "{out}"],
+        "k must be at least",
+    ),
+    (
+        [
+            "train",
+            "--objective",
+            "{bandit}:make_model",
+            "--estimator",
+            "nope",
+            "--out",
+            "{out}",
+        ],
+        "unknown estimator 'nope'",
+    ),
+    # out of memory before any run exists: what was asked, in one line (a request of 8 TB fails at once),
+    # and no run directory left in the --out given
+    (
+        ["toy", "--dim", str(10**12), "--device", "cpu", "--out", "{empty}"],
+        "out of memory: tried to allocate 7.3 TiB (on the CPU)",
+    ),
 ]
 
 
@@ -389,3 +586,24 @@ def test_one_line_exit_2_nothing_written(args, message, places, tmp_path, capsys
     assert message in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert (snapshot(places["root"]), snapshot(tmp_path)) == before  # the --out given was not created either
+
+
+def test_plot_skips_a_hand_edited_manifest_with_its_reason_and_draws_the_rest(places):
+    results = load_results(places["root"])
+    reasons = {skipped.path.parent.name: skipped.reason for skipped in results.skipped}
+    assert reasons["edited-config_list"] == "manifest: config must be a mapping, got [1, 2]"
+    assert reasons["edited-seed_x"] == "manifest: seed must be a whole number, got 'x'"
+    assert reasons["edited-estimator_3"] == "manifest: estimator must be a string, got 3"
+    assert reasons["edited-last_step_a"] == "manifest: last_step must be a whole number or null, got 'a'"
+    assert reasons["edited-no_k"] == "manifest: it has no 'k'"
+    drawn = {Path(path).name for path in results.runs["path"]}
+    assert "vae" in set(results.runs["job"]) and "toy" in set(results.runs["job"])  # the rest is drawn
+    assert not drawn & set(reasons)
+
+
+def test_sweep_passes_over_a_hand_edited_config(places):
+    found = existing_runs(places["root"], "vae")  # estimator_settings = [1] made this raise
+    kept = {path.name for runs in found.values() for path, _ in runs}
+    assert places["linear"].name in kept
+    invalid = {"no_config", "config_list", "k_two", "k_float", "settings_list"}
+    assert not kept & {f"edited-{name}" for name in invalid}

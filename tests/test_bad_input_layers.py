@@ -47,7 +47,7 @@ CASES = [
     ),
     (
         ["predict", "--estimator", "exact-baseline"],
-        "exact-baseline runs on the toy problem only, not predict",
+        "exact-baseline runs on the toy and user problems only, not predict",
     ),
     (
         ["predict", "--objective", "iwae", "--estimator", "disarm"],

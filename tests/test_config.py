@@ -1,7 +1,9 @@
 """Settings validation: bad values are refused at construction, naming the value."""
 
 import itertools
+import json
 import math
+import re
 from dataclasses import asdict, replace
 
 import pytest
@@ -281,3 +283,48 @@ def test_a_temperature_below_an_estimators_minimum_is_refused_before_any_run():
         )
     annealed = VaeConfig(latent="categorical", estimators=("reinmax",), anneal="exp", anneal_floor=1.0)
     assert annealed.temperatures(0, "reinmax")[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(k="two"), "config.k must be a whole number, got 'two'"),
+        (lambda c: c.update(steps=4.0), "config.steps must be a whole number, got 4.0"),
+        (lambda c: c.update(maximize="yes"), "config.maximize must be true or false, got 'yes'"),
+        (lambda c: c.update(seeds=["a"]), "config.seeds must be a list of whole numbers, got ('a',)"),
+        (lambda c: c["problem"].update(dim="x"), "config.problem.dim must be a whole number, got 'x'"),
+        (lambda c: c.update(problem=[1]), "config.problem must be a mapping of option names to values"),
+        (lambda c: c.update(estimator_settings=[1]), "config.estimator_settings must be a mapping, got [1]"),
+        (lambda c: c.update(bogus=1), "config.bogus is no setting of ToyConfig"),
+    ],
+)
+def test_a_hand_edited_config_names_the_field(edit, message):
+    values = asdict(ToyConfig())
+    edit(values)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        toy_config_from_dict(values)
+
+
+def test_a_manifest_config_of_the_right_types_is_rebuilt_as_saved():
+    config = VaeConfig(latent_vars=8, seeds=(3, 4), estimator_settings={"alpha": 0.5})
+    assert vae_config_from_dict(json.loads(json.dumps(asdict(config)))) == config
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ToyConfig(steps=2**63), "--steps must be at most 2**63 - 1"),
+        (lambda: ToyConfig(k=10**30), "--k must be at most 2**63 - 1"),
+        (lambda: ToyProblem(target=1e7), "--target must be in [-1e+06, 1e+06], got 10000000.0"),
+        (lambda: ToyProblem(target=math.nan), "--target must be in [-1e+06, 1e+06], got nan"),
+        (lambda: VarianceConfig(budgets=(2**63,)), "--budget must be at most 2**63 - 1"),
+        (lambda: VaeConfig(prior_temperature=1e-40), "--prior-temperature must be at least 2**-126"),
+        (
+            lambda: ToyConfig(estimators=("concrete",), estimator_settings={"temperature": 1e-300}),
+            "--temperature must be at least 2**-126",
+        ),
+    ],
+)
+def test_values_whose_arithmetic_overflows_are_refused_with_the_range(make, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()

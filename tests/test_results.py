@@ -3,6 +3,9 @@
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -35,13 +38,13 @@ def test_a_run_writes_manifest_and_trace_and_reads_back(tmp_path):
 
 
 def test_each_flush_adds_a_part_and_never_rewrites_one(tmp_path):
-    with make_run(tmp_path) as run:
-        run.log(0, objective=1.0)
-        run.flush()
-        first = (run.path / "trace" / "part-0000000000.parquet").read_bytes()
-        run.log(1, objective=2.0)
-        run.flush()
-        run.flush()  # nothing buffered: no empty part
+    run = make_run(tmp_path)  # while it runs (its end consolidates the parts)
+    run.log(0, objective=1.0)
+    run.flush()
+    first = (run.path / "trace" / "part-0000000000.parquet").read_bytes()
+    run.log(1, objective=2.0)
+    run.flush()
+    run.flush()  # nothing buffered: no empty part
     parts = sorted((run.path / "trace").glob("part-*.parquet"))
     assert [p.name for p in parts] == ["part-0000000000.parquet", "part-0000000001.parquet"]
     assert parts[0].read_bytes() == first
@@ -146,10 +149,11 @@ def test_write_table_is_readable_with_schema_version(tmp_path):
 
 
 def test_read_trace_can_skip_an_unreadable_part_and_keep_the_rest(tmp_path):
-    with make_run(tmp_path) as run:
-        run.log(0, objective=1.0)
-        run.flush()
-        run.log(1, objective=2.0)
+    run = make_run(tmp_path)  # two parts, as a run has them until it ends
+    run.log(0, objective=1.0)
+    run.flush()
+    run.log(1, objective=2.0)
+    run.flush()
     bad = run.path / "trace" / "part-0000000000.parquet"
     bad.write_bytes(b"garbage")
     reported = []
@@ -179,7 +183,50 @@ def test_every_file_and_directory_of_a_run_follows_the_umask(tmp_path, umask):
     assert main(["plot", str(out), "--out", str(tmp_path / "plots")]) == 0  # figures and tables
     made = list(tmp_path.rglob("*"))
     names = {path.name for path in made}
-    assert {"run.json", "part-0000000000.parquet", "checkpoint.pt", "variance.parquet", "summary.md"} <= names
+    assert {"run.json", "checkpoint.pt", "variance.parquet", "summary.md"} <= names
+    assert any(results.PART_NAME.fullmatch(name) for name in names)  # the trace's (consolidated) part
     modes = {path.relative_to(tmp_path): stat.S_IMODE(path.stat().st_mode) for path in made}
     expected = {path.relative_to(tmp_path): 0o777 if path.is_dir() else 0o666 for path in made}
     assert modes == {path: mode & ~umask for path, mode in expected.items()}
+
+
+# A child that opens a run and waits, as a process writing a run does until it is killed.
+RUN_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from dcvbench.results import Run
+identity = {"problem": "toy", "estimator": "rloo", "k": 2, "seed": 0}
+Run.create(Path(sys.argv[1]), "toy-rloo", identity, ("objective",), {"config": {}})
+time.sleep(600)
+"""
+
+
+def test_a_running_run_whose_process_was_killed_reads_as_stale(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", RUN_AND_WAIT, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not find_runs(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (run_dir,) = find_runs(tmp_path)
+        manifest = read_manifest(run_dir)
+        assert manifest["process"]["pid"] == process.pid
+        assert results.run_status(manifest) == "running"  # alive
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs, the manifest keeps saying running
+        process.wait()
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "running"
+    assert results.run_status(manifest) == results.STALE
+
+
+def test_a_run_status_that_cannot_be_checked_stays_as_written(tmp_path):
+    run = make_run(tmp_path)
+    manifest = read_manifest(run.path)
+    assert results.run_status(manifest) == "running"  # this process: alive
+    elsewhere = {**manifest, "process": {**manifest["process"], "host": "another-host"}}
+    assert results.run_status(elsewhere) == "running"  # another host's processes are not visible
+    assert results.run_status({**manifest, "process": None}) == "running"  # written before processes
+    reused = {**manifest, "process": {**manifest["process"], "pid_started": -1}}
+    assert results.run_status(reused) == results.STALE  # its process id now names another process
+    run.finish("interrupted")
+    assert results.run_status(read_manifest(run.path)) == "interrupted"

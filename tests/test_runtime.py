@@ -1,5 +1,7 @@
 """Devices, seeds and provenance."""
 
+import signal
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from dcvbench.runtime import (
     make_generator,
     provenance,
     resolve_device,
+    signals_held,
     torch_threads,
 )
 
@@ -50,3 +53,31 @@ def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
     with pytest.raises(RuntimeError), torch_threads(wanted):
         raise RuntimeError("a job that fails")
     assert torch.get_num_threads() == before
+
+
+def test_signals_held_delivers_a_signal_only_when_the_block_ends():
+    order = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: order.append("handled"))
+    try:
+        with signals_held():
+            signal.raise_signal(signal.SIGTERM)
+            order.append("block went on")
+        order.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert order == ["block went on", "handled", "after"]
+
+
+def test_signals_held_raises_ctrl_c_after_the_block():
+    # Python's own Ctrl-C handler, whatever this test process inherited (a shell running it in the
+    # background makes SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            signal.raise_signal(signal.SIGINT)
+            finished.append(True)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert finished == [True]

@@ -14,7 +14,7 @@ from dcvbench.checkpoints import CHECKPOINT, load_checkpoint
 from dcvbench.cli import main
 from dcvbench.config import vae_config_from_dict
 from dcvbench.jobs.vae import run_vae
-from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
+from dcvbench.results import STALE, TIMING_COLUMNS, find_runs, read_manifest, read_trace, run_status
 
 LONG_TOY = ["toy", "--dim", "20", "--steps", "1000000", "--estimator", "rloo", "--var-samples", "50", "-q"]
 
@@ -117,3 +117,89 @@ def test_sigterm_mid_vae_run_then_resume_gives_the_uninterrupted_trace(tmp_path)
     pd.testing.assert_frame_equal(
         read_trace(full.path).drop(columns=TIMING_COLUMNS), read_trace(run).drop(columns=TIMING_COLUMNS)
     )
+
+
+# `dcvbench` whose rows all stay buffered until the run ends, that pauses at a given step (as
+# PAUSING_DCVBENCH), and whose end takes 3 s and says when it begins: a second signal then certainly
+# arrives during the clean-up after the first.
+SLOW_CLEAN_UP_DCVBENCH = """
+import sys, time
+from pathlib import Path
+import dcvbench.cli as cli
+from dcvbench import results
+
+paused, cleaning, pause_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+results.FLUSH_SECONDS = float("inf")
+advance, done = cli.RichProgress.advance, [0]
+
+def advance_then_pause(self, steps=1):
+    advance(self, steps)
+    done[0] += steps
+    if done[0] == pause_at:
+        paused.touch()
+        time.sleep(600)
+
+finish = results.Run.finish
+
+def slow_finish(self, *args, **kwargs):
+    cleaning.touch()
+    time.sleep(3)
+    finish(self, *args, **kwargs)
+
+cli.RichProgress.advance = advance_then_pause
+results.Run.finish = slow_finish
+sys.argv = ["dcvbench", *sys.argv[4:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [
+        (signal.SIGINT, signal.SIGINT, 130),
+        (signal.SIGTERM, signal.SIGTERM, 143),
+        (signal.SIGINT, signal.SIGTERM, 130),
+    ],
+    ids=["int-int", "term-term", "int-term"],
+)
+def test_a_second_signal_during_the_clean_up_does_not_cut_it_short(tmp_path, first, second, code):
+    out, paused, cleaning = tmp_path / "out", tmp_path / "paused", tmp_path / "cleaning"
+    toy = [*LONG_TOY, "--log-every", "10", "--out", str(out)]
+    command = [sys.executable, "-c", SLOW_CLEAN_UP_DCVBENCH, str(paused), str(cleaning), "95", *toy]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        wait_for(tmp_path, "paused", process)  # 95 steps done, rows at 0, 10, …, 90 all buffered
+        process.send_signal(first)
+        wait_for(tmp_path, "cleaning", process)  # the clean-up has begun and takes 3 s
+        process.send_signal(second)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    (run,) = find_runs(out)
+    manifest = read_manifest(run)
+    assert (manifest["status"], manifest["last_step"]) == ("interrupted", 90)
+    assert list(read_trace(run)["step"]) == list(range(0, 91, 10))  # the buffered rows, all written
+    assert process.returncode == code
+    assert "Traceback" not in err
+    assert "still saving" in err
+
+
+def test_a_live_run_is_not_resumed_and_a_sigkilled_one_is(tmp_path, capsys):
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    vae = [*TINY_VAE, "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-c", PAUSING_DCVBENCH, str(marker), "33", *vae])
+    try:
+        wait_for(tmp_path, "paused", process)  # checkpoint at 30; the process is alive and paused
+        (run,) = find_runs(out)
+        assert main(["vae", "--resume", str(run), "-q"]) == 2  # two writers of one run: refused
+        assert "is still running" in capsys.readouterr().err
+        process.kill()  # SIGKILL: no clean-up, the manifest still says running
+        process.wait()
+    finally:
+        process.kill()
+    assert read_manifest(run)["status"] == "running"
+    assert run_status(read_manifest(run)) == STALE
+    assert main(["vae", "--resume", str(run), "-q"]) == 0
+    manifest = read_manifest(run)
+    assert (manifest["status"], manifest["last_step"]) == ("finished", 60)
+    assert [resume["from_step"] for resume in manifest["resumes"]] == [30]

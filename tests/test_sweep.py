@@ -7,6 +7,8 @@ so the runs are tiny and the local sweep is shared by the tests that only read i
 import itertools
 import json
 import shlex
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dcvbench import cli
+from dcvbench.checkpoints import CHECKPOINT
 from dcvbench.cli import app, main
 from dcvbench.cli.sweep import job_commands
-from dcvbench.results import TIMING_COLUMNS, find_runs, read_manifest, read_trace
+from dcvbench.results import STALE, TIMING_COLUMNS, find_runs, process_record, read_manifest, read_trace
 from dcvbench.sweep import (
     _plan,
     existing_runs,
@@ -313,18 +316,51 @@ def test_missing_dask_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
-def test_plan_skips_resumes_and_reports(tmp_path):
-    (run,) = expand(parse_spec({"job": "toy", "options": {"estimator": "rloo", "seed": 1}}, COMMANDS))
+def ended_process() -> dict:
+    """The process record of a process that has ended: a manifest naming it is stale."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return {"host": socket.gethostname(), "pid": process.pid, "pid_started": None}
 
-    def plan(*statuses: str, retry: bool = False):
-        matches = [(tmp_path / status, {"status": status}) for status in statuses]
+
+def test_plan_skips_resumes_restarts_and_reports(tmp_path):
+    spec = {"job": "toy", "options": {"estimator": "rloo", "seed": 1}}
+    (toy,) = expand(parse_spec(spec, COMMANDS))
+    (variance,) = expand(parse_spec({"job": "variance", "options": {"estimator": "rloo"}}, COMMANDS))
+    alive, ended = process_record(), ended_process()
+
+    def plan(*statuses: str, retry: bool = False, checkpoint: bool = True, run=toy) -> str:
+        """What the sweep does with ``run``, given directories of these statuses, oldest first."""
+        matches = []
+        for i, status in enumerate(statuses):
+            path = tmp_path / f"{len(list(tmp_path.iterdir()))}-{i}-{status}"
+            path.mkdir()
+            if checkpoint:
+                (path / CHECKPOINT).touch()
+            # A stale run's manifest says running, and names a process that has ended.
+            process = ended if status == STALE else alive
+            matches.append((path, {"status": "running" if status == STALE else status, "process": process}))
         step = _plan(run, matches, tmp_path, retry)
-        return step.result.status if step.result else ("resume" if step.resuming else "run")
+        if step.result:
+            return step.result.status
+        if step.resuming:
+            assert step.resuming == matches[-1][0]  # the newest
+            return "resume"
+        assert step.argv == run.argv(tmp_path)  # a new run directory
+        if not step.note:
+            return "run"
+        assert step.note.endswith(f"({matches[-1][0]}): started again")  # the old one is named
+        return "again"
 
     assert plan() == "run"
-    assert plan("failed", "finished") == "skipped"
-    assert plan("interrupted", "running") == "running"
-    assert plan("failed", "interrupted") == "resume"
+    assert plan("failed", "finished") == plan("finished", STALE) == "skipped"
+    assert plan("interrupted", "running") == plan(STALE, "running") == "running"  # alive: left to it
+    assert plan("failed", "interrupted") == plan(STALE) == "resume"
+    # Stopped before its first checkpoint: started again, in a new directory.
+    assert plan("interrupted", checkpoint=False) == plan(STALE, checkpoint=False) == "again"
+    assert plan("interrupted", run=variance) == "again"  # a variance study cannot resume
+    # The newest directory decides: an older one is one that was started again.
+    assert plan("interrupted", "failed") == "failed"
     assert plan("diverged") == "diverged"
     assert plan("failed") == "failed"
     assert plan("failed", retry=True) == "run"

@@ -6,7 +6,7 @@ One module per command (group); importing this package registers each on :data:`
 # isort: off
 from dcvbench.cli.app import app, main
 from dcvbench.cli.console import RichProgress
-from dcvbench.cli import listing, toy, vae, predict, variance, plot, sweep  # noqa: F401  (registers the commands)
+from dcvbench.cli import listing, toy, vae, predict, variance, train, plot, sweep  # noqa: F401  (registers the commands)
 
 # isort: on
 

@@ -2,7 +2,8 @@
 
 Bad input ends in one line on stderr and exit code 2, never a traceback: Typer's own usage errors
 (an unknown option, a value of the wrong type) and the library's (:data:`USER_ERRORS`, found when a
-configuration is built or a file is read) alike.
+configuration is built or a file is read) alike. A run that fails (its trace cannot be written, it
+runs out of memory) ends in one line too, with exit code 1: its manifest holds the traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typer.core import TyperCommand, TyperGroup
 from dcvbench import __version__
 from dcvbench.data import DataError
 from dcvbench.estimators import EstimatorError
-from dcvbench.results import ResultsError
-from dcvbench.runtime import ConfigError
+from dcvbench.failures import describe, out_of_memory
+from dcvbench.results import ResultsError, RunFailed
+from dcvbench.runtime import STOP_SIGNALS, ConfigError
 
 # Typer bundles its own click; its exceptions are reachable only through Typer's public classes.
 CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
@@ -94,15 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: every usage error becomes one line on stderr and exit code 2.
 
     Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143, after the run in progress has flushed
-    what it measured and marked itself ``interrupted``: SIGTERM is raised as a KeyboardInterrupt.
+    what it measured and marked itself ``interrupted``: the first signal is raised as a
+    KeyboardInterrupt; any further one, while that clean-up runs, is noted and ignored, so an
+    impatient second Ctrl-C (or a process manager's second SIGTERM) cannot cut the clean-up short.
     """
-    terminated: list[int] = []
+    received: list[int] = []
 
-    def on_sigterm(signum, frame) -> None:
-        terminated.append(signum)
-        raise KeyboardInterrupt
+    def on_stop_signal(signum, frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt
+        if len(received) == 2:
+            print("dcvbench: still saving what was measured; stopping when that is done", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {signum: signal.signal(signum, on_stop_signal) for signum in STOP_SIGNALS}
     try:
         # Typer answers an interruption itself in this mode: it returns exit code 130.
         code = app(args=argv, prog_name="dcvbench", standalone_mode=False)
@@ -112,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         code = 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if code == 130:
+        terminated = bool(received) and received[0] == signal.SIGTERM
         print(f"dcvbench: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         code = 143 if terminated else 130
     if argv is None:
@@ -130,6 +139,16 @@ def reports_user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
             print(f"dcvbench: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except RunFailed as error:
+            print(f"dcvbench: error: {error}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        except (MemoryError, RuntimeError) as error:
+            # Out of memory before any run exists (a run that exists records it and fails): what was
+            # asked for, in one line; a RuntimeError that is no failed allocation is a bug, raised.
+            if out_of_memory(error) is None:
+                raise
+            print(f"dcvbench: error: {describe(error)}", file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper

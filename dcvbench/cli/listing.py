@@ -34,12 +34,19 @@ def estimators(
         raise ConfigError(f"unknown --latent {latent!r}; choose from: {', '.join(LATENT_TYPES)}")
     table = Table(title="dcvbench estimators" + ("" if latent is None else f" for {latent} latents"))
     columns = ("name", "latents", "f evals", "unbiased", "K", "needs ∇_b f", "problems", "options")
+    names = estimator_names(latent)
+    flags = {name: [option.flag for option in _options(name, latent)] for name in names}
+    widest_flag = max((len(f"{flag},") for shown in flags.values() for flag in shown), default=1)
     for column in (*columns, "description"):
-        # A name and its latent types read whole; the long free text wraps instead.
-        table.add_column(column, no_wrap=column in ("name", "latents"))
-    for name in estimator_names(latent):
+        # A name and its latent types read whole, and each option flag with its comma (the column is
+        # as wide as the widest); the long free text wraps instead.
+        table.add_column(
+            column,
+            no_wrap=column in ("name", "latents"),
+            min_width=widest_flag if column == "options" else None,
+        )
+    for name in names:
         info = estimator_info(name)
-        options = estimator_class(name, latent or info.families[0]).options
         table.add_row(
             name,
             ", ".join(info.families),
@@ -48,10 +55,15 @@ def estimators(
             info.k_rule(),
             "yes" if info.needs_input_grad else "no",
             ", ".join(info.problems),
-            ", ".join(option.flag for option in options) or "–",
+            ", ".join(flags[name]) or "–",
             escape(info.summary),  # summaries hold brackets (E_q[f]) that rich would read as markup
         )
     stdout.print(table)
+
+
+def _options(name: str, latent: str | None):
+    """The options of estimator ``name`` (for ``latent``, or its first latent type)."""
+    return estimator_class(name, latent or estimator_info(name).families[0]).options
 
 
 @data_app.command("list")

@@ -105,7 +105,7 @@ def sweep(
     out: Out = "results",
     quiet: Quiet = False,
 ) -> None:
-    """A grid of toy, VAE, predict or variance runs, skipping finished ones and resuming interrupted ones."""
+    """A grid of toy, VAE, predict or variance runs; a re-launch finishes those not finished."""
     parsed = load_spec(spec, job_commands())
     runs = expand(parsed)
     merged = merged_note(runs)
@@ -131,20 +131,22 @@ def sweep(
             retry_failed=retry_failed,
             on_progress=show,
         )
-    failed = [r for r in results if r.status in ("failed", "interrupted")]
+    unfinished = [result for result in results if not result.done]
     if quiet:
-        for result in failed:
-            print(f"dcvbench: {result.run.key}: {result.status}: {result.note}", file=sys.stderr)
+        for r in unfinished:
+            said = f"{r.status}: {r.note}" if r.note else r.status
+            print(f"dcvbench: {r.run.key}: {said}; a re-launch will {r.relaunch}", file=sys.stderr)
         for result in results:
             if result.run_dir is not None:
                 print(result.run_dir)
     else:
-        table = Table(title=f"sweep: {parsed.title}", caption=f"{len(runs)} runs, {len(failed)} not finished")
-        for column in ("run", "status", "run dir", "note"):
+        caption = f"{len(runs)} runs, {len(unfinished)} not finished"
+        table = Table(title=f"sweep: {parsed.title}", caption=caption)
+        for column in ("run", "status", "run dir", "note", "a re-launch will"):
             table.add_column(column)
         for r in results:
             status = r.status if r.exit_code is None else f"{r.status} (exit {r.exit_code})"
-            table.add_row(r.run.label, status, str(r.run_dir or "–"), r.note)
+            table.add_row(r.run.label, status, str(r.run_dir or "–"), r.note, r.relaunch)
         stdout.print(table)
-    if failed:
+    if unfinished:  # 0 only when every run is done: finished now, resumed, or skipped as finished before
         raise typer.Exit(1)

@@ -18,7 +18,6 @@ from dcvbench.cli.options import (
     Dim,
     Dtype,
     Latent,
-    Objective,
     Out,
     Quiet,
     Target,
@@ -40,6 +39,7 @@ from dcvbench.cli.options import (
 from dcvbench.config import (
     CHECKPOINT_SAMPLES,
     DEFAULT_K,
+    TOY_OBJECTIVES,
     VARIANCE_DEFAULT_ESTIMATORS,
     ToyProblem,
     VarianceConfig,
@@ -53,12 +53,31 @@ PROBLEMS = ("toy", "vae")
 QUALITY_COLUMNS = {"bias norm": "bias_norm", "MSE": "mse", "cosine": "cosine"}
 # The options of the toy problem and its point: a --checkpoint measures a VAE instead.
 TOY_OPTIONS = ("latent", "dim", "classes", "target", "objective", "w_scale", "w_seed", "theta")
+# Options that do nothing beside --objective FILE.py:NAME: the user's problem has its own latents and
+# logits, in their own dtype and on their own device.
+USER_REFUSES = (
+    *(name for name in TOY_OPTIONS if name != "objective"),
+    *("checkpoint", "exact", "dtype", "device"),
+)
+
+
+def user_objective(objective: str) -> bool:
+    """Whether ``--objective`` names the user's ``FILE.py:NAME`` rather than a toy objective."""
+    return ":" in objective
 
 
 def variance_config(ctx: typer.Context) -> VarianceConfig:
     """The configuration of the ``dcvbench variance`` command line parsed into ``ctx``."""
     p = ctx.params
     problem, checkpoint = p["problem"], p["checkpoint"]
+    spec = p["objective"] if user_objective(p["objective"]) else None
+    if spec is not None:
+        for name in (*USER_REFUSES, "problem"):
+            if given(ctx, name):
+                raise ConfigError(
+                    f"--objective {spec} measures your problem at its own logits, in their dtype and on "
+                    f"their device; drop {flag_of(name)}"
+                )
     if problem not in PROBLEMS:
         raise ConfigError(f"unknown problem {problem!r}; choose from: toy, vae (with --checkpoint)")
     if problem == "vae" and checkpoint is None:
@@ -70,7 +89,7 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
                     f"--checkpoint measures its run's model with its own latents and temperatures; "
                     f"drop {flag_of(name)}"
                 )
-    toy = toy_problem(ctx)
+    toy = ToyProblem() if spec else toy_problem(ctx)
     if checkpoint is None:
         refuse_target_with_categorical(ctx, toy)
     samples = p["samples"]
@@ -92,6 +111,7 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
         estimator_settings=estimator_settings(p, "variance"),
         out=p["out"],
         exact=p["exact"],
+        objective=spec,
     )
     refuse_contradictions(ctx, "variance")
     return config
@@ -132,7 +152,17 @@ def variance(
     dim: Dim = ToyProblem.dim,
     classes: ToyClasses = ToyProblem.classes,
     target: Target = ToyProblem.target,
-    objective: Objective = ToyProblem.objective,
+    objective: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME|FILE.py:NAME",
+            help=f"Toy objective: {', '.join(TOY_OBJECTIVES['binary'])}; categorical latents: "
+            f"{' or '.join(TOY_OBJECTIVES['categorical'])}. Or your own problem: FILE.py:NAME, a "
+            "function returning (objective, logits[, exact_gradient]); importing FILE runs its code "
+            "(docs/measurement.md).",
+            rich_help_panel=PROBLEM,
+        ),
+    ] = ToyProblem.objective,
     w_scale: WScale = ToyProblem.w_scale,
     w_seed: WSeed = ToyProblem.w_seed,
     theta: Annotated[
@@ -201,7 +231,11 @@ def variance(
         print(study.path)
         return
     toy = config.problem
-    if config.checkpoint:
+    if config.objective:
+        title = f"variance of {config.objective}, {config.samples} draws"
+        against_exact = {"max |z|": "bias_max_z", "mean |z|": "bias_mean_z", **QUALITY_COLUMNS}
+        extra = {label: name for label, name in against_exact.items() if name in study.table}
+    elif config.checkpoint:
         title = f"encoder-gradient variance at {config.checkpoint}, {config.samples} draws"
         extra = {"logit variance": "logit_variance", "logit vs rloo": "logit_variance_ratio"}
         if config.exact:

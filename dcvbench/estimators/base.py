@@ -104,9 +104,13 @@ class EstimatorInfo:
     # Evaluates f at every one-variable change of each sample too (IndeCateR's local expectations):
     # D more per sample for bits, N(C−1) for classes (LatentFamily.neighbour_count).
     neighbour_evals: bool = False
-    # The problems it runs on: exact-baseline needs the toy's closed-form E_q[f]; VIMCO needs f to be
-    # a negative log importance weight, which the VAE's and structured prediction's objectives are.
-    problems: tuple[str, ...] = ("toy", "vae", "predict")
+    # The problems it runs on ("user": the user's own objective, dcvbench.compare): exact-baseline
+    # needs the toy's closed-form E_q[f]; VIMCO needs f to be a negative log importance weight, which
+    # the VAE's and structured prediction's objectives are. On "user", what `requires` says.
+    problems: tuple[str, ...] = ("toy", "vae", "predict", "user")
+    # The optional protocols of dcvbench.objectives it cannot do without, beyond f: a user's objective
+    # must implement them (missing_hooks); the built-in problems in `problems` suit it as they are.
+    requires: tuple[type, ...] = ()
     families: tuple[str, ...] = ("binary",)  # the latent types it is registered for
     order: int = 1000  # place in listings, ascending (ties by name); undeclared: after the rest
     stats: tuple[Stat, ...] = ()
@@ -126,6 +130,11 @@ class EstimatorInfo:
     def __post_init__(self):
         if self.neighbour_evals and (self.evals_per_sample != 1 or self.extra_evals):
             raise ValueError(f"{self.name}: neighbour_evals counts one evaluation per sample and no others")
+
+    def missing_hooks(self, objective: object) -> tuple[type, ...]:
+        """The protocols of :attr:`requires` that ``objective`` does not implement; empty when the
+        estimator can run on it."""
+        return tuple(protocol for protocol in self.requires if not isinstance(objective, protocol))
 
     def evals(self, k: int, shape: ProblemShape | None = None) -> int:
         """Evaluations of ``f`` per estimate with ``k`` samples, for latents of ``shape`` (needed

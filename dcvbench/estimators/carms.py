@@ -118,7 +118,7 @@ def carms_gradient(values: Tensor, b: Tensor, probs: Tensor, ratio: Tensor) -> T
         needs_input_grad=False,
         min_k=2,
         families=("categorical",),
-        problems=("toy", "vae"),  # structured prediction's latents are bits
+        problems=("toy", "vae", "user"),  # structured prediction's latents are bits
         order=95,  # after arms, its two-class case
     )
 )

@@ -14,10 +14,11 @@ from dcvbench.objectives import HasExpectation, Objective
 @register(
     EstimatorInfo(
         name="exact-baseline",
-        summary="oracle: score function with the exact E_q[f] as baseline (toy only)",
+        summary="oracle: score function with the exact E_q[f] as baseline (toy, or f with expectation())",
         unbiased=True,
         needs_input_grad=False,
-        problems=("toy",),
+        problems=("toy", "user"),
+        requires=(HasExpectation,),
         families=("binary", "categorical"),
         order=60,
     )

@@ -112,6 +112,21 @@ def estimator_info(name: str, latent: str | None = None) -> EstimatorInfo:
     return _REGISTRY[name].info
 
 
+def check_objective(name: str, objective: object, latent: str = "binary") -> None:
+    """Raise :class:`EstimatorError`, in one line, naming the hooks that estimator ``name`` requires
+    (``info.requires``) and the user's ``objective`` lacks: before a study, not at its first draw."""
+    missing = estimator_info(name, latent).missing_hooks(objective)
+    if missing:
+        hooks = " and ".join(member for protocol in missing for member in _members(protocol))
+        protocols = ", ".join(f"dcvbench.objectives.{protocol.__name__}" for protocol in missing)
+        raise EstimatorError(f"{name} needs the objective's {hooks} ({protocols}), which it lacks")
+
+
+def _members(protocol: type) -> list[str]:
+    """What a protocol of :mod:`dcvbench.objectives` asks for, by name: ``["expectation"]``."""
+    return [member for member in vars(protocol) if not member.startswith("_")]
+
+
 def did_you_mean(name: str, names: list[str]) -> str:
     """The end of an "unknown estimator" message: ``did you mean 'rloo-dcv'?`` for a near miss
     (as for a mistyped command), else ``choose from: reinforce, …``."""

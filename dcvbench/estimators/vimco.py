@@ -85,7 +85,8 @@ def leave_one_out_bounds(log_w: Tensor) -> Tensor:
         unbiased=False,
         needs_input_grad=False,
         min_k=2,
-        problems=("vae", "predict"),
+        problems=("vae", "predict", "user"),
+        requires=(HasImportanceWeight,),  # on "user": f = −log w, declared
         families=("binary",),
         bounds=("iwae",),
         trains_chain=True,

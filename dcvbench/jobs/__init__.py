@@ -6,6 +6,8 @@ terminals; the CLI passes a rich progress bar, library users nothing (:class:`No
 
 from __future__ import annotations
 
+import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +17,7 @@ import torch
 
 from dcvbench.checkpoints import CHECKPOINT
 from dcvbench.estimators import Estimate, Estimator
-from dcvbench.results import IDENTITY_SCHEMA, read_manifest, read_trace
+from dcvbench.results import IDENTITY_SCHEMA, read_manifest, read_trace, run_status
 from dcvbench.runtime import ConfigError
 
 
@@ -94,17 +96,36 @@ def run_summary(path: Path, manifest: dict, metrics: tuple[str, ...]) -> RunSumm
 def run_to_resume(run_dir: Path | str, job: str) -> tuple[Path, dict, Path]:
     """The directory, manifest and checkpoint of a ``job`` run that ``--resume`` can continue.
 
-    A directory that is no run is a :class:`~dcvbench.results.ResultsError`; a run of another job
-    or one without a checkpoint is a :class:`ConfigError`. Nothing is written here.
+    A directory that is no run is a :class:`~dcvbench.results.ResultsError`; a run of another job,
+    one without a checkpoint, one still running (its manifest says ``running`` and its process on
+    this host is alive; a :data:`~dcvbench.results.STALE` run, whose process is gone, resumes) or
+    one in a directory that cannot be written is a :class:`ConfigError`. Nothing is written here.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     if manifest.get("job") != job:
         raise ConfigError(f"{run_dir} is not a {job} run (its job is {manifest.get('job')!r})")
+    if run_status(manifest) == "running" and _on_this_host(manifest):
+        process = manifest["process"]
+        raise ConfigError(
+            f"{run_dir} is still running (process {process.get('pid')}); stop it before resuming it, "
+            "or two processes would write one run"
+        )
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         raise ConfigError(f"{run_dir} has no {CHECKPOINT} to resume from; start the run again instead")
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"cannot resume {run_dir}: it cannot be written ({reason})") from None
     return run_dir, manifest, checkpoint
+
+
+def _on_this_host(manifest: dict) -> bool:
+    process = manifest.get("process")
+    return isinstance(process, dict) and process.get("host") == socket.gethostname()
 
 
 def stat_columns(estimator: Estimator) -> tuple[str, ...]:

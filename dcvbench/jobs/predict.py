@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dcvbench.config import PredictConfig, predict_config_from_dict
+from dcvbench.config import PredictConfig
 from dcvbench.data import Dataset
 from dcvbench.estimators import Estimator, start_temperature
 from dcvbench.jobs import Progress, RunSummary
@@ -27,9 +27,6 @@ class PredictJob(ModelJob):
     """Structured prediction: :class:`~dcvbench.problems.predict.Predictor`, scored by ``−test NLL``."""
 
     name = "predict"
-
-    def config_from_dict(self, values: dict) -> PredictConfig:
-        return predict_config_from_dict(values)
 
     def build_model(
         self, config: PredictConfig, seed: int, dataset: Dataset, device: torch.device

@@ -21,8 +21,19 @@ from pathlib import Path
 
 import torch
 
-from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
-from dcvbench.config import ToyConfig, ToyProblem, toy_config_from_dict
+from dcvbench.checkpoints import (
+    CHECKPOINT,
+    GENERATOR,
+    STATE,
+    STEP,
+    TENSOR,
+    check_entries,
+    check_step,
+    load_checkpoint,
+    load_into,
+    write_checkpoint,
+)
+from dcvbench.config import ToyConfig, ToyProblem, run_config
 from dcvbench.estimators import Estimator, build_estimator
 from dcvbench.jobs import (
     NoProgress,
@@ -39,11 +50,20 @@ from dcvbench.jobs import (
 from dcvbench.measure.variance import resample_variance
 from dcvbench.problems.categorical_toy import make_categorical_objective
 from dcvbench.problems.toy import ToyObjective, exact_gradient, make_objective
-from dcvbench.results import Run, prepare_output_root, read_manifest
+from dcvbench.results import MANIFEST, Run, prepare_output_root, read_manifest
 from dcvbench.runtime import make_generator, provenance, resolve_device, resolve_dtype, torch_threads
 
 # The toy's own trace columns; a run adds its estimator's stats (rloo-dcv's α, …: stat_columns).
 TOY_METRICS = ("objective", "grad_var", "bias_max_z", "bias_mean_z", "sec_per_step")
+# What a toy run's checkpoint holds (ToyTraining.state_dict): checked before any of it is loaded.
+TOY_CHECKPOINT_ENTRIES = {
+    "step": STEP,
+    "logits": TENSOR,
+    "optimizer": STATE,
+    "estimator": STATE,
+    "train_generator": GENERATOR,
+    "measure_generator": GENERATOR,
+}
 
 
 @dataclass(frozen=True)
@@ -190,15 +210,19 @@ def resume_toy(
     if finished.get("job") == "toy" and finished.get("status") == "finished":
         # Checked before the checkpoint is looked for: a run can finish past its last checkpoint, or
         # before its first (--checkpoint-every beyond --steps), and still has nothing to continue.
+        run_config("toy", finished, run_dir / MANIFEST)  # but what it reports must be readable
         return run_summary(run_dir, finished, resumed_columns(run_dir, TOY_METRICS))
     run_dir, manifest, checkpoint = run_to_resume(run_dir, "toy")
-    config = toy_config_from_dict(manifest["config"])
+    config = run_config("toy", manifest, run_dir / MANIFEST)
     with torch_threads(threads or config.threads):
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype)
         toy = make_toy(config.problem, device, dtype)
         training = build_training(config, toy, manifest["estimator"], manifest["seed"], device, dtype)
-        load_into(training, load_checkpoint(checkpoint, device), checkpoint, "its toy run")
+        state = load_checkpoint(checkpoint, device)
+        check_entries(state, checkpoint, TOY_CHECKPOINT_ENTRIES)
+        check_step(state["step"], config.steps, checkpoint)
+        load_into(training, state, checkpoint, "its toy run")
         progress.plan(1, config.steps - training.step)
         description = f"toy {manifest['estimator']} (resumed at {training.step})"
         progress.start(description, config.steps, training.step)

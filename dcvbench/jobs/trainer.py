@@ -26,12 +26,24 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into, write_checkpoint
+from dcvbench.checkpoints import (
+    CHECKPOINT,
+    GENERATOR,
+    LAYER_STATES,
+    OPTIONAL_STATE,
+    STATE,
+    STEP,
+    check_entries,
+    check_step,
+    load_checkpoint,
+    load_into,
+    write_checkpoint,
+)
+from dcvbench.config import run_config
 from dcvbench.data import BatchSampler, Dataset, load_dataset
 from dcvbench.data.sampler import pixel_targets
 from dcvbench.estimators import Estimator, build_estimator
@@ -48,7 +60,7 @@ from dcvbench.jobs import (
     stat_columns,
 )
 from dcvbench.measure.vae_variance import EMAVariance, resample_encoder_variance
-from dcvbench.results import Run, prepare_output_root, read_manifest
+from dcvbench.results import MANIFEST, Run, prepare_output_root, read_manifest
 from dcvbench.runtime import ConfigError, make_generator, provenance, resolve_device, torch_threads
 from dcvbench.training import train_step
 
@@ -65,6 +77,21 @@ MODEL_METRICS = (
 )
 EVAL_SEED = 20_221_122  # binarises the evaluation images identically for every run and seed
 EVAL_CHUNK = 100  # evaluation rows per bound call: bounds memory at eval_samples × rows × pixels
+# What a model run's checkpoint holds (Training.state_dict): checked before any of it is loaded.
+MODEL_CHECKPOINT_ENTRIES = {
+    "step": STEP,
+    "model": STATE,
+    "estimator": STATE,
+    "upper_estimators": LAYER_STATES,
+    "encoder_optimizer": STATE,
+    "decoder_optimizer": STATE,
+    "prior_optimizer": OPTIONAL_STATE,
+    "sampler": STATE,
+    "train_generator": GENERATOR,
+    "measure_generator": GENERATOR,
+    "eval_generator": GENERATOR,
+    "ema": OPTIONAL_STATE,
+}
 
 
 class ModelJob(ABC):
@@ -77,10 +104,6 @@ class ModelJob(ABC):
     """
 
     name: str  # the job's name: its command, its manifests' "job"
-
-    @abstractmethod
-    def config_from_dict(self, values: dict) -> Any:
-        """The job's configuration from a manifest's ``config``."""
 
     @abstractmethod
     def build_model(self, config, seed: int, dataset: Dataset, device: torch.device) -> nn.Module:
@@ -293,14 +316,18 @@ def resume_job(
     if finished.get("job") == job.name and finished.get("status") == "finished":
         # Checked before the checkpoint is looked for: a run can finish past its last checkpoint, or
         # before its first (--checkpoint-every beyond --steps), and still has nothing to continue.
+        run_config(job.name, finished, run_dir / MANIFEST)  # but what it reports must be readable
         return run_summary(run_dir, finished, resumed_columns(run_dir, MODEL_METRICS))
     run_dir, manifest, checkpoint = run_to_resume(run_dir, job.name)
-    config = job.config_from_dict(manifest["config"])
+    config = run_config(job.name, manifest, run_dir / MANIFEST)
     with torch_threads(threads or config.threads):
         device = resolve_device(config.device)
         dataset = load_dataset(config.dataset, config.data_dir)
         training = build_training(job, config, manifest["estimator"], manifest["seed"], dataset, device)
-        load_into(training, load_checkpoint(checkpoint, device), checkpoint, f"its {config.arch} run")
+        state = load_checkpoint(checkpoint, device)
+        check_entries(state, checkpoint, MODEL_CHECKPOINT_ENTRIES)
+        check_step(state["step"], config.steps, checkpoint)
+        load_into(training, state, checkpoint, f"its {config.arch} run")
         evaluation = evaluation_data(dataset, config.batch_size, device, job.targets(config))
         progress.plan(1, config.steps - training.step)
         description = f"{job.name} {manifest['estimator']} (resumed at {training.step})"

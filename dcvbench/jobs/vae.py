@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 from dcvbench.checkpoints import CHECKPOINT, load_checkpoint, load_into
-from dcvbench.config import VaeConfig, vae_config_from_dict
+from dcvbench.config import VaeConfig, run_config
 from dcvbench.data import Dataset, load_dataset
 from dcvbench.estimators import Estimator, start_temperature
 from dcvbench.jobs import Progress, RunSummary
 from dcvbench.jobs.trainer import MODEL_METRICS, ModelJob, evaluation_data, resume_job, run_job
 from dcvbench.problems.vae import VAE, iwae_bound
-from dcvbench.results import read_manifest
+from dcvbench.results import MANIFEST, read_manifest
 from dcvbench.runtime import ConfigError, make_generator
 
 VAE_METRICS = MODEL_METRICS  # test_bound / valid_bound: the importance-weighted bound
@@ -46,9 +46,6 @@ class VaeJob(ModelJob):
     """The VAE: :class:`~dcvbench.problems.vae.VAE`, scored by the IWAE bound on the discrete model."""
 
     name = "vae"
-
-    def config_from_dict(self, values: dict) -> VaeConfig:
-        return vae_config_from_dict(values)
 
     def build_model(self, config: VaeConfig, seed: int, dataset: Dataset, device: torch.device) -> VAE:
         return build_model(config, seed, dataset, device)
@@ -116,7 +113,7 @@ def load_checkpointed_model(path: Path | str, device: torch.device) -> tuple[VAE
     manifest = read_manifest(run_dir)
     if manifest.get("job") != "vae":
         raise ConfigError(f"{run_dir} is not a VAE run (job {manifest.get('job')!r})")
-    config = vae_config_from_dict(manifest["config"])
+    config = run_config("vae", manifest, run_dir / MANIFEST)
     dataset = load_dataset(config.dataset, config.data_dir)
     model = build_model(config, manifest["seed"], dataset, device)
     state = load_checkpoint(checkpoint, device)

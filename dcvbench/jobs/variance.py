@@ -50,13 +50,21 @@ from dcvbench.estimators import (
     build_estimator,
     estimator_info,
 )
+from dcvbench.estimators.registry import check_objective
 from dcvbench.jobs import NoProgress, Progress
 from dcvbench.jobs.toy import make_toy
-from dcvbench.measure.exact import check_enumerable, exact_logit_gradient
+from dcvbench.measure.exact import (
+    USER_MAX_CODES,
+    check_enumerable,
+    enumerated_gradient,
+    exact_logit_gradient,
+    family_code_count,
+)
 from dcvbench.measure.vae_variance import resample_encoder_variance
 from dcvbench.measure.variance import optimal_alpha, resample_variance
-from dcvbench.objectives import ProblemShape
+from dcvbench.objectives import Objective, ProblemShape
 from dcvbench.problems.categorical_toy import random_categorical_logits
+from dcvbench.problems.user import UserProblem, row_tiled
 from dcvbench.results import Run, prepare_output_root, table_from_records
 from dcvbench.runtime import (
     derive_seed,
@@ -66,6 +74,7 @@ from dcvbench.runtime import (
     resolve_dtype,
     torch_threads,
 )
+from dcvbench.user_code import file_sha256, load_user_problem
 
 WARMUP_DRAWS = 4  # one small call first, so one-off start-up costs stay out of the timings
 
@@ -82,6 +91,7 @@ class FixedPoint(Protocol):
 
     problem: str
     shape: ProblemShape  # what estimators are built for here
+    device: torch.device  # where its logits are, and so its generators and estimators
     settings: Mapping[str, Any]  # what they are built with here (option name → value)
 
     def context(self) -> dict: ...
@@ -108,21 +118,70 @@ class FixedPoint(Protocol):
         ...
 
 
-class ToyPoint:
-    """The toy at its study logits ``[1, *latent]`` (:func:`study_logits`), with its exact gradient
-    for the bias and the quality columns (:class:`~dcvbench.measure.variance.GradientQuality`)."""
+class ObjectivePoint:
+    """An objective ``f`` at its logits ``[B, *latent]``, evaluated as it is (no rows to tile); with
+    the exact gradient ``[B, *latent]`` where it is known, the bias z and the quality columns
+    (:class:`~dcvbench.measure.variance.GradientQuality`), else neither. What the toy and the user's
+    problem share: only where the objective, the logits and the truth come from differs."""
+
+    problem: str
+
+    def __init__(
+        self,
+        objective: Objective,
+        logits: torch.Tensor,
+        exact: torch.Tensor | None,
+        shape: ProblemShape,
+        settings: Mapping[str, Any],
+    ):
+        self.objective = objective
+        self.logits = logits  # [B, *latent]
+        self.exact = exact  # [B, *latent] or None
+        self.shape = shape
+        self.settings = settings
+        self.device = logits.device
+
+    def optimal_alpha(self, estimator, k, draws, generator) -> float:
+        return optimal_alpha(estimator, self.logits, self.objective, k, draws, generator)
+
+    def measure(self, estimator, k, draws, generator, on_draws) -> dict:
+        resample_variance(estimator, self.logits, self.objective, k, WARMUP_DRAWS, _warmup(self.logits))
+        result = resample_variance(
+            estimator, self.logits, self.objective, k, draws, generator, on_draws, exact=self.exact
+        )
+        against_exact = {}
+        if self.exact is not None:
+            z = result.bias_z(self.exact)
+            against_exact = {
+                "bias_max_z": float(z.max()),
+                "bias_mean_z": float(z.mean()),
+                **asdict(result.errors.quality),
+            }
+        return {
+            "variance": result.variance,
+            **against_exact,
+            "seconds_per_estimate": result.seconds_per_estimate,
+        }
+
+    def restore(self, name, estimator) -> bool:
+        return False  # an objective at logits is not a run: every estimator is measured as built
+
+    def tune(self, estimator, k, steps, generator) -> None:
+        for _ in range(steps):
+            estimator.update(estimator(self.logits, self.objective, k, generator))
+
+
+class ToyPoint(ObjectivePoint):
+    """The toy at its study logits ``[1, *latent]`` (:func:`study_logits`), with its exact gradient."""
 
     problem = "toy"
 
     def __init__(self, config: VarianceConfig, device: torch.device):
-        dtype = resolve_dtype(config.dtype)
+        toy = make_toy(config.problem, device, resolve_dtype(config.dtype))
+        logits = study_logits(config, device, resolve_dtype(config.dtype))
+        exact = toy.exact_gradient(logits)
+        super().__init__(toy.objective, logits, exact, config.problem.shape, config.estimator_settings)
         self.config = config
-        toy = make_toy(config.problem, device, dtype)
-        self.objective = toy.objective
-        self.logits = study_logits(config, device, dtype)
-        self.shape = config.problem.shape
-        self.settings = config.estimator_settings
-        self.exact = toy.exact_gradient(self.logits)
 
     def context(self) -> dict:
         problem = self.config.problem
@@ -133,33 +192,51 @@ class ToyPoint:
             "classes": problem.classes,
             "objective": problem.objective,
             "dim": problem.dim,
-            "target": problem.target if binary else None,  # the categorical objectives draw theirs
+            "target": problem.target if binary else None,  # the categorical objectives draw their targets
             "theta": self.config.theta,
         }
 
-    def optimal_alpha(self, estimator, k, draws, generator) -> float:
-        return optimal_alpha(estimator, self.logits, self.objective, k, draws, generator)
 
-    def measure(self, estimator, k, draws, generator, on_draws) -> dict:
-        resample_variance(estimator, self.logits, self.objective, k, WARMUP_DRAWS, _warmup(self.logits))
-        result = resample_variance(
-            estimator, self.logits, self.objective, k, draws, generator, on_draws, exact=self.exact
-        )
-        z = result.bias_z(self.exact)
+class UserPoint(ObjectivePoint):
+    """The user's own problem (:mod:`dcvbench.problems.user`), in its own dtype and on its own device.
+
+    The exact gradient is the problem's when it gives one (``exact_gradient = "given"``); otherwise,
+    with at most :data:`~dcvbench.measure.exact.USER_MAX_CODES` codes per row, the sum over every code
+    (``"enumerated"``, :func:`~dcvbench.measure.exact.enumerated_gradient`); else there is none
+    (``None``: no bias or quality columns). ``name`` says which objective it is (the
+    ``FILE.py:NAME`` it was loaded from, or the function's name); ``source_sha256`` the digest of
+    that file's bytes, when it came from one.
+    """
+
+    problem = "user"
+
+    def __init__(
+        self, user: UserProblem, settings: Mapping[str, Any], name: str, source_sha256: str | None = None
+    ):
+        shape = user.shape
+        exact, self.exact_source = user.exact_gradient, "given"
+        if exact is None:
+            self.exact_source = None
+            if family_code_count(shape.family, shape.event) <= USER_MAX_CODES:
+                exact = enumerated_gradient(user.objective, user.logits, shape.family)
+                exact, self.exact_source = exact.to(user.logits.dtype), "enumerated"
+        super().__init__(row_tiled(user), user.logits, exact, shape, settings)
+        self.user_objective = user.objective  # as given, with its hooks (row_tiled may wrap it)
+        self.name = name
+        self.source_sha256 = source_sha256
+
+    def context(self) -> dict:
         return {
-            "variance": result.variance,
-            "bias_max_z": float(z.max()),
-            "bias_mean_z": float(z.mean()),
-            **asdict(result.errors.quality),
-            "seconds_per_estimate": result.seconds_per_estimate,
+            "problem": "user",
+            "latent": self.shape.latent_type,
+            "classes": self.shape.classes,
+            "objective": self.name,
+            "objective_sha256": self.source_sha256,
+            "dim": self.shape.latent,
+            "rows": self.logits.shape[0],
+            "dtype": str(self.logits.dtype).removeprefix("torch."),
+            "exact_gradient": self.exact_source,
         }
-
-    def restore(self, name, estimator) -> bool:
-        return False  # a toy point is not a run: every estimator is measured as built
-
-    def tune(self, estimator, k, steps, generator) -> None:
-        for _ in range(steps):
-            estimator.update(estimator(self.logits, self.objective, k, generator))
 
 
 class VaePoint:
@@ -173,6 +250,7 @@ class VaePoint:
         from dcvbench.jobs.vae import evaluation_data, load_checkpointed_model
 
         self.model, run_config, self.manifest = load_checkpointed_model(config.checkpoint, device)
+        self.device = device
         path = Path(config.checkpoint)
         self.checkpoint = path / CHECKPOINT if path.is_dir() else path
         # The run's estimator and its learned state (λ, s, ψ; baselines; α) as the checkpoint saved it.
@@ -252,6 +330,25 @@ class VaePoint:
             estimator.update(estimator(self.logits, objective, k, generator))
 
 
+def fixed_point(config: VarianceConfig, problem: UserProblem | None = None) -> FixedPoint:
+    """Where ``config`` measures: a VAE checkpoint, the user's ``problem`` (or the one its
+    ``objective`` file makes: importing it runs its code), or the toy."""
+    if config.checkpoint:
+        return VaePoint(config, resolve_device(config.device))
+    if problem is not None:
+        return UserPoint(problem, config.estimator_settings, function_name(problem.objective))
+    if config.objective is not None:
+        problem = load_user_problem(config.objective)
+        digest = file_sha256(config.objective, "--objective")
+        return UserPoint(problem, config.estimator_settings, config.objective, digest)
+    return ToyPoint(config, resolve_device(config.device))
+
+
+def function_name(objective: Callable) -> str:
+    """What a table calls an objective given as a function: its qualified name, or its class's."""
+    return getattr(objective, "__qualname__", type(objective).__qualname__)
+
+
 def study_logits(config: VarianceConfig, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The toy's point: ``η = logit(θ)`` ``[1, D]``, θ constant or seeded-random in (0.05, 0.95);
     for categorical latents ``[1, N, C]``, zero (uniform) or seeded random logits in ``[−3, 3]``
@@ -283,23 +380,27 @@ class Block:
     ks: dict[str, int]  # estimator → K
 
 
-def blocks(config: VarianceConfig, shape: ProblemShape) -> list[Block]:
-    """The table's blocks at a point of ``shape``: one per K, or one per budget; a ``ConfigError`` for
-    an estimator that a K or a budget excludes there."""
-    problem = "vae" if config.checkpoint else "toy"
+def blocks(config: VarianceConfig, point: FixedPoint) -> list[Block]:
+    """The table's blocks at ``point``: one per K, or one per budget; a ``ConfigError`` for an
+    estimator that a K or a budget excludes there, or that does not run on its problem, and an
+    ``EstimatorError`` for one that needs a hook the user's objective lacks (``info.requires``)."""
+    shape = point.shape
     reference = estimator_info(REFERENCE_ESTIMATOR)
     found = []
     for k in config.ks:
-        check_estimators(config.estimators, k, problem, shape.latent_type)
+        check_estimators(config.estimators, k, point.problem, shape.latent_type)
         ks = dict.fromkeys(config.estimators, k)
         found.append(Block(f"K={k}", None, _with_reference(ks, k if k >= reference.min_k else None)))
     if config.budgets:
-        check_estimators(config.estimators, None, problem, shape.latent_type)
+        check_estimators(config.estimators, None, point.problem, shape.latent_type)
     for budget in config.budgets:
         ks = budget_ks(config.estimators, budget, shape)
         found.append(
             Block(f"budget {budget}", budget, _with_reference(ks, reference.k_for_budget(budget, shape)))
         )
+    if isinstance(point, UserPoint):
+        for name in config.estimators:
+            check_objective(name, point.user_objective, shape.latent_type)
     return found
 
 
@@ -311,14 +412,17 @@ def _with_reference(ks: dict[str, int], reference_k: int | None) -> dict[str, in
     return {**ks, REFERENCE_ESTIMATOR: reference_k}
 
 
-def run_variance(config: VarianceConfig, progress: Progress | None = None) -> VarianceStudy:
+def run_variance(
+    config: VarianceConfig, progress: Progress | None = None, problem: UserProblem | None = None
+) -> VarianceStudy:
     """Measure every (K or budget, estimator) of ``config`` at its point, with ``config.threads``
-    torch threads; write and return the table."""
+    torch threads; write and return the table. ``problem``: the user's, made already (``compare``),
+    in place of the toy."""
     progress = progress or NoProgress()
     with torch_threads(config.threads):
-        device = resolve_device(config.device)
-        point: FixedPoint = VaePoint(config, device) if config.checkpoint else ToyPoint(config, device)
-        measured_in = blocks(config, point.shape)  # at a checkpoint the run's latents are known only now
+        point = fixed_point(config, problem)
+        device = point.device
+        measured_in = blocks(config, point)  # at a checkpoint the run's latents are known only now
         root = prepare_output_root(config.out)
         manifest = {
             "job": "variance",

@@ -19,6 +19,9 @@ direct dependence on ``η`` adds ``E_q[∇_η log q] = 0``. The score ``b − p`
 gradient is the same for all of them, and ``concrete``'s expected estimate differs from it by the
 relaxation's bias. The K-sample bound (``bound="iwae"``) has another gradient, one that would need
 every K-tuple of codes, and is refused.
+
+The sum itself, :func:`enumerated_gradient`, takes any objective of discrete latents: the user's
+own (:mod:`dcvbench.problems.user`), when its latent space has at most :data:`USER_MAX_CODES` codes.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from torch import Tensor
 
 from dcvbench.latent import LatentFamily
 from dcvbench.measure.variance import CHUNK_ELEMENTS
+from dcvbench.objectives import Objective
 from dcvbench.problems.vae import VAE
 from dcvbench.runtime import ConfigError
 
 # The most codes --exact enumerates: 4 variables × 8 classes (4,096 codes, the ReinMax paper's
 # diagnostic VAE) and 12 to 16 bits fit; each code costs one decoder pass per row of the minibatch.
 MAX_CODES = 2**16
+# The most codes a user's problem is enumerated over without being asked (for its exact gradient, when
+# none is given): 12 bits, or 6 variables × 4 classes; a few thousand evaluations of f per row.
+USER_MAX_CODES = 2**12
 
 
 def code_count(model: VAE) -> int:
@@ -98,17 +105,27 @@ def exact_logit_gradient(
             "which is not enumerated"
         )
     family, event = model.family, tuple(logits.shape[1:])
-    rows = x.shape[0]
-    logits64 = logits.to(torch.float64)
-    probs = family.probs(logits64)  # [B, *latent]
     # The decoder's output [c, B, P] is the largest tensor of a chunk, unless the codes are wider.
-    chunk = chunk or max(1, CHUNK_ELEMENTS // (rows * max(model.pixels, math.prod(event))))
-    weighted_codes = torch.zeros_like(logits64)  # Σ_b q(b) f(b) b: [B, *latent]
+    chunk = chunk or max(1, CHUNK_ELEMENTS // (x.shape[0] * max(model.pixels, math.prod(event))))
+    return enumerated_gradient(f, logits, family, chunk)
+
+
+def enumerated_gradient(
+    f: Objective, logits: Tensor, family: LatentFamily, chunk: int | None = None
+) -> Tensor:
+    """``∇_η E_{q_η}[f] = Σ_b q_η(b) f(b) (b − p)`` per row of ``logits [B, *event]``, in float64, by
+    evaluating ``f`` ``[c, B, *event] → [c, B]`` at every code (module docstring), ``chunk`` codes
+    per call (default: about :data:`~dcvbench.measure.variance.CHUNK_ELEMENTS` code entries)."""
+    rows, event = logits.shape[0], tuple(logits.shape[1:])
+    chunk = chunk or max(1, CHUNK_ELEMENTS // (rows * math.prod(event)))
+    logits64 = logits.detach().to(torch.float64)
+    probs = family.probs(logits64)  # [B, *event]
+    weighted_codes = torch.zeros_like(logits64)  # Σ_b q(b) f(b) b: [B, *event]
     weighted_values = logits64.new_zeros(rows)  # Σ_b q(b) f(b): [B]
-    total = code_count(model)
+    total = family_code_count(family, event)
     for start in range(0, total, chunk):
-        codes = enumerate_codes(family, event, start, min(start + chunk, total), logits)  # [c, *latent]
-        b = codes.unsqueeze(1).expand(-1, rows, *event)  # [c, B, *latent]
+        codes = enumerate_codes(family, event, start, min(start + chunk, total), logits)  # [c, *event]
+        b = codes.unsqueeze(1).expand(-1, rows, *event)  # [c, B, *event]
         with torch.no_grad():
             values = f(b).to(torch.float64)  # [c, B]
         codes64 = codes.to(torch.float64)
@@ -117,6 +134,14 @@ def exact_logit_gradient(
         weighted_values += weights.sum(0)
     # Σ_b q f (b − p), with p outside the sum: one product per code instead of one per code and row.
     return weighted_codes - weighted_values.reshape(rows, *[1] * len(event)) * probs
+
+
+def family_code_count(family: LatentFamily, event: tuple[int, ...]) -> int:
+    """The number of codes of one row's latents ``event``: ``2^D`` bits, or ``C^N`` one-hot tuples."""
+    if family.event_dims == 1:
+        return 2 ** event[0]
+    variables, classes = event
+    return classes**variables
 
 
 def enumerate_codes(

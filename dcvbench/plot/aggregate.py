@@ -15,13 +15,14 @@ from dcvbench.estimators import REFERENCE_ESTIMATOR
 from dcvbench.plot.runs import RUNS, Results
 from dcvbench.plot.style import estimator_order
 
-# The summary's "final variance" per problem: the estimator's own (resample) variance first.
+# The summary's "final variance" per job: the estimator's own (resample) variance first.
 VARIANCE_COLUMNS = {
     "toy": ("grad_var",),
     "vae": ("grad_var_resample", "grad_var_ema"),
     "predict": ("grad_var_resample", "grad_var_ema"),
+    "train": ("grad_var_ema",),
 }
-FINAL_COLUMNS = ("objective", "train_elbo", "test_bound")
+FINAL_COLUMNS = ("objective", "train_elbo", "test_bound", "train_objective")
 # What a variance study measures per (estimator, K), in variance-summary.csv's order: the variance, its
 # ratio to rloo's, variance × evals, the control variate's α (α* where optimal), the largest |z| of
 # the bias over coordinates (toy: against the exact gradient) and the seconds one estimate takes.
@@ -41,8 +42,8 @@ QUALITY_MEASURES = ("bias_norm", "mse", "cosine")
 SUMMARY_COLUMNS = [
     "source", "problem", "group", "k", "estimator", "seeds", "statuses", "last_step_min", "last_step_max",
     "objective_mean", "objective_se", "train_elbo_mean", "train_elbo_se", "test_bound_mean", "test_bound_se",
-    "grad_var_metric", "grad_var_mean", "grad_var_se", "var_ratio_rloo", "sec_per_step_median_mean",
-    "sec_per_step_median_se",
+    "train_objective_mean", "train_objective_se", "grad_var_metric", "grad_var_mean", "grad_var_se",
+    "var_ratio_rloo", "sec_per_step_median_mean", "sec_per_step_median_se",
 ]
 # fmt: on
 
@@ -267,14 +268,14 @@ def summary_frame(results: Results) -> pd.DataFrame:
     for column in FINAL_COLUMNS:
         final = _over_seeds(results, _per_run_final(results, column), column)
         frame = frame.merge(final, on=["source", "group", "estimator"], how="left")
-    # The variance column of each problem: resample where measured, else EMA.
+    # The variance column of each job: resample where measured, else EMA.
     variance_parts = []
-    for problem, names in VARIANCE_COLUMNS.items():
+    for job, names in VARIANCE_COLUMNS.items():
         for name in names:
             final = _over_seeds(results, _per_run_final(results, name), "grad_var")
             final = final[final["grad_var_n"] > 0].assign(grad_var_metric=name)
-            in_problem = final["group"].isin(runs.loc[runs["problem"] == problem, "group"])
-            variance_parts.append(final[in_problem])
+            in_job = final["group"].isin(runs.loc[runs["job"] == job, "group"])
+            variance_parts.append(final[in_job])
     variance = pd.concat(variance_parts, ignore_index=True) if variance_parts else pd.DataFrame()
     keys = ["source", "group", "estimator"]
     if len(variance):

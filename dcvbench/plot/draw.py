@@ -58,6 +58,7 @@ MEASUREMENTS = (
     Metric("grad_var_ema", "encoder gradient variance (EMA)", log=True),
     Metric("train_elbo", "training ELBO", zoom=True),
     Metric("test_bound", "test bound (IWAE)", zoom=True),
+    Metric("train_objective", "training objective (mean f, a loss)", zoom=True),
 )
 # A variance study's quality against the exact gradient, each drawn against f-evaluations per estimate
 # (aggregate.QUALITY_MEASURES), so that cheap biased and costly unbiased estimators meet at equal cost.
@@ -79,6 +80,12 @@ def metrics_of(columns: Iterable[str]) -> list[Metric]:
     present = set(columns)
     stats = dict.fromkeys(stat.name for name in estimator_names() for stat in estimator_info(name).stats)
     drawn = [metric for metric in MEASUREMENTS if metric.column in present]
+    # A user model's own evaluation (``dcvbench train``: its evaluate() metrics, ``eval_<name>``).
+    drawn += [
+        Metric(c, f"{c.removeprefix('eval_')} (your evaluate())")
+        for c in sorted(present)
+        if c.startswith("eval_")
+    ]
     return drawn + [STATS.get(name, Metric(name, name)) for name in stats if name in present]
 
 

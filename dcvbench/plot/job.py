@@ -27,6 +27,7 @@ from dcvbench.plot.report import html_report
 from dcvbench.plot.runs import BASELINE, RUNS, Results, Skipped, combine, load_results
 from dcvbench.plot.style import STYLE
 from dcvbench.plot.summary import summary_markdown, summary_tables
+from dcvbench.results import prepare_output_root
 from dcvbench.runtime import ConfigError
 
 FORMATS = ("png", "pdf", "svg")
@@ -102,7 +103,7 @@ def plot_results(
     summary = summary_frame(results)
     variance = variance_frame(results)
     temperature = temperature_frame(results)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_root(out)  # a read-only or unwritable --out: one line, before any figure is drawn
     figures = _Figures(out, fmt, keep_png=html)
     with matplotlib.rc_context(STYLE):
         _draw_training(results, figures)
@@ -134,8 +135,6 @@ def _check_output(out: Path, results: Results) -> None:
         run = Path(path).resolve()
         if resolved == run or run in resolved.parents:
             raise ConfigError(f"--out {out} is inside the run directory {path}; choose another directory")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory; choose a directory")
 
 
 def _optimum(runs: pd.DataFrame) -> float | None:

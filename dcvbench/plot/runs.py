@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, normalised_config
+from dcvbench.config import LATENT_BITS, ToyProblem, VaeConfig, check_run_fields, normalised_config
 from dcvbench.estimators import EstimatorError, estimator_info, start_temperature
 from dcvbench.plot.optimum import toy_optimum
 from dcvbench.results import (
@@ -34,12 +35,13 @@ from dcvbench.results import (
     read_manifest,
     read_table,
     read_trace,
+    run_status,
 )
 from dcvbench.runtime import ConfigError
 
 RUNS, BASELINE = "runs", "baseline"  # values of the ``source`` column
 VARIANCE_TABLE = "variance.parquet"
-TRAINING_JOBS = ("toy", "vae", "predict")
+TRAINING_JOBS = ("toy", "vae", "predict", "train")
 # The Concrete paper's names of the two one-layer architectures: one model, one group, whichever name.
 VAE_ARCH_ALIASES = {
     "200H-784V": "linear",
@@ -57,7 +59,11 @@ RUN_COLUMNS = [
 # they ran and read their data.
 FINGERPRINT_IGNORES = (*INVOCATION_FIELDS, "device", "data_dir")
 # The columns that say where a variance study measured, per problem.
-STUDY_POINT = {"toy": ("objective", "dim", "theta"), "vae": ("dataset", "arch", "checkpoint_step")}
+STUDY_POINT = {
+    "toy": ("objective", "dim", "theta"),
+    "vae": ("dataset", "arch", "checkpoint_step"),
+    "user": ("objective", "dim"),
+}
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,16 @@ def load_results(root: Path | str, source: str = RUNS) -> Results:
             skipped.append(Skipped(path, f"unknown job {job!r} in {MANIFEST}"))
             continue
         try:
+            check_run_fields(manifest)
             record = _run_record(path, manifest, source)
+        except ConfigError as error:
+            skipped.append(Skipped(path / MANIFEST, f"manifest: {error}"))
+            continue
         except KeyError as error:
             skipped.append(Skipped(path / MANIFEST, f"manifest lacks {error.args[0]!r}"))
+            continue
+        except (TypeError, ValueError) as error:  # a config's value of the wrong type
+            skipped.append(Skipped(path / MANIFEST, f"manifest holds a value of the wrong type ({error})"))
             continue
         trace = read_trace(
             path, lambda part, reason: skipped.append(Skipped(part, f"unreadable Parquet part ({reason})"))
@@ -162,6 +175,9 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
             suffix = "" if math.isclose(target, ToyProblem.target) else f"-t{target:g}"
             group = f"toy-{objective}-d{dim}{suffix}-k{k}"
             title = f"toy {objective}, D={dim}{'' if not suffix else f', t={target:g}'}, K={k}"
+    elif job == "train":  # the user's own model (dcvbench train --objective): its name is its problem
+        group = f"train-{manifest['problem']}-k{k}"
+        title = f"your model {manifest['problem']}, K={k}"
     elif job == "predict":
         dataset, arch = manifest["dataset"], manifest["arch"]
         bound = "" if config.get("objective") is None else f"-{config['objective']}"
@@ -203,7 +219,7 @@ def _run_record(path: Path, manifest: dict[str, Any], source: str) -> dict[str, 
         "estimator": series_label(manifest["estimator"], config),
         "k": k,
         "seed": int(manifest["seed"]),
-        "status": manifest.get("status", "unknown"),
+        "status": run_status(manifest) or "unknown",  # "stale": running, its process gone
         "last_step": manifest.get("last_step"),
         "started": manifest.get("started") or "",
         "fingerprint": _fingerprint(job, config),
@@ -301,7 +317,7 @@ def _read_variance(path: Path, manifest: dict[str, Any], skipped: list[Skipped])
     return table.assign(
         group=[group for group, _ in labels],
         title=[title for _, title in labels],
-        status=manifest.get("status", "unknown"),
+        status=run_status(manifest) or "unknown",
         path=str(path),
     )
 
@@ -312,6 +328,11 @@ def _study_label(problem: str, row: dict[str, Any]) -> tuple[str, str]:
     Tables written before categorical latents have no ``latent`` column: they are binary.
     """
     categorical = row.get("latent") == "categorical"
+    if problem == "user":  # the user's own objective (dcvbench.compare, variance --objective)
+        objective, dim = str(row["objective"]), int(row["dim"])
+        stem = re.sub(r"[^A-Za-z0-9]+", "-", objective).strip("-")
+        latents = _categorical(dim, int(row["classes"])) if categorical else f"D={dim}"
+        return f"variance-user-{stem}", f"variance of {objective}: {latents}"
     if problem == "vae":
         step = int(row["checkpoint_step"])
         where, latents = f"{row['dataset']}-{row['arch']}", ""

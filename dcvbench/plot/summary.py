@@ -96,6 +96,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "final E f": _pm_column(summary, "objective", 7),
             "train ELBO": _pm_column(summary, "train_elbo", 5),
             "test bound": _pm_column(summary, "test_bound", 5),
+            "train objective": _pm_column(summary, "train_objective", 5),
             "final grad var": _pm_column(summary, "grad_var", 3),
             "vs rloo": [_pm(v, None, 3) for v in summary["var_ratio_rloo"]],
             TIME_HEADER: _pm_column(summary, "sec_per_step_median", 2),

@@ -23,7 +23,7 @@ from dcvbench.estimators import (
     start_temperature,
 )
 from dcvbench.estimators.options import JOBS, Option
-from dcvbench.estimators.registry import option_users, register
+from dcvbench.estimators.registry import check_objective, option_users, register
 from dcvbench.latent import BINARY, CATEGORICAL, LATENT_TYPES
 from dcvbench.objectives import ProblemShape
 from dcvbench.problems.categorical_toy import (
@@ -239,15 +239,39 @@ def test_every_estimator_builds_from_the_shared_settings_for_each_problem_and_fa
     info = estimator_info(name)
     for latent in info.families:
         classes = None if latent == "binary" else 3
-        shapes = {
-            "toy": ProblemShape(5, classes=classes),
-            "vae": ProblemShape(5, context=12, classes=classes),
-            "predict": ProblemShape(5, context=12, classes=classes),
+        # The job whose settings build it there: the user's objective is measured by a variance study.
+        built_by = {
+            "toy": ("toy", ProblemShape(5, classes=classes)),
+            "vae": ("vae", ProblemShape(5, context=12, classes=classes)),
+            "predict": ("predict", ProblemShape(5, context=12, classes=classes)),
+            "user": ("variance", ProblemShape(5, classes=classes)),
         }
         for problem in info.problems:
-            estimator = build_estimator(name, default_settings(problem), shapes[problem])
+            job, shape = built_by[problem]
+            estimator = build_estimator(name, default_settings(job), shape)
             assert isinstance(estimator, Estimator) and estimator.info is info
             assert estimator.family.name == latent
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_what_an_estimator_requires_of_a_users_objective_the_built_in_problems_it_lists_give(name: str):
+    # requires names protocols of dcvbench.objectives; on "user" they are checked, on the toy they hold.
+    info = estimator_info(name)
+    assert all(protocol.__module__ == "dcvbench.objectives" for protocol in info.requires)
+    if "toy" in info.problems:
+        assert info.missing_hooks(make_objective("separable", 4)) == ()
+
+
+def test_check_objective_names_the_missing_hook_in_one_line():
+    def bare(b):
+        return b.sum(-1)
+
+    with pytest.raises(EstimatorError, match=r"^exact-baseline needs the objective's expectation \(dcvbench"):
+        check_objective("exact-baseline", bare)
+    with pytest.raises(EstimatorError, match="vimco needs the objective's proposal_in_weight"):
+        check_objective("vimco", bare)
+    check_objective("rloo", bare)  # f alone suffices
+    check_objective("exact-baseline", make_objective("separable", 4))
 
 
 # -- stats ----------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_conditional_sample_has_the_logistic_law_truncated_to_the_side_of_b(bit:
 def test_info_counts_three_evaluations_per_sample(name: str):
     info = estimator_info(name)
     assert info.unbiased and info.min_k == 1 and info.evals(4) == 12 and info.evals_rule() == "3K"
-    assert info.problems == ("toy", "vae", "predict")
+    assert info.problems == ("toy", "vae", "predict", "user")
 
 
 @pytest.mark.parametrize("name", NAMES)

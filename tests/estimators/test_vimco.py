@@ -124,7 +124,7 @@ def test_train_step_trains_the_decoder_on_the_k_sample_bound():
 
 def test_vimco_needs_two_samples_and_an_importance_weight():
     info = estimator_info("vimco")
-    assert info.min_k == 2 and info.problems == ("vae", "predict") and info.bounds == ("iwae",)
+    assert info.min_k == 2 and info.problems == ("vae", "predict", "user") and info.bounds == ("iwae",)
     model, x = small_vae()
     logits = model.encode(x).detach()
     with pytest.raises(EstimatorError, match="K must be ≥ 2 for vimco, got 1"):
@@ -136,7 +136,7 @@ def test_toy_run_with_vimco_is_a_usage_error(tmp_path, capsys, monkeypatch):
     code = main(["toy", "--estimator", "vimco", "--steps", "2", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    expected = "dcvbench: error: vimco runs on the vae and predict problems only, not toy"
+    expected = "dcvbench: error: vimco runs on the vae, predict and user problems only, not toy"
     assert err.strip().splitlines() == [expected]
     assert list(tmp_path.iterdir()) == []  # nothing written
 

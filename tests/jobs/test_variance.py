@@ -121,7 +121,7 @@ def test_vae_study_refuses_toy_only_estimators_and_bad_checkpoints(tmp_path):
     from dcvbench.results import ResultsError
     from dcvbench.runtime import ConfigError
 
-    with pytest.raises(ConfigError, match="toy problem only"):
+    with pytest.raises(ConfigError, match="toy and user problems only"):
         VarianceConfig(checkpoint="anything", estimators=("exact-baseline",))
     (tmp_path / "checkpoint.pt").write_bytes(b"junk")
     with pytest.raises(ResultsError, match=r"run\.json is missing"):
