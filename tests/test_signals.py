@@ -120,7 +120,7 @@ def test_sigterm_mid_vae_run_then_resume_gives_the_uninterrupted_trace(tmp_path)
 
 
 # `dcvbench` whose rows all stay buffered until the run ends, that pauses at a given step (as
-# PAUSING_DCVBENCH), and whose end takes 3 s and says when it begins: a second signal then certainly
+# PAUSING_DCVBENCH), and whose end takes 2 s and says when it begins: a second signal then certainly
 # arrives during the clean-up after the first.
 SLOW_CLEAN_UP_DCVBENCH = """
 import sys, time
@@ -143,7 +143,7 @@ finish = results.Run.finish
 
 def slow_finish(self, *args, **kwargs):
     cleaning.touch()
-    time.sleep(3)
+    time.sleep(2)
     finish(self, *args, **kwargs)
 
 cli.RichProgress.advance = advance_then_pause
@@ -155,12 +155,8 @@ cli.main()
 
 @pytest.mark.parametrize(
     ("first", "second", "code"),
-    [
-        (signal.SIGINT, signal.SIGINT, 130),
-        (signal.SIGTERM, signal.SIGTERM, 143),
-        (signal.SIGINT, signal.SIGTERM, 130),
-    ],
-    ids=["int-int", "term-term", "int-term"],
+    [(signal.SIGINT, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGINT, 143)],
+    ids=["int-int", "term-int"],  # an impatient second Ctrl-C; either signal first or second
 )
 def test_a_second_signal_during_the_clean_up_does_not_cut_it_short(tmp_path, first, second, code):
     out, paused, cleaning = tmp_path / "out", tmp_path / "paused", tmp_path / "cleaning"
@@ -170,7 +166,7 @@ def test_a_second_signal_during_the_clean_up_does_not_cut_it_short(tmp_path, fir
     try:
         wait_for(tmp_path, "paused", process)  # 95 steps done, rows at 0, 10, …, 90 all buffered
         process.send_signal(first)
-        wait_for(tmp_path, "cleaning", process)  # the clean-up has begun and takes 3 s
+        wait_for(tmp_path, "cleaning", process)  # the clean-up has begun and takes 2 s
         process.send_signal(second)
         _, err = process.communicate(timeout=60)
     finally:
