@@ -116,9 +116,23 @@ def prepare_output_root(out: Path | str) -> Path:
 
 def process_record() -> dict[str, Any]:
     """Which process is writing a run, for :func:`run_status` to tell later whether it is still alive:
-    the host, the process id and, where ``/proc`` has it, the process's start time (a process id is
-    reused by another process once the first has ended; the pair is not)."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid())}
+    the host, the process id and, where ``/proc`` has them, the process's start time (a process id is
+    reused by another process once the first has ended; the pair is not) and its pid namespace."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started": _process_started(os.getpid()),
+        "pid_namespace": _pid_namespace(),
+    }
+
+
+def _pid_namespace() -> int | None:
+    """Which process-id namespace this process lives in (containers on one host each have their own,
+    and may share a host name): process ids are only comparable within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _process_started(pid: int) -> int | None:
@@ -140,27 +154,35 @@ def run_status(manifest: Mapping[str, Any]) -> str:
     """A run's status as a reader should report it: the manifest's, except :data:`STALE` for a run
     whose manifest says ``running`` while the process that wrote it, on this host, is gone.
 
-    A run on another host, or written before manifests named their process, cannot be checked: it
-    stays ``running``.
+    A run on another host or in another container (pid namespace), or written before manifests named
+    their process, cannot be checked: it stays ``running``.
     """
     status = manifest.get("status")
+    return STALE if status == "running" and writer_alive(manifest) is False else status
+
+
+def writer_alive(manifest: Mapping[str, Any]) -> bool | None:
+    """Whether the process a manifest names is still alive; None where that cannot be checked
+    (another host or container, another user's process, no process recorded)."""
     process = manifest.get("process")
-    if status != "running" or not isinstance(process, dict) or process.get("host") != socket.gethostname():
-        return status
+    if not isinstance(process, dict) or process.get("host") != socket.gethostname():
+        return None
     pid = process.get("pid")
     if not isinstance(pid, int) or pid <= 0:
-        return status
+        return None
+    namespace = process.get("pid_namespace")
+    if namespace is not None and namespace != _pid_namespace():
+        return None  # another container on this host: its process ids are not ours to look up
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
         started = _process_started(pid)
     except ProcessLookupError:
-        return STALE
+        return False
     except PermissionError:  # it exists, owned by another user
-        return status
+        return None
     recorded = process.get("pid_started")
-    if started is not None and recorded is not None and started != recorded:
-        return STALE  # the process id now belongs to another process
-    return status
+    # A process id that now names a process started at another time belongs to another process.
+    return started is None or recorded is None or started == recorded
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -239,6 +261,7 @@ class Run:
         manifest: dict[str, Any],
         next_part: int = 0,
         elapsed: float = 0.0,
+        flushed_step: int | None = None,
     ):
         """Prefer :meth:`create` (a new run) and :meth:`reopen` (continue one)."""
         self.path = path
@@ -261,7 +284,7 @@ class Run:
         self.manifest = manifest
         # Why the trace could not be written, once a flush has failed: it is not tried again.
         self.trace_failure: str | None = None
-        self.flushed_step: int | None = manifest.get("last_step")  # the last step on disk
+        self.flushed_step = flushed_step  # the last step on disk
         self._write_manifest()
 
     @classmethod
@@ -315,7 +338,8 @@ class Run:
         )
         elapsed = float(before.iloc[-1]) if len(before) else 0.0
         next_part = part_number(parts[-1]) + 1 if parts else 0
-        return cls(path, identity, metrics, manifest, next_part=next_part, elapsed=elapsed)
+        flushed = int(trace["step"].max()) if len(trace) else None
+        return cls(path, identity, metrics, manifest, next_part, elapsed, flushed)
 
     @property
     def wall_s(self) -> float:
@@ -387,18 +411,23 @@ class Run:
     def _write_manifest_anyhow(self) -> str | None:
         """Write the manifest; where no new file can be made (a full disk), over the old one in place.
 
-        The old file's blocks are already allocated, so a full disk can still take a manifest of
-        about the same size: not atomic, but a manifest saying ``failed`` beats one saying
-        ``running`` forever. Returns why neither worked, or None.
+        The old file's blocks are already allocated, so a full disk can still take a manifest that
+        fits them (compact, without the traceback): not atomic, but a manifest saying ``failed``
+        beats one saying ``running`` forever. Returns why neither worked, or None.
         """
         try:
             self._write_manifest()
             return None
         except OSError:
             pass
-        data = (json.dumps(self.manifest, indent=2, default=str) + "\n").encode()
+        # Compact and without the traceback, and never past the blocks the old file holds: a write
+        # that runs out of room half-way would leave a manifest that is no JSON at all.
+        compact = {key: value for key, value in self.manifest.items() if key != "traceback"}
+        data = (json.dumps(compact, separators=(",", ":"), default=str) + "\n").encode()
         try:
             with open(self.path / MANIFEST, "r+b") as file:
+                if len(data) > os.fstat(file.fileno()).st_blocks * 512:
+                    return "no room to rewrite it in place"
                 file.write(data)
                 file.truncate()
                 file.flush()
@@ -491,7 +520,7 @@ def consolidate_trace(run_dir: Path) -> None:
         write_parquet_atomic(
             parts[-1].with_name(f"part-{part_number(parts[-1]) + 1:0{PART_DIGITS}d}.parquet"), table
         )
-    except (OSError, pa.ArrowException):
+    except (OSError, pa.ArrowException, ResultsError):  # a full disk, or a part damaged from outside
         return
     for part in parts:
         part.unlink(missing_ok=True)

@@ -149,13 +149,14 @@ def backward_estimate(
         chain_surrogate = surrogate if estimate.chain_surrogate is None else estimate.chain_surrogate
         if surrogate.requires_grad:
             # inputs=...: the surrogate may also reach an estimator's own leaves (a relaxed sample's
-            # logits), which are not the generative model's to train.
+            # logits), which are not the generative model's to train. retain_graph: f and the logits
+            # may share a trunk (a user's model), whose graph the logits' backward below still needs.
             if chain_surrogate is surrogate:
-                surrogate.backward(inputs=params + lower_encoders)
+                surrogate.backward(inputs=params + lower_encoders, retain_graph=True)
             else:
-                surrogate.backward(inputs=params, retain_graph=bool(lower_encoders))
+                surrogate.backward(inputs=params, retain_graph=True)
                 if lower_encoders:
-                    chain_surrogate.backward(inputs=lower_encoders)
+                    chain_surrogate.backward(inputs=lower_encoders, retain_graph=True)
     logits.backward(estimate.grad / logits.shape[0])
 
 

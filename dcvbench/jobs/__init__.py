@@ -6,7 +6,6 @@ terminals; the CLI passes a rich progress bar, library users nothing (:class:`No
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from dcvbench.checkpoints import CHECKPOINT
 from dcvbench.estimators import Estimate, Estimator
-from dcvbench.results import IDENTITY_SCHEMA, read_manifest, read_trace, run_status
+from dcvbench.results import IDENTITY_SCHEMA, read_manifest, read_trace, writer_alive
 from dcvbench.runtime import ConfigError
 
 
@@ -105,7 +104,7 @@ def run_to_resume(run_dir: Path | str, job: str) -> tuple[Path, dict, Path]:
     manifest = read_manifest(run_dir)
     if manifest.get("job") != job:
         raise ConfigError(f"{run_dir} is not a {job} run (its job is {manifest.get('job')!r})")
-    if run_status(manifest) == "running" and _on_this_host(manifest):
+    if manifest.get("status") == "running" and writer_alive(manifest):
         process = manifest["process"]
         raise ConfigError(
             f"{run_dir} is still running (process {process.get('pid')}); stop it before resuming it, "
@@ -121,11 +120,6 @@ def run_to_resume(run_dir: Path | str, job: str) -> tuple[Path, dict, Path]:
         reason = error.strerror or type(error).__name__
         raise ConfigError(f"cannot resume {run_dir}: it cannot be written ({reason})") from None
     return run_dir, manifest, checkpoint
-
-
-def _on_this_host(manifest: dict) -> bool:
-    process = manifest.get("process")
-    return isinstance(process, dict) and process.get("host") == socket.gethostname()
 
 
 def stat_columns(estimator: Estimator) -> tuple[str, ...]:
