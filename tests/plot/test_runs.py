@@ -1,6 +1,8 @@
 """Reading runs: groups, damaged files skipped with a reason, seeds of one configuration."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -120,3 +122,19 @@ def test_only_unreadable_runs_is_an_error_and_writes_nothing(tmp_path):
     with pytest.raises(ResultsError, match="no readable dcvbench runs"):
         plot_results(root)
     assert not (root / "plots").exists()
+
+
+def test_a_run_whose_process_is_gone_is_listed_stale(tmp_path, capsys):
+    root = tmp_path / "results"
+    write_toy(root, "rloo", 0)
+    killed = write_toy(root, "rloo", 1, status="running")
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    manifest = json.loads((killed / "run.json").read_text())
+    manifest["process"] = {**manifest["process"], "pid": int(ended.stdout), "pid_started": None}
+    (killed / "run.json").write_text(json.dumps(manifest))  # as a SIGKILLed run leaves it: running
+    runs = load_results(root).runs
+    assert dict(zip(runs["seed"], runs["status"], strict=True)) == {0: "finished", 1: "stale"}
+    assert main(["plot", str(root), "--out", str(tmp_path / "figures")]) == 0
+    assert "stale" in capsys.readouterr().out  # the summary table's status column
