@@ -28,7 +28,7 @@ from dcvbench.estimators import default_settings
 from dcvbench.jobs import Progress
 from dcvbench.jobs.variance import function_name, run_variance
 from dcvbench.problems.user import UserProblem, user_problem
-from dcvbench.runtime import DEFAULT_THREADS, DTYPES, resolve_dtype
+from dcvbench.runtime import DEFAULT_THREADS, dtype_name, resolve_dtype
 
 
 def compare(
@@ -95,7 +95,7 @@ def compare(
             samples=draws,
             seed=seed,
             device=problem.logits.device.type,
-            dtype=_dtype_name(problem.logits.dtype),
+            dtype=dtype_name(problem.logits.dtype),
             threads=threads,
             tune_steps=tune_steps,
             estimator_settings={**default_settings("variance"), **(estimator_settings or {})},
@@ -115,12 +115,8 @@ def _moved(tensor: Tensor | None, device, dtype: torch.dtype | None) -> Tensor |
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    return resolve_dtype(dtype) if isinstance(dtype, str) else resolve_dtype(_dtype_name(dtype))
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """``"float64"``; the study's precisions are those of :data:`~dcvbench.runtime.DTYPES`."""
-    return next((name for name, known in DTYPES.items() if known == dtype), str(dtype).removeprefix("torch."))
+    """A dtype given by name or as a torch dtype, one of the study's (:data:`~dcvbench.runtime.DTYPES`)."""
+    return resolve_dtype(dtype if isinstance(dtype, str) else dtype_name(dtype))
 
 
 def _names(estimators: str | Sequence[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:

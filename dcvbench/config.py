@@ -537,6 +537,42 @@ class PredictConfig(TrainsBounds):
         return _annealed(self.anneal, self.anneal_rate, self.anneal_floor, start, step), None
 
 
+@dataclass(frozen=True)
+class UserTrainingConfig:
+    """One ``dcvbench train`` job (:mod:`dcvbench.jobs.user_training`): every (seed, estimator) run
+    of the user's model.
+
+    ``model`` is what the manifest records of the model (``path.py:make_model`` on the command
+    line, the function's qualified name from Python); ``name`` starts the run directories' names and
+    names the runs' group in ``plot``. Estimators take the ``vae`` job's options and defaults; whether
+    one suits the model's latents and objective is checked once the model is built.
+    """
+
+    model: str
+    name: str = "user"
+    estimators: tuple[str, ...] = ("rloo", "rloo-dcv")
+    k: int = DEFAULT_K
+    steps: int = 500
+    lr: float = 1e-2
+    log_every: int = 25
+    eval_every: int = 100
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"
+    threads: int = DEFAULT_THREADS
+    estimator_settings: dict[str, Any] = field(default_factory=dict)
+    out: str = "runs"
+
+    def __post_init__(self):
+        check_estimators(self.estimators, self.k, "user", None)
+        for option in ("steps", "log_every", "eval_every"):
+            _at_least(f"--{option.replace('_', '-')}", getattr(self, option), 1)
+        _positive("--lr", self.lr)
+        _check_seeds(self.seeds)
+        _check_runtime(self.device, "float32", self.threads)
+        _fill(self, "estimator_settings", estimator_settings(self.estimator_settings, "vae"))
+        _check_temperatures(self.estimators, self.estimator_settings)
+
+
 def toy_config_from_dict(values: dict) -> ToyConfig:
     """Rebuild a :class:`ToyConfig` from its manifest form (``asdict``), validating it again."""
     return _config_from_dict(ToyConfig, "toy", values)

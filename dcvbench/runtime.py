@@ -54,6 +54,11 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; choose from: {', '.join(DTYPES)}") from None
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as the options and manifests name it: ``"float64"`` for ``torch.float64``."""
+    return str(dtype).removeprefix("torch.")
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Run the block with ``threads`` torch (intra-op) threads, then restore the caller's count.

@@ -546,8 +546,16 @@ CASES = [
         "defines no 'make_nothing'",
     ),
     (
-        ["train", "--objective", "{bandit}:make_model", "--k", "0", "--out", "{out}"],
-        "k must be at least",
+        ["train", "--objective", "{bandit}:make_model", "--k", "1", "--out", "{out}"],
+        "--k 1: K must be ≥ 2 for rloo",
+    ),
+    (
+        ["train", "--objective", "{bandit}:make_model", "--seed", "-1", "--out", "{out}"],
+        "--seed must be a whole number",
+    ),
+    (
+        ["train", "--objective", "{bandit}:make_model", "--steps", str(2**63), "--out", "{out}"],
+        "--steps must be at most 2**63 - 1",
     ),
     (
         [

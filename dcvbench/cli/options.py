@@ -368,6 +368,14 @@ def _relaxation_users(name: str) -> list[str] | None:
     return [estimator for estimator in estimator_names() if estimator_info(estimator).relaxation in kinds]
 
 
+def refuse_given(ctx: typer.Context, names: Iterable[str], why: str) -> None:
+    """Refuse, in one line, the first of the options ``names`` given on the command line: ``why``
+    says what makes it meaningless, and the message ends ``; drop --option``."""
+    for name in names:
+        if given(ctx, name):
+            raise ConfigError(f"{why}; drop {flag_of(name)}")
+
+
 def given(ctx: typer.Context, name: str) -> bool:
     """Whether parameter ``name`` was given on the command line (not left at its default)."""
     source = ctx.get_parameter_source(name)

@@ -30,7 +30,7 @@ from dcvbench.cli.options import (
     warn_unused_options,
     with_estimator_options,
 )
-from dcvbench.jobs.user_training import EVAL_PREFIX, UserTrainingConfig
+from dcvbench.config import UserTrainingConfig
 
 ModelSpec = Annotated[
     str,
@@ -84,7 +84,7 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Your model (a function returning it): train it with each estimator, tracing what they do."""
-    from dcvbench.jobs.user_training import run_user_training
+    from dcvbench.jobs.user_training import EVAL_PREFIX, run_user_training
     from dcvbench.user_code import load_callable
 
     make_model = load_callable(objective, "model")

@@ -28,8 +28,8 @@ from dcvbench.cli.options import (
     choices,
     estimator_choice,
     estimator_settings,
-    given,
     refuse_contradictions,
+    refuse_given,
     refuse_target_with_categorical,
     toy_latents,
     toy_problem,
@@ -45,7 +45,6 @@ from dcvbench.config import (
     VarianceConfig,
 )
 from dcvbench.estimators import estimator_order
-from dcvbench.estimators.options import flag_of
 from dcvbench.runtime import ConfigError
 
 PROBLEMS = ("toy", "vae")
@@ -72,23 +71,17 @@ def variance_config(ctx: typer.Context) -> VarianceConfig:
     problem, checkpoint = p["problem"], p["checkpoint"]
     spec = p["objective"] if user_objective(p["objective"]) else None
     if spec is not None:
-        for name in (*USER_REFUSES, "problem"):
-            if given(ctx, name):
-                raise ConfigError(
-                    f"--objective {spec} measures your problem at its own logits, in their dtype and on "
-                    f"their device; drop {flag_of(name)}"
-                )
+        why = (
+            f"--objective {spec} measures your problem at its own logits, in their dtype and on their device"
+        )
+        refuse_given(ctx, (*USER_REFUSES, "problem"), why)
     if problem not in PROBLEMS:
         raise ConfigError(f"unknown problem {problem!r}; choose from: toy, vae (with --checkpoint)")
     if problem == "vae" and checkpoint is None:
         raise ConfigError("--problem vae needs --checkpoint: a VAE run directory or its checkpoint.pt")
     if checkpoint is not None:
-        for name in (*TOY_OPTIONS, "temperature"):
-            if given(ctx, name):
-                raise ConfigError(
-                    f"--checkpoint measures its run's model with its own latents and temperatures; "
-                    f"drop {flag_of(name)}"
-                )
+        why = "--checkpoint measures its run's model with its own latents and temperatures"
+        refuse_given(ctx, (*TOY_OPTIONS, "temperature"), why)
     toy = ToyProblem() if spec else toy_problem(ctx)
     if checkpoint is None:
         refuse_target_with_categorical(ctx, toy)

@@ -182,3 +182,11 @@ def non_finite(**tensors: torch.Tensor | None) -> str | None:
         if tensor is not None and not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+def diverged(model: torch.nn.Module, **tensors: torch.Tensor | None) -> str | None:
+    """What went non-finite at a row step of a model's training: the first of ``tensors`` (the
+    objective, the estimator's stats and gradient) holding a NaN or an infinity, else ``"parameters"``
+    if any of the model's weights does; ``None`` if all are finite."""
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return non_finite(**tensors) or non_finite(parameters=weights)

@@ -53,7 +53,7 @@ from dcvbench.jobs import (
     RunSummary,
     StatTrace,
     as_floats,
-    non_finite,
+    diverged,
     resumed_columns,
     run_summary,
     run_to_resume,
@@ -392,8 +392,7 @@ def _train(
         reported = stats.row(output.estimate, busy_steps)  # the α this step's estimate used, …
         for layer, (trace, estimate) in enumerate(zip(upper_stats, output.upper_estimates, strict=True), 2):
             reported |= layer_named(trace.row(estimate, busy_steps), layer)
-        bad = non_finite(train_elbo=elbo, **reported, gradient=output.estimate.grad)
-        bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
+        bad = diverged(model, train_elbo=elbo, **reported, gradient=output.estimate.grad)
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return

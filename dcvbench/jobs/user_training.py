@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from dcvbench.estimators import Estimate, Estimator, build_estimator, check_settings, estimator_names
+from dcvbench.config import UserTrainingConfig
+from dcvbench.estimators import Estimate, Estimator, build_estimator
 from dcvbench.estimators.registry import check_objective
 from dcvbench.failures import describe
-from dcvbench.jobs import NoProgress, Progress, RunSummary, StatTrace, as_floats, non_finite, run_summary
+from dcvbench.jobs import NoProgress, Progress, RunSummary, StatTrace, as_floats, diverged, run_summary
 from dcvbench.jobs import stat_columns as estimator_stat_columns
 from dcvbench.measure.vae_variance import EMAVariance
 from dcvbench.objectives import Objective, ProblemShape
@@ -82,44 +83,6 @@ class UserModel(Protocol):
     def objective(self, batch: Any) -> Objective: ...
 
     def batches(self, generator: torch.Generator) -> Iterator[Any]: ...
-
-
-@dataclass(frozen=True)
-class UserTrainingConfig:
-    """One ``train`` job: every (seed, estimator) run of the model ``make_model`` names.
-
-    ``model`` is what the manifest records of the model (``path.py:make_model`` on the command
-    line, the function's qualified name from Python); ``name`` starts the run directories' names and
-    names the runs' group in ``plot``.
-    """
-
-    model: str
-    name: str = "user"
-    estimators: tuple[str, ...] = ("rloo", "rloo-dcv")
-    k: int = 2
-    steps: int = 500
-    lr: float = 1e-2
-    log_every: int = 25
-    eval_every: int = 100
-    seeds: tuple[int, ...] = (0,)
-    device: str = "auto"
-    threads: int = 1
-    estimator_settings: dict[str, Any] = field(default_factory=dict)
-    out: str = "runs"
-
-    def __post_init__(self):
-        for option in ("k", "steps", "log_every", "eval_every", "threads"):
-            if getattr(self, option) < 1:
-                raise ConfigError(f"{option} must be at least 1, got {getattr(self, option)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if not self.estimators or not self.seeds:
-            raise ConfigError("give at least one estimator and one seed")
-        known = estimator_names()
-        unknown = [name for name in self.estimators if name not in known]
-        if unknown:
-            raise ConfigError(f"unknown estimator {unknown[0]!r}; choose from: {', '.join(known)}")
-        check_settings(self.estimator_settings, "vae")
 
 
 @dataclass
@@ -347,8 +310,7 @@ def _train(config: UserTrainingConfig, training: _Training, run: Run, progress: 
             continue
         mean_objective = objective_sum / busy_steps
         reported = stats.row(estimate, busy_steps)
-        bad = non_finite(train_objective=mean_objective, **reported, gradient=estimate.grad)
-        bad = bad or non_finite(parameters=torch.cat([p.detach().flatten() for p in model.parameters()]))
+        bad = diverged(model, train_objective=mean_objective, **reported, gradient=estimate.grad)
         if bad:
             run.finish("diverged", diverged_at=step, non_finite=bad)
             return

@@ -44,7 +44,7 @@ from dcvbench.objectives import (
     HasSmoothCompletion,
     ProblemShape,
 )
-from dcvbench.runtime import ConfigError
+from dcvbench.runtime import ConfigError, dtype_name
 
 TRIAL_K = 2  # samples of the trial call that checks the objective's shapes
 TRIAL_SEED = 0  # its draws: fixed, and apart from every measured stream
@@ -201,7 +201,7 @@ def _trial_call(problem: UserProblem, where: str) -> None:
     if list(values.shape) != expected or values.dtype != logits.dtype or values.device != logits.device:
         raise ConfigError(
             f"{where}: the objective must map samples {_described(b)} to values {expected} "
-            f"{_dtype_name(logits.dtype)} on {logits.device}, got {_described(values)}"
+            f"{dtype_name(logits.dtype)} on {logits.device}, got {_described(values)}"
         )
     if not bool(torch.isfinite(values.detach()).all()):
         raise ConfigError(f"{where}: the objective returned values that are not finite (nan or inf)")
@@ -217,8 +217,4 @@ def _trial_samples(problem: UserProblem) -> Tensor:
 
 def _described(tensor: Tensor) -> str:
     """``[2, 8, 4] float64 on cpu``."""
-    return f"{list(tensor.shape)} {_dtype_name(tensor.dtype)} on {tensor.device}"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return f"{list(tensor.shape)} {dtype_name(tensor.dtype)} on {tensor.device}"
